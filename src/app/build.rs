@@ -1,0 +1,301 @@
+//! Building the application from its configuration.
+
+use super::state::{AppState, DevIdentity, Inner, ProviderRoute};
+use crate::config::{Config, ProviderKindConfig};
+use crate::identity::IdentityVerifier;
+use crate::policy::PolicyStore;
+use crate::providers::ProviderKind;
+use crate::quota::{Quota, window_start};
+use crate::revocation::RevocationSet;
+use crate::secrets::{FileStore, KeyCache, SecretStore};
+use crate::spend::{Sink, Writer, WriterConfig};
+use crate::store::{IssuedTokenRecord, SpendRecord, Store};
+use crate::token::keys::Kek;
+use crate::token::{Keyring, TokenService};
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+/// Why the server could not start. Messages name what failed; none contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {message}")]
+pub struct StartError {
+    context: &'static str,
+    message: String,
+}
+
+fn fail(context: &'static str) -> impl FnOnce(&dyn std::fmt::Display) -> StartError {
+    move |e| StartError {
+        context,
+        message: e.to_string(),
+    }
+}
+
+macro_rules! tryc {
+    ($ctx:literal, $e:expr) => {
+        $e.map_err(|e| fail($ctx)(&e))?
+    };
+}
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    writers: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+}
+
+/// Options that only `tollgate dev` sets.
+#[derive(Default)]
+pub struct DevOptions {
+    /// The dev issuer to serve under `/dev/oidc`.
+    pub issuer: Option<DevIdentity>,
+    /// A listener bound beforehand (the dev command needs its port to build the config).
+    pub listener: Option<TcpListener>,
+}
+
+impl Application {
+    /// Build everything from `config`.
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        Self::build_with(config, DevOptions::default()).await
+    }
+
+    /// Build with dev options.
+    pub async fn build_with(config: Config, dev: DevOptions) -> Result<Application, StartError> {
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let store = tryc!(
+            "database",
+            Store::connect(config.database_url.expose_secret(), config.database_max_connections).await
+        );
+        if config.migrate_on_start {
+            tryc!("database migrations", store.migrate().await);
+        }
+        let policy = Arc::new(tryc!("policies", PolicyStore::open(&config.policy_dir)));
+        warn_about_policy_references(&config, &policy);
+
+        let kek = tryc!("signing.key_encryption_key", load_kek(&config));
+        let keyring = tryc!(
+            "signing keys",
+            Keyring::start(store.clone(), kek, config.signing.algorithm, config.signing.rotate_every).await
+        );
+        let issuer = config.public_url.as_str().trim_end_matches('/').to_owned();
+        let tokens = Arc::new(TokenService::new(
+            Arc::clone(&keyring),
+            issuer.clone(),
+            config.token.audience.clone(),
+            config.token.leeway,
+        ));
+        let identity_http = tryc!(
+            "identity http client",
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).build()
+        );
+        let identity = Arc::new(tryc!(
+            "issuers",
+            IdentityVerifier::new(config.issuers.clone(), vec![issuer.clone(), config.public_url.to_string()], identity_http)
+        ));
+        let revocations = tryc!("revocations", RevocationSet::load(store.clone()).await);
+        let secret_store: Arc<dyn SecretStore> =
+            Arc::new(FileStore::new(config.secrets.path.clone(), config.secrets.from_env));
+        let keys = Arc::new(tryc!("secrets", KeyCache::load(secret_store).await));
+        let http = tryc!(
+            "upstream http client",
+            reqwest::Client::builder()
+                .connect_timeout(config.upstream.connect_timeout)
+                .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
+                .tcp_nodelay(true)
+                .build()
+        );
+        let quota = Quota::new();
+        seed_budgets(&store, &policy, &quota).await;
+
+        let wcfg = WriterConfig {
+            batch_size: config.spend.batch_size,
+            flush_interval: config.spend.flush_interval,
+            queue_capacity: config.spend.queue_capacity,
+            shutdown_deadline: config.drain_timeout,
+        };
+        let (spend, spend_task) = Writer::spawn("spend", wcfg, spend_sink(store.clone()), cancel.child_token());
+        let (issued, issued_task) = Writer::spawn("issued_tokens", wcfg, issued_sink(store.clone()), cancel.child_token());
+
+        tasks.push(Arc::clone(&policy).spawn_watcher(config.policy_reload_interval, cancel.child_token()));
+        tasks.push(Arc::clone(&keyring).spawn_maintainer(Duration::from_secs(60), cancel.child_token()));
+        tasks.push(Arc::clone(&revocations).spawn_sync(config.revocation_sync_interval, cancel.child_token()));
+        tasks.push(Arc::clone(&keys).spawn_refresher(config.secrets.refresh_interval, cancel.child_token()));
+        tasks.push(Arc::clone(&identity).spawn_refresher(Duration::from_secs(600), cancel.child_token()));
+        tasks.push(spawn_token_gc(Arc::clone(&quota), cancel.child_token()));
+
+        let listener = match dev.listener {
+            Some(l) => l,
+            None => tryc!("listen", TcpListener::bind(config.listen).await),
+        };
+        let prefetch = Arc::clone(&identity);
+        tasks.push(tokio::spawn(async move { prefetch.prefetch().await }));
+
+        let state = AppState(Arc::new(Inner {
+            store,
+            policy,
+            identity,
+            tokens,
+            revocations,
+            keys,
+            quota,
+            providers: provider_routes(&config),
+            http,
+            upstream: config.upstream.clone(),
+            limits: config.limits.clone(),
+            spend,
+            issued,
+            dev: dev.issuer,
+        }));
+        Ok(Application {
+            listener,
+            state,
+            cancel,
+            tasks,
+            writers: vec![spend_task, issued_task],
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.listener.local_addr()
+    }
+
+    /// The shared state (tests inspect it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `shutdown` resolves, then drain and flush.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+        let app = super::router(self.state.clone());
+        let draining = CancellationToken::new();
+        let signal = draining.clone();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: draining in-flight requests");
+            signal.cancel();
+        });
+        let drain_timeout = self.drain_timeout;
+        tokio::select! {
+            r = server => tryc!("server", r),
+            _ = async { draining.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
+                tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
+            }
+        }
+        drop(self.state);
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        for w in self.writers {
+            let _ = w.await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn load_kek(config: &Config) -> Result<Kek, String> {
+    let text = match (&config.signing.key_encryption_key, &config.signing.key_encryption_key_file) {
+        (Some(k), _) => k.expose_secret().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        (None, None) => return Err("not configured".into()),
+    };
+    Kek::from_base64(&text).map_err(|e| e.to_string())
+}
+
+fn provider_routes(config: &Config) -> HashMap<String, ProviderRoute> {
+    let mut out = HashMap::new();
+    let defaults = [
+        ("openai", ProviderKind::OpenAi, "https://api.openai.com/v1"),
+        ("anthropic", ProviderKind::Anthropic, "https://api.anthropic.com/v1"),
+    ];
+    for (id, kind, url) in defaults {
+        out.insert(id.to_owned(), ProviderRoute { id: id.to_owned(), kind, base_url: Url::parse(url).ok() });
+    }
+    out.insert("mock".to_owned(), ProviderRoute { id: "mock".into(), kind: ProviderKind::Mock, base_url: None });
+    for (id, p) in &config.providers {
+        let kind = match p.kind {
+            ProviderKindConfig::Openai => ProviderKind::OpenAi,
+            ProviderKindConfig::Anthropic => ProviderKind::Anthropic,
+            ProviderKindConfig::OpenaiCompatible => ProviderKind::OpenAiCompatible,
+            ProviderKindConfig::Mock => ProviderKind::Mock,
+        };
+        let base_url = p.base_url.clone().or_else(|| out.get(id).and_then(|r| r.base_url.clone()));
+        out.insert(id.clone(), ProviderRoute { id: id.clone(), kind, base_url });
+    }
+    out
+}
+
+fn warn_about_policy_references(config: &Config, policy: &PolicyStore) {
+    let set = policy.current();
+    for issuer in set.issuers_referenced() {
+        if !config.issuers.iter().any(|i| i.name == issuer) {
+            tracing::warn!(issuer, "a policy binding names an issuer that is not configured; it will never match");
+        }
+    }
+}
+
+async fn seed_budgets(store: &Store, policy: &PolicyStore, quota: &Quota) {
+    let now = crate::clock::now_ms();
+    for model_pool in policy.current().pools() {
+        if let Some(b) = &model_pool.budget {
+            let start = window_start(&b.window, now);
+            match store.spend_since(&model_pool.name, start).await {
+                Ok(spent) => quota.seed_spend(&model_pool.name, start, crate::pricing::Usd(spent)),
+                Err(e) => tracing::warn!(pool = %model_pool.name, error = %e, "could not read pool spend; budget starts from zero"),
+            }
+        }
+    }
+}
+
+fn spend_sink(store: Store) -> Sink<SpendRecord> {
+    Arc::new(move |rows: Vec<SpendRecord>| {
+        let store = store.clone();
+        Box::pin(async move {
+            match store.insert_spend(&rows).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err((rows, e.to_string())),
+            }
+        })
+    })
+}
+
+fn issued_sink(store: Store) -> Sink<IssuedTokenRecord> {
+    Arc::new(move |rows: Vec<IssuedTokenRecord>| {
+        let store = store.clone();
+        Box::pin(async move {
+            match store.insert_issued_tokens(&rows).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err((rows, e.to_string())),
+            }
+        })
+    })
+}
+
+fn spawn_token_gc(quota: Arc<Quota>, cancel: CancellationToken) -> JoinHandle<()> {
+    // Per-token counters are forgotten once idle for longer than a rate window: a bucket
+    // untouched for two minutes is full again, so dropping it changes nothing.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => quota.forget_idle_tokens(Duration::from_secs(120)),
+            }
+        }
+    })
+}

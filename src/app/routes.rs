@@ -1,0 +1,124 @@
+//! Thin handlers of the non-LLM endpoints: token exchange, JWKS, metadata, health, the dev
+//! issuer's discovery documents, and the fallbacks.
+
+use super::AppState;
+use crate::error::{ApiError, Code, OAuthError, Shape};
+use crate::token::exchange::{self, ExchangeContext, MAX_FORM_BYTES};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use std::time::Duration;
+
+/// Routes other than the LLM endpoints.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/token", post(token))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/dev/oidc/.well-known/openid-configuration", get(dev_discovery))
+        .route("/dev/oidc/jwks.json", get(dev_jwks))
+}
+
+async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")));
+    if !form_type {
+        return OAuthError::new("invalid_request", "Content-Type must be application/x-www-form-urlencoded").into_response();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
+        return OAuthError::new("invalid_request", format!("request body must be at most {MAX_FORM_BYTES} bytes")).into_response();
+    };
+    let form = match exchange::parse_form(&bytes) {
+        Ok(f) => f,
+        Err(e) => return OAuthError::new(e.code, e.description).into_response(),
+    };
+    let policy = state.policy.current();
+    let ctx = ExchangeContext {
+        identity: &state.identity,
+        policy: &policy,
+        tokens: &state.tokens,
+        revocations: &state.revocations,
+    };
+    match exchange::exchange(&ctx, &form).await {
+        Ok((resp, record)) => {
+            state.issued.record(record);
+            let mut r = (StatusCode::OK, axum::Json(resp)).into_response();
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r
+        }
+        Err(e) => {
+            tracing::info!(error = e.code, reason = %e.description, "token exchange refused");
+            OAuthError::new(e.code, e.description).into_response()
+        }
+    }
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    let doc = state.tokens.keyring().jwks();
+    let mut r = axum::Json(doc.as_ref().clone()).into_response();
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    r
+}
+
+async fn metadata(State(state): State<AppState>) -> Response {
+    axum::Json(state.tokens.metadata()).into_response()
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+/// Ready when a signing key is available and the store answers; a store outage shorter than
+/// the revocation freshness bound still counts as ready (we serve from memory).
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let fresh = state.revocations.last_sync_age() < Duration::from_secs(60);
+    let signing = state.tokens.keyring().can_sign();
+    let ready = signing && (store_ok || fresh);
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "store": if store_ok { "ok" } else { "unreachable" },
+        "revocations_fresh": fresh,
+        "signing_key": signing,
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn dev_discovery(State(state): State<AppState>) -> Response {
+    match &state.dev {
+        Some(d) => axum::Json(d.issuer.discovery_document(&d.issuer_url, &format!("{}/jwks.json", d.issuer_url))).into_response(),
+        None => not_found().await,
+    }
+}
+
+async fn dev_jwks(State(state): State<AppState>) -> Response {
+    match &state.dev {
+        Some(d) => axum::Json(d.issuer.jwks()).into_response(),
+        None => not_found().await,
+    }
+}
+
+/// Unknown routes: RFC 9457 problem details.
+pub async fn not_found() -> Response {
+    ApiError::new(Code::NotFound, "no such endpoint").shaped(Shape::Problem).into_response()
+}
+
+/// Known route, wrong method.
+pub async fn method_not_allowed() -> Response {
+    ApiError::new(Code::MethodNotAllowed, "method not allowed on this endpoint")
+        .shaped(Shape::Problem)
+        .into_response()
+}

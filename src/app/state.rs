@@ -1,0 +1,78 @@
+//! The shared state every handler sees, built once at start-up.
+
+use crate::config::{LimitsConfig, UpstreamConfig};
+use crate::identity::{DevIssuer, IdentityVerifier};
+use crate::policy::PolicyStore;
+use crate::providers::ProviderKind;
+use crate::quota::Quota;
+use crate::revocation::RevocationSet;
+use crate::secrets::KeyCache;
+use crate::spend::Writer;
+use crate::store::{IssuedTokenRecord, SpendRecord, Store};
+use crate::token::TokenService;
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::Arc;
+use url::Url;
+
+/// One upstream provider as the proxy routes to it.
+#[derive(Clone, Debug)]
+pub struct ProviderRoute {
+    /// Provider id (policy `provider`).
+    pub id: String,
+    /// Wire protocol.
+    pub kind: ProviderKind,
+    /// Base URL (none for the mock).
+    pub base_url: Option<Url>,
+}
+
+/// The development issuer, when running `tollgate dev`.
+pub struct DevIdentity {
+    /// Signing key of the dev issuer.
+    pub issuer: DevIssuer,
+    /// Its issuer URL (`http://<listen>/dev/oidc`).
+    pub issuer_url: String,
+}
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Inner>);
+
+/// The fields of [`AppState`].
+pub struct Inner {
+    /// The store.
+    pub store: Store,
+    /// Live policy.
+    pub policy: Arc<PolicyStore>,
+    /// Workload identity verification.
+    pub identity: Arc<IdentityVerifier>,
+    /// Tollgate tokens.
+    pub tokens: Arc<TokenService>,
+    /// Revocations.
+    pub revocations: Arc<RevocationSet>,
+    /// Provider keys.
+    pub keys: Arc<KeyCache>,
+    /// Limits and budgets.
+    pub quota: Arc<Quota>,
+    /// Providers by id.
+    pub providers: HashMap<String, ProviderRoute>,
+    /// Pooled upstream client.
+    pub http: reqwest::Client,
+    /// Upstream timeouts.
+    pub upstream: UpstreamConfig,
+    /// Size limits.
+    pub limits: LimitsConfig,
+    /// Spend rows.
+    pub spend: Writer<SpendRecord>,
+    /// Issued-token inventory rows.
+    pub issued: Writer<IssuedTokenRecord>,
+    /// Dev issuer (only in `tollgate dev`).
+    pub dev: Option<DevIdentity>,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

@@ -1,0 +1,141 @@
+//! The server configuration: one TOML file plus `TOLLGATE_*` environment overrides
+//! (`TOLLGATE_DATABASE_URL`, `TOLLGATE_SIGNING__KEY_ENCRYPTION_KEY`: a double underscore
+//! descends into a table), validated once at start with errors that name the field.
+//! Defaults are the safe production choice; `tollgate dev` builds its own `Config` in code.
+
+mod types;
+
+pub use types::*;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use std::path::Path;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override does not parse into the schema (figment names the key).
+    #[error("configuration: {0}")]
+    Parse(String),
+    /// A value parses but is not acceptable.
+    #[error("configuration: `{field}`: {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `signing.algorithm`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Load `path` (TOML) with `TOLLGATE_*` overrides, then validate.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::invalid(
+                "--config",
+                format!("file {} does not exist", path.display()),
+            ));
+        }
+        Self::from_figment(Figment::new().merge(Toml::file(path)))
+    }
+
+    /// Parse a TOML document (no environment overrides) and validate it.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(flatten_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Build from environment overrides only (containers configured purely by env).
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::new())
+    }
+
+    fn from_figment(base: Figment) -> Result<Config, ConfigError> {
+        let figment = base.merge(Env::prefixed("TOLLGATE_").split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(flatten_figment_error(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check the cross-field rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.public_url.scheme() {
+            "https" | "http" => {}
+            other => {
+                return Err(ConfigError::invalid(
+                    "public_url",
+                    format!("scheme must be https (or http for local use), not {other}"),
+                ));
+            }
+        }
+        let db = secrecy::ExposeSecret::expose_secret(&self.database_url);
+        if !(db.starts_with("postgres://")
+            || db.starts_with("postgresql://")
+            || db.starts_with("sqlite:"))
+        {
+            return Err(ConfigError::invalid(
+                "database_url",
+                "must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+        if self.database_max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "database_max_connections",
+                "must be at least 1",
+            ));
+        }
+        if self.token.audience.trim().is_empty() {
+            return Err(ConfigError::invalid("token.audience", "must not be empty"));
+        }
+        if self.token.leeway > std::time::Duration::from_secs(300) {
+            return Err(ConfigError::invalid(
+                "token.leeway",
+                "must be at most 5m: a larger leeway stretches every token's life",
+            ));
+        }
+        self.signing.validate()?;
+        for (name, p) in &self.providers {
+            p.validate(&format!("providers.{name}"))?;
+        }
+        self.secrets.validate()?;
+        if self.limits.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "limits.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.spend.queue_capacity < self.spend.batch_size || self.spend.batch_size == 0 {
+            return Err(ConfigError::invalid(
+                "spend.batch_size",
+                "must be at least 1 and at most spend.queue_capacity",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// figment's errors can chain; show them all, each with the key it concerns.
+fn flatten_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests;

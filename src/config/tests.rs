@@ -1,0 +1,45 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+public_url = "https://tollgate.example.com"
+database_url = "sqlite://tollgate.db"
+[signing]
+key_encryption_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+[secrets]
+path = "keys.yaml"
+"#;
+
+#[test]
+fn minimal_config_gets_safe_defaults() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.listen.port(), 8080);
+    assert_eq!(c.token.audience, "tollgate");
+    assert!(c.migrate_on_start);
+    assert_eq!(c.log_format, LogFormatConfig::Json);
+    assert_eq!(c.signing.algorithm, SigningAlgorithm::EdDSA);
+}
+
+#[test]
+fn errors_name_the_field() {
+    let cases = [
+        (MINIMAL.replace("sqlite://", "mysql://"), "database_url"),
+        (MINIMAL.replace("https://tollgate", "ftp://tollgate"), "public_url"),
+        (MINIMAL.replace("key_encryption_key = ", "algorithm = \"RS256\"\nkey_encryption_key = "), "algorithm"),
+        (format!("{MINIMAL}\n[upstream]\nconnect_timeout = \"soon\"\n"), "connect_timeout"),
+        (format!("{MINIMAL}\n[providers.local]\nkind = \"openai-compatible\"\n"), "providers.local.base_url"),
+        (format!("{MINIMAL}\nunknown_field = 1\n"), "unknown_field"),
+        (MINIMAL.replace("[secrets]\npath = \"keys.yaml\"", "[secrets]\nbackend = \"vault\"\npath = \"x\""), "secrets.backend"),
+        (MINIMAL.replace("key_encryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"", ""), "signing.key_encryption_key"),
+    ];
+    for (text, field) in cases {
+        let err = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
+
+#[test]
+fn database_password_is_not_in_debug_output() {
+    let text = MINIMAL.replace("sqlite://tollgate.db", "postgres://u:hunter2@db/tollgate");
+    let c = Config::from_toml_str(&text).unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+}

@@ -1,0 +1,390 @@
+//! The configuration schema. Every field has a doc comment; README's configuration section
+//! mirrors this file.
+
+use super::ConfigError;
+use crate::identity::IssuerConfig;
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+/// The whole server configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The broker's external URL: the `iss` of every Tollgate token.
+    pub public_url: Url,
+    /// `postgres://…` (fleet) or `sqlite://path` (single node).
+    pub database_url: SecretString,
+    /// Connection pool size.
+    #[serde(default = "default_db_conns")]
+    pub database_max_connections: u32,
+    /// Apply migrations on start (`tollgate migrate` does it explicitly).
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
+    /// Directory of `policies/*.yaml`.
+    #[serde(default = "default_policy_dir")]
+    pub policy_dir: PathBuf,
+    /// How often the policy directory is checked for changes.
+    #[serde(default = "default_policy_reload", with = "humantime_serde")]
+    pub policy_reload_interval: Duration,
+    /// `json` (default) or `pretty`.
+    #[serde(default)]
+    pub log_format: LogFormatConfig,
+    /// Tollgate tokens.
+    #[serde(default)]
+    pub token: TokenConfig,
+    /// Signing keys of Tollgate tokens.
+    #[serde(default)]
+    pub signing: SigningConfig,
+    /// Trusted workload identity issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Upstream providers by id (the `provider` of policy models). `openai` and `anthropic`
+    /// exist by default with their public URLs.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Where provider keys come from.
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    /// Upstream HTTP client.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The asynchronous spend writer.
+    #[serde(default)]
+    pub spend: SpendConfig,
+    /// Graceful shutdown.
+    #[serde(default = "default_drain", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How often the in-memory revocation set is re-read from the store.
+    #[serde(default = "default_revocation_sync", with = "humantime_serde")]
+    pub revocation_sync_interval: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormatConfig {
+    /// JSON lines.
+    #[default]
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Tollgate token settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// `aud` of Tollgate tokens.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Clock leeway when verifying `exp`/`nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            audience: default_audience(),
+            leeway: default_leeway(),
+        }
+    }
+}
+
+/// Signing algorithm of Tollgate tokens.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum SigningAlgorithm {
+    /// Ed25519.
+    #[default]
+    EdDSA,
+    /// ECDSA P-256 SHA-256.
+    ES256,
+}
+
+/// Signing key settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningConfig {
+    /// Algorithm of newly created keys.
+    #[serde(default)]
+    pub algorithm: SigningAlgorithm,
+    /// Key-encryption key (32 bytes, base64) sealing private keys at rest in the store.
+    pub key_encryption_key: Option<SecretString>,
+    /// File holding the key-encryption key (e.g. a mounted Kubernetes Secret).
+    pub key_encryption_key_file: Option<PathBuf>,
+    /// How long one key signs before the next one takes over.
+    #[serde(default = "default_rotate_every", with = "humantime_serde")]
+    pub rotate_every: Duration,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            algorithm: SigningAlgorithm::default(),
+            key_encryption_key: None,
+            key_encryption_key_file: None,
+            rotate_every: default_rotate_every(),
+        }
+    }
+}
+
+impl SigningConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.key_encryption_key, &self.key_encryption_key_file) {
+            (None, None) => Err(ConfigError::invalid(
+                "signing.key_encryption_key",
+                "set it (base64 of 32 random bytes; env TOLLGATE_SIGNING__KEY_ENCRYPTION_KEY) \
+                 or signing.key_encryption_key_file",
+            )),
+            (Some(_), Some(_)) => Err(ConfigError::invalid(
+                "signing.key_encryption_key_file",
+                "set either key_encryption_key or key_encryption_key_file, not both",
+            )),
+            _ if self.rotate_every < Duration::from_secs(3600) => Err(ConfigError::invalid(
+                "signing.rotate_every",
+                "must be at least 1h",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What kind of upstream a provider is.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKindConfig {
+    /// api.openai.com or the same API elsewhere.
+    Openai,
+    /// api.anthropic.com.
+    Anthropic,
+    /// An OpenAI-compatible server (vLLM, Ollama, an on-prem gateway).
+    OpenaiCompatible,
+    /// The built-in deterministic mock (development, demos).
+    Mock,
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Wire protocol.
+    pub kind: ProviderKindConfig,
+    /// Base URL including the version segment, e.g. `https://api.openai.com/v1`.
+    pub base_url: Option<Url>,
+}
+
+impl ProviderConfig {
+    pub(super) fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if self.kind == ProviderKindConfig::OpenaiCompatible && self.base_url.is_none() {
+            return Err(ConfigError::invalid(
+                format!("{field}.base_url"),
+                "required for kind openai-compatible",
+            ));
+        }
+        if let Some(u) = &self.base_url {
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    format!("{field}.base_url"),
+                    "must be an http(s) URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Secret-store backend selection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// `file` (dev, tests) — Vault and AWS Secrets Manager arrive with their own issue.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// For `file`: a YAML or TOML file of provider keys.
+    pub path: Option<PathBuf>,
+    /// For `file`: also take `OPENAI_API_KEY` / `ANTHROPIC_API_KEY` from the environment.
+    #[serde(default)]
+    pub from_env: bool,
+    /// How often the store is re-listed.
+    #[serde(default = "default_secrets_refresh", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            backend: default_backend(),
+            path: None,
+            from_env: false,
+            refresh_interval: default_secrets_refresh(),
+        }
+    }
+}
+
+impl SecretsConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.backend != "file" {
+            return Err(ConfigError::invalid(
+                "secrets.backend",
+                format!("unknown backend {:?} (supported: file)", self.backend),
+            ));
+        }
+        if self.path.is_none() && !self.from_env {
+            return Err(ConfigError::invalid(
+                "secrets.path",
+                "the file backend needs a path (or from_env = true)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Upstream HTTP client settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// TCP + TLS connect timeout.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time until the upstream's response headers arrive.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// Longest silence between two chunks of a stream (or of a plain body).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Idle pooled connections kept per upstream host.
+    #[serde(default = "default_pool_idle")]
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: default_connect_timeout(),
+            response_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            pool_max_idle_per_host: default_pool_idle(),
+        }
+    }
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted request body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest non-streamed upstream response Tollgate will hold to read its usage.
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: default_max_body(),
+            max_response_bytes: default_max_response(),
+        }
+    }
+}
+
+/// The spend writer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpendConfig {
+    /// Rows per insert.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Longest a row waits before it is written.
+    #[serde(default = "default_flush", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Rows held in memory while the store is slow or down.
+    #[serde(default = "default_queue")]
+    pub queue_capacity: usize,
+}
+
+impl Default for SpendConfig {
+    fn default() -> Self {
+        SpendConfig {
+            batch_size: default_batch(),
+            flush_interval: default_flush(),
+            queue_capacity: default_queue(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_db_conns() -> u32 {
+    16
+}
+fn default_true() -> bool {
+    true
+}
+fn default_policy_dir() -> PathBuf {
+    PathBuf::from("policies")
+}
+fn default_policy_reload() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_audience() -> String {
+    "tollgate".to_owned()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_rotate_every() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_backend() -> String {
+    "file".to_owned()
+}
+fn default_secrets_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_pool_idle() -> usize {
+    64
+}
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+fn default_max_response() -> usize {
+    32 * 1024 * 1024
+}
+fn default_batch() -> usize {
+    500
+}
+fn default_flush() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_queue() -> usize {
+    100_000
+}
+fn default_drain() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_revocation_sync() -> Duration {
+    Duration::from_secs(1)
+}

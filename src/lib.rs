@@ -1,0 +1,25 @@
+//! Tollgate: a secrets broker for LLM APIs.
+//!
+//! Workloads prove who they are with their platform identity token, exchange it for a
+//! short-lived Tollgate token that carries their quota (RFC 8693), and call OpenAI- or
+//! Anthropic-compatible endpoints through Tollgate, which injects the real provider key,
+//! enforces limits and budgets, and records spend. `DESIGN.md` is the contract; each module
+//! below owns one concern of it.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod policy;
+pub mod pricing;
+pub mod providers;
+pub mod proxy;
+pub mod quota;
+pub mod revocation;
+pub mod secrets;
+pub mod spend;
+pub mod store;
+pub mod telemetry;
+pub mod token;

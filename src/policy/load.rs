@@ -1,0 +1,470 @@
+//! Reading a policy directory: parse every file, merge, validate, and report every problem
+//! with the file and line of the entry it concerns.
+
+use super::model::*;
+use super::raw::{self, RawBinding, RawDuration, RawFile, RawLimits, RawPool};
+use super::{Diagnostic, PolicyErrors, PolicySet};
+use globset::Glob;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const MAX_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// One file's text and where each named entry starts, for error lines.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    /// Line (1-based) of the first line at or after `from` whose trimmed text starts with
+    /// `prefix`; `from` itself when none does.
+    fn find(&self, from: usize, prefix: &str) -> usize {
+        self.text
+            .lines()
+            .enumerate()
+            .skip(from.saturating_sub(1))
+            .find(|(_, l)| l.trim_start().trim_start_matches("- ").starts_with(prefix))
+            .map_or(from.max(1), |(i, _)| i + 1)
+    }
+
+    /// Line of a map entry `name:` (models, pools) or a list entry `name: <name>` (bindings).
+    fn entry(&self, section: &str, name: &str) -> usize {
+        let start = self.find(1, &format!("{section}:"));
+        let key = self.find(start, &format!("{name}:"));
+        if key != start {
+            return key;
+        }
+        let quoted = self.find(start, &format!("\"{name}\":"));
+        if quoted != start {
+            return quoted;
+        }
+        self.find(start, &format!("name: {name}"))
+    }
+}
+
+/// Files of a directory, sorted.
+pub(super) fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        PolicyErrors(vec![Diagnostic { file: dir.to_owned(), line: 0, message: format!("cannot read policy directory: {e}") }])
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Digest of the directory's policy files (names and contents).
+pub(super) fn digest_dir(dir: &Path) -> Result<String, PolicyErrors> {
+    let mut h = Sha256::new();
+    for f in policy_files(dir)? {
+        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        h.update([0]);
+        h.update(std::fs::read(&f).unwrap_or_default());
+        h.update([0]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Load and validate a directory.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
+    let mut sources = Vec::new();
+    let mut errors = Vec::new();
+    for path in policy_files(dir)? {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => sources.push(Source { path, text }),
+            Err(e) => errors.push(Diagnostic { file: path, line: 0, message: format!("cannot read: {e}") }),
+        }
+    }
+    let mut parsed = Vec::new();
+    for (i, s) in sources.iter().enumerate() {
+        if s.text.trim().is_empty() || s.text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            continue;
+        }
+        match serde_saphyr::from_str::<RawFile>(&s.text) {
+            Ok(f) => parsed.push((i, f)),
+            Err(e) => {
+                let msg = e.to_string();
+                errors.push(Diagnostic { file: s.path.clone(), line: line_of_error(&msg), message: first_line(&msg) });
+            }
+        }
+    }
+    let mut v = Validator { sources: &sources, errors, set: PolicySet::default() };
+    v.merge(parsed);
+    if v.errors.is_empty() {
+        let mut set = v.set;
+        set.digest = digest_dir(dir)?;
+        Ok(set)
+    } else {
+        Err(PolicyErrors(v.errors))
+    }
+}
+
+fn first_line(msg: &str) -> String {
+    msg.lines().next().unwrap_or(msg).to_owned()
+}
+
+/// serde-saphyr errors mention "line N"; take the first number after it.
+fn line_of_error(msg: &str) -> usize {
+    msg.find("line ")
+        .and_then(|i| msg[i + 5..].split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+}
+
+struct Validator<'a> {
+    sources: &'a [Source],
+    errors: Vec<Diagnostic>,
+    set: PolicySet,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, src: usize, line: usize, message: impl Into<String>) {
+        self.errors.push(Diagnostic { file: self.sources[src].path.clone(), line, message: message.into() });
+    }
+
+    fn merge(&mut self, files: Vec<(usize, RawFile)>) {
+        let mut model_at: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut pool_at: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let mut binding_at: Vec<(usize, usize)> = Vec::new();
+        let mut raw_models = Vec::new();
+        let mut raw_pools = Vec::new();
+        let mut raw_bindings = Vec::new();
+        for (src, f) in files {
+            for (name, m) in f.models {
+                let line = self.sources[src].entry("models", &name);
+                if let Some((s0, l0)) = model_at.insert(name.clone(), (src, line)) {
+                    let first = self.sources[s0].path.display().to_string();
+                    self.err(src, line, format!("model {name} is already defined at {first}:{l0}"));
+                    continue;
+                }
+                raw_models.push((src, line, name, m));
+            }
+            for (name, p) in f.pools {
+                let line = self.sources[src].entry("pools", &name);
+                if let Some((s0, l0)) = pool_at.insert(name.clone(), (src, line)) {
+                    let first = self.sources[s0].path.display().to_string();
+                    self.err(src, line, format!("pool {name} is already defined at {first}:{l0}"));
+                    continue;
+                }
+                raw_pools.push((src, line, name, p));
+            }
+            for b in f.bindings {
+                let line = self.sources[src].entry("bindings", &b.name);
+                binding_at.push((src, line));
+                raw_bindings.push((src, line, b));
+            }
+            for r in f.roles {
+                let line = self.sources[src].find(self.sources[src].find(1, "roles:"), &format!("role: {}", r.role));
+                self.role(src, line, r);
+            }
+        }
+        for (src, line, name, m) in raw_models {
+            self.model(src, line, name, m);
+        }
+        for (src, line, name, p) in raw_pools {
+            self.pool(src, line, name, p);
+        }
+        self.check_fallbacks(&model_at);
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (src, line, b) in raw_bindings {
+            if seen.insert(b.name.clone(), line).is_some() {
+                self.err(src, line, format!("binding {} is defined twice", b.name));
+                continue;
+            }
+            self.binding(src, line, b);
+        }
+    }
+
+    fn model(&mut self, src: usize, line: usize, name: String, m: raw::RawModel) {
+        if !valid_id(&name, true) {
+            self.err(src, line, format!("model name {name:?} has characters outside [A-Za-z0-9._:/-]"));
+        }
+        if !valid_id(&m.provider, false) {
+            self.err(src, self.sources[src].find(line, "provider:"), format!("provider {:?} must match [a-z0-9][a-z0-9-]*", m.provider));
+        }
+        let pl = self.sources[src].find(line, "price:");
+        let dollars = |field: &str, d: &raw::Decimal, this: &mut Self| match raw::micro_usd(&d.0) {
+            Ok(v) => v,
+            Err(e) => {
+                this.err(src, pl, format!("price.{field}: {e}"));
+                0
+            }
+        };
+        let input = dollars("input", &m.price.input, self);
+        let output = dollars("output", &m.price.output, self);
+        let cached = m.price.cached_input.as_ref().map_or(input, |c| dollars("cached_input", c, self));
+        let upstream_model = m.upstream_model.unwrap_or_else(|| name.clone());
+        self.set.models.insert(
+            name.clone(),
+            Model {
+                name,
+                provider: m.provider,
+                upstream_model,
+                price: Price {
+                    input_per_mtok_micro_usd: input,
+                    output_per_mtok_micro_usd: output,
+                    cached_input_per_mtok_micro_usd: cached,
+                },
+                fallback: m.fallback,
+            },
+        );
+    }
+
+    fn check_fallbacks(&mut self, at: &BTreeMap<String, (usize, usize)>) {
+        let models = self.set.models.clone();
+        for m in models.values() {
+            let Some(fb) = &m.fallback else { continue };
+            let (src, line) = at.get(&m.name).copied().unwrap_or((0, 1));
+            let fl = self.sources[src].find(line, "fallback:");
+            match models.get(fb) {
+                None => self.err(src, fl, format!("fallback {fb} of model {} is not a defined model", m.name)),
+                Some(f) if f.provider != m.provider => {
+                    self.err(src, fl, format!("fallback {fb} of model {} has another provider ({})", m.name, f.provider))
+                }
+                Some(_) => {
+                    let mut cur = fb.clone();
+                    for _ in 0..=models.len() {
+                        if cur == m.name {
+                            self.err(src, fl, format!("fallback chain of model {} loops back to it", m.name));
+                            break;
+                        }
+                        match models.get(&cur).and_then(|x| x.fallback.clone()) {
+                            Some(n) => cur = n,
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn limits(&mut self, src: usize, line: usize, l: Option<RawLimits>) -> Limits {
+        let l = l.unwrap_or_default();
+        let ll = self.sources[src].find(line, "limits:");
+        let pos = |name: &str, v: Option<i64>, this: &mut Self| -> Option<u64> {
+            match v {
+                None => None,
+                Some(n) if n > 0 => Some(n as u64),
+                Some(n) => {
+                    this.err(src, ll, format!("limits.{name} must be a positive integer, not {n}"));
+                    None
+                }
+            }
+        };
+        let rpm = pos("rpm", l.rpm, self);
+        let tpm = pos("tpm", l.tpm, self);
+        let concurrency = pos("concurrency", l.concurrency, self);
+        Limits {
+            rpm: rpm.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+            tpm,
+            concurrency: concurrency.map(|v| u32::try_from(v).unwrap_or(u32::MAX)),
+        }
+    }
+
+    fn pool(&mut self, src: usize, line: usize, name: String, p: RawPool) {
+        if !valid_id(&name, false) {
+            self.err(src, line, format!("pool name {name:?} must match [a-z0-9][a-z0-9-_.]*"));
+        }
+        let budget = p.budget.map(|b| {
+            let bl = self.sources[src].find(line, "budget:");
+            let limit_micro_usd = match raw::micro_usd(&b.usd.0) {
+                Ok(0) => {
+                    self.err(src, bl, "budget.usd must be greater than 0");
+                    0
+                }
+                Ok(v) => v,
+                Err(e) => {
+                    self.err(src, bl, format!("budget.usd: {e}"));
+                    0
+                }
+            };
+            let window = parse_window(&b.window).unwrap_or_else(|e| {
+                self.err(src, bl, format!("budget.window: {e}"));
+                BudgetWindow::Daily
+            });
+            Budget { limit_micro_usd, window }
+        });
+        let alerts = p.alerts.unwrap_or_else(|| vec![50, 80, 100]);
+        let al = self.sources[src].find(line, "alerts:");
+        if alerts.iter().any(|a| !(1..=100).contains(a)) || alerts.windows(2).any(|w| w[0] >= w[1]) {
+            self.err(src, al, "alerts must be percents between 1 and 100, strictly ascending");
+        }
+        let fallback_at = p.fallback_at.and_then(|f| {
+            if (1..=100).contains(&f) {
+                Some(f as u8)
+            } else {
+                self.err(src, self.sources[src].find(line, "fallback_at:"), "fallback_at must be a percent between 1 and 100");
+                None
+            }
+        });
+        let cl = self.sources[src].find(line, "at_cap:");
+        let at_cap = match (p.at_cap.as_deref().unwrap_or("reject"), &p.queue_timeout) {
+            ("reject", None) => AtCap::Reject,
+            ("degrade", None) => AtCap::Degrade,
+            ("queue", Some(t)) => match humantime::parse_duration(t) {
+                Ok(timeout) => AtCap::Queue { timeout },
+                Err(e) => {
+                    self.err(src, self.sources[src].find(line, "queue_timeout:"), format!("queue_timeout: {e}"));
+                    AtCap::Reject
+                }
+            },
+            ("queue", None) => {
+                self.err(src, cl, "at_cap: queue needs queue_timeout");
+                AtCap::Reject
+            }
+            ("reject" | "degrade", Some(_)) => {
+                self.err(src, self.sources[src].find(line, "queue_timeout:"), "queue_timeout only applies to at_cap: queue");
+                AtCap::Reject
+            }
+            (other, _) => {
+                self.err(src, cl, format!("at_cap must be reject, queue or degrade, not {other:?}"));
+                AtCap::Reject
+            }
+        };
+        let limits = self.limits(src, line, p.limits);
+        self.set.pools.insert(name.clone(), Pool { name, budget, alerts: alerts.into_iter().map(|a| a.clamp(0, 100) as u8).collect(), fallback_at, at_cap, limits });
+    }
+
+    fn binding(&mut self, src: usize, line: usize, b: RawBinding) {
+        if !valid_id(&b.name, false) {
+            self.err(src, line, format!("binding name {:?} must match [a-z0-9][a-z0-9-_.]*", b.name));
+        }
+        if !valid_id(&b.team, false) {
+            self.err(src, self.sources[src].find(line, "team:"), format!("team {:?} must match [a-z0-9][a-z0-9-_.]*", b.team));
+        }
+        if !self.set.pools.contains_key(&b.pool) {
+            self.err(src, self.sources[src].find(line, "pool:"), format!("pool {} is not defined", b.pool));
+        }
+        let ml = self.sources[src].find(line, "models:");
+        if b.models.is_empty() {
+            self.err(src, ml, "models must list at least one model");
+        }
+        for m in &b.models {
+            if !self.set.models.contains_key(m) {
+                self.err(src, ml, format!("model {m} is not defined"));
+            }
+        }
+        let mat = self.sources[src].find(line, "match:");
+        let glob = |field: &str, v: &Option<String>, this: &mut Self| {
+            v.as_ref().and_then(|g| match Glob::new(g) {
+                Ok(g) => Some(g.compile_matcher()),
+                Err(e) => {
+                    this.err(src, mat, format!("match.{field}: {e}"));
+                    None
+                }
+            })
+        };
+        let matcher = Matcher {
+            issuer: b.matcher.issuer.clone(),
+            namespace: glob("namespace", &b.matcher.namespace, self),
+            service_account: glob("service_account", &b.matcher.service_account, self),
+            subject: glob("subject", &b.matcher.subject, self),
+        };
+        if b.matcher.namespace.is_none() && b.matcher.service_account.is_none() && b.matcher.subject.is_none() {
+            self.err(src, mat, "match needs at least one of namespace, service_account, subject");
+        }
+        let tl = self.sources[src].find(line, "token_ttl:");
+        let token_ttl = match &b.token_ttl {
+            None => MAX_TTL,
+            Some(RawDuration::Secs(s)) => Duration::from_secs(*s),
+            Some(RawDuration::Text(t)) => humantime::parse_duration(t).unwrap_or_else(|e| {
+                self.err(src, tl, format!("token_ttl: {e}"));
+                MAX_TTL
+            }),
+        };
+        if token_ttl > MAX_TTL || token_ttl < Duration::from_secs(60) {
+            self.err(src, tl, "token_ttl must be between 1m and 15m");
+        }
+        let xl = self.sources[src].find(line, "max_tokens:");
+        let (default, max) = match &b.max_tokens {
+            None => (1024, 4096),
+            Some(m) => {
+                let max = m.max.unwrap_or(4096);
+                (m.default.unwrap_or(max.min(1024)), max)
+            }
+        };
+        if default < 1 || max < 1 || default > max || max > i64::from(u32::MAX) {
+            self.err(src, xl, "max_tokens needs 1 <= default <= max");
+        }
+        let max_request_micro_usd = b.max_request_usd.as_ref().and_then(|d| match raw::micro_usd(&d.0) {
+            Ok(0) | Err(_) => {
+                self.err(src, self.sources[src].find(line, "max_request_usd:"), format!("max_request_usd must be a positive dollar amount, not {:?}", d.0));
+                None
+            }
+            Ok(v) => Some(v),
+        });
+        let limits = self.limits(src, line, b.limits);
+        self.set.bindings.push(Binding {
+            billing_owner: b.billing_owner.unwrap_or_else(|| b.team.clone()),
+            name: b.name,
+            team: b.team,
+            pool: b.pool,
+            models: b.models,
+            limits,
+            token_ttl,
+            max_tokens: MaxTokens { default: default.clamp(1, i64::from(u32::MAX)) as u32, max: max.clamp(1, i64::from(u32::MAX)) as u32 },
+            max_request_micro_usd,
+            matcher,
+        });
+    }
+
+    fn role(&mut self, src: usize, line: usize, r: raw::RawRole) {
+        let role = match r.role.as_str() {
+            "admin" => Role::Admin,
+            "security" => Role::Security,
+            "responder" => Role::Responder,
+            "finops" => Role::Finops,
+            "viewer" => Role::Viewer,
+            other => {
+                self.err(src, line, format!("role must be admin, security, responder, finops or viewer, not {other:?}"));
+                return;
+            }
+        };
+        if r.subjects.is_empty() && r.groups.is_empty() {
+            self.err(src, line, "a role needs subjects or groups");
+        }
+        let mut subjects = Vec::new();
+        for s in &r.subjects {
+            match Glob::new(s) {
+                Ok(g) => subjects.push(g.compile_matcher()),
+                Err(e) => self.err(src, line, format!("subjects: {e}")),
+            }
+        }
+        self.set.roles.push(RoleGrant { role, subjects, groups: r.groups });
+    }
+}
+
+fn parse_window(w: &str) -> Result<BudgetWindow, String> {
+    match w {
+        "daily" => Ok(BudgetWindow::Daily),
+        "weekly" => Ok(BudgetWindow::Weekly),
+        "monthly" => Ok(BudgetWindow::Monthly),
+        other => {
+            let days = other
+                .strip_prefix("rolling:")
+                .and_then(|d| d.parse::<u16>().ok())
+                .filter(|d| (1..=366).contains(d))
+                .ok_or_else(|| format!("{other:?} is not daily, weekly, monthly or rolling:<1..366>"))?;
+            Ok(BudgetWindow::Rolling { days })
+        }
+    }
+}
+
+/// Names: lower-case ids for pools/teams/bindings/providers; model names may also hold
+/// upper case, `.`, `:` and `/` (e.g. `meta/llama-3.1:8b`).
+fn valid_id(s: &str, model: bool) -> bool {
+    let mut chars = s.chars();
+    let Some(first) = chars.next() else { return false };
+    let ok_first = first.is_ascii_lowercase() || first.is_ascii_digit() || (model && first.is_ascii_uppercase());
+    ok_first
+        && s.len() <= 128
+        && s.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.') || (model && (c.is_ascii_uppercase() || matches!(c, ':' | '/')))
+        })
+}

@@ -1,0 +1,196 @@
+//! The validated policy types. Built only by `load`, so holding one means it is valid.
+
+use globset::GlobMatcher;
+use std::time::Duration;
+
+/// A model clients may ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    /// Name clients send.
+    pub name: String,
+    /// Provider id.
+    pub provider: String,
+    /// Name sent upstream.
+    pub upstream_model: String,
+    /// Prices.
+    pub price: Price,
+    /// Cheaper model used past a pool's `fallback_at`.
+    pub fallback: Option<String>,
+}
+
+/// Micro-dollars per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Price {
+    /// Uncached input.
+    pub input_per_mtok_micro_usd: u64,
+    /// Output.
+    pub output_per_mtok_micro_usd: u64,
+    /// Cached input.
+    pub cached_input_per_mtok_micro_usd: u64,
+}
+
+/// A budget pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// Name.
+    pub name: String,
+    /// Hard-capped budget, if any.
+    pub budget: Option<Budget>,
+    /// Alert thresholds in percent, ascending.
+    pub alerts: Vec<u8>,
+    /// Percent past which requests use the model's fallback.
+    pub fallback_at: Option<u8>,
+    /// What happens at the cap.
+    pub at_cap: AtCap,
+    /// Pool-wide limits.
+    pub limits: Limits,
+}
+
+/// A budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    /// Cap per window, micro-dollars.
+    pub limit_micro_usd: u64,
+    /// The window.
+    pub window: BudgetWindow,
+}
+
+/// Budget window (UTC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BudgetWindow {
+    /// Calendar day.
+    Daily,
+    /// ISO week (Monday).
+    Weekly,
+    /// Calendar month.
+    Monthly,
+    /// The last N days.
+    Rolling {
+        /// N.
+        days: u16,
+    },
+}
+
+/// Action at the cap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AtCap {
+    /// Refuse with `budget_exceeded`.
+    Reject,
+    /// Wait for budget up to a timeout.
+    Queue {
+        /// How long.
+        timeout: Duration,
+    },
+    /// Serve degraded (the fallback model).
+    Degrade,
+}
+
+/// Per-minute and concurrency limits; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// In flight at once.
+    pub concurrency: Option<u32>,
+}
+
+/// Output-token caps of a binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxTokens {
+    /// Applied when a request sets none.
+    pub default: u32,
+    /// Larger requests are clamped to this.
+    pub max: u32,
+}
+
+/// Who a binding applies to.
+#[derive(Clone, Debug)]
+pub(crate) struct Matcher {
+    pub issuer: Option<String>,
+    pub namespace: Option<GlobMatcher>,
+    pub service_account: Option<GlobMatcher>,
+    pub subject: Option<GlobMatcher>,
+}
+
+/// A workload as bindings see it.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkloadRef<'a> {
+    /// Trusted issuer *name*.
+    pub issuer: &'a str,
+    /// Token subject.
+    pub subject: &'a str,
+    /// Kubernetes namespace.
+    pub namespace: Option<&'a str>,
+    /// Kubernetes service account.
+    pub service_account: Option<&'a str>,
+}
+
+impl Matcher {
+    pub(crate) fn accepts(&self, w: &WorkloadRef<'_>) -> bool {
+        let glob = |g: &Option<GlobMatcher>, v: Option<&str>| match g {
+            None => true,
+            Some(g) => v.is_some_and(|v| g.is_match(v)),
+        };
+        self.issuer.as_deref().is_none_or(|i| i == w.issuer)
+            && glob(&self.namespace, w.namespace)
+            && glob(&self.service_account, w.service_account)
+            && glob(&self.subject, Some(w.subject))
+    }
+}
+
+/// Workloads → team, pool, models and limits.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// Unique name.
+    pub name: String,
+    /// Team.
+    pub team: String,
+    /// Pool.
+    pub pool: String,
+    /// Whose provider keys pay.
+    pub billing_owner: String,
+    /// Models granted.
+    pub models: Vec<String>,
+    /// Per-token limits.
+    pub limits: Limits,
+    /// Token lifetime (≤ 15 min).
+    pub token_ttl: Duration,
+    /// Output-token caps.
+    pub max_tokens: MaxTokens,
+    /// Most one request may cost (worst case), micro-dollars.
+    pub max_request_micro_usd: Option<u64>,
+    pub(crate) matcher: Matcher,
+}
+
+/// Admin roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Keys and rotation.
+    Security,
+    /// Revocations.
+    Responder,
+    /// Spend and budgets.
+    Finops,
+    /// Read only.
+    Viewer,
+}
+
+/// A role granted to OIDC subjects and groups.
+#[derive(Clone, Debug)]
+pub struct RoleGrant {
+    /// The role.
+    pub role: Role,
+    pub(crate) subjects: Vec<GlobMatcher>,
+    pub(crate) groups: Vec<String>,
+}
+
+impl RoleGrant {
+    /// Does this grant apply to a caller?
+    pub fn applies_to(&self, subject: &str, groups: &[String]) -> bool {
+        self.subjects.iter().any(|g| g.is_match(subject)) || self.groups.iter().any(|g| groups.contains(g))
+    }
+}

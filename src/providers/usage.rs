@@ -1,0 +1,193 @@
+//! Usage: read from plain response bodies, and from SSE streams as they pass through.
+
+use super::Api;
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+/// Largest single pending event the observer buffers; past it the stream passes through
+/// unparsed (and usage is unknown, which the proxy charges as the worst case).
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
+
+/// Token usage of one request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// All input tokens (cached ones included).
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Input tokens read from the provider's prompt cache.
+    pub cached_input_tokens: u64,
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn openai_usage(usage: &Value) -> Option<Usage> {
+    if !usage.is_object() {
+        return None;
+    }
+    Some(Usage {
+        input_tokens: u(&usage["prompt_tokens"]),
+        output_tokens: u(&usage["completion_tokens"]),
+        cached_input_tokens: u(&usage["prompt_tokens_details"]["cached_tokens"]),
+    })
+}
+
+fn responses_usage(usage: &Value) -> Option<Usage> {
+    if !usage.is_object() {
+        return None;
+    }
+    Some(Usage {
+        input_tokens: u(&usage["input_tokens"]),
+        output_tokens: u(&usage["output_tokens"]),
+        cached_input_tokens: u(&usage["input_tokens_details"]["cached_tokens"]),
+    })
+}
+
+/// Anthropic counts cache reads and writes apart from `input_tokens`.
+fn anthropic_input(usage: &Value) -> (u64, u64) {
+    let read = u(&usage["cache_read_input_tokens"]);
+    (u(&usage["input_tokens"]) + u(&usage["cache_creation_input_tokens"]) + read, read)
+}
+
+/// Usage from a complete JSON response of `api`.
+pub fn usage_from_body(api: Api, body: &[u8]) -> Option<Usage> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let usage = &v["usage"];
+    match api {
+        Api::ChatCompletions | Api::Completions | Api::Embeddings => openai_usage(usage),
+        Api::Responses => responses_usage(usage),
+        Api::Messages => {
+            if !usage.is_object() {
+                return None;
+            }
+            let (input, cached) = anthropic_input(usage);
+            Some(Usage { input_tokens: input, output_tokens: u(&usage["output_tokens"]), cached_input_tokens: cached })
+        }
+    }
+}
+
+/// Watches an SSE stream on its way to the client.
+pub struct StreamObserver {
+    api: Api,
+    strip: bool,
+    buf: BytesMut,
+    usage: Option<Usage>,
+    passthrough: bool,
+}
+
+impl StreamObserver {
+    /// `strip_usage_chunk`: drop OpenAI's usage-only chunk (`choices: []`) from the output.
+    pub fn new(api: Api, strip_usage_chunk: bool) -> Self {
+        StreamObserver { api, strip: strip_usage_chunk, buf: BytesMut::new(), usage: None, passthrough: false }
+    }
+
+    /// Take a chunk from upstream; returns the bytes to send to the client now. Without
+    /// stripping, the chunk goes out as is (a copy is parsed); with stripping, complete events
+    /// go out and a partial one waits for its end.
+    pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        if self.passthrough {
+            return Bytes::copy_from_slice(chunk);
+        }
+        self.buf.extend_from_slice(chunk);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.buf) {
+            let event = self.buf.split_to(end);
+            if self.observe(&event) && self.strip {
+                out.extend_from_slice(&event);
+            }
+        }
+        if self.buf.len() > MAX_EVENT_BYTES {
+            // Give up parsing rather than buffer without bound.
+            self.passthrough = true;
+            let pending = self.buf.split();
+            if self.strip {
+                out.extend_from_slice(&pending);
+            }
+        }
+        if self.strip { out.freeze() } else { Bytes::copy_from_slice(chunk) }
+    }
+
+    /// The end of the stream: whatever is left to send (a final event without its blank line).
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.buf.split();
+        if rest.is_empty() || self.passthrough {
+            return Bytes::new();
+        }
+        let keep = self.observe(&rest);
+        if self.strip && keep { rest.freeze() } else { Bytes::new() }
+    }
+
+    /// Usage seen so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Read one event; `false` drops it from the output.
+    fn observe(&mut self, event: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(event) else { return true };
+        let data: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if data.is_empty() || data.trim() == "[DONE]" {
+            return true;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&data) else { return true };
+        match self.api {
+            Api::ChatCompletions | Api::Completions => {
+                if let Some(us) = openai_usage(&v["usage"]) {
+                    self.usage = Some(us);
+                    let usage_only = v["choices"].as_array().is_some_and(Vec::is_empty);
+                    return !(self.strip && usage_only);
+                }
+            }
+            Api::Responses => {
+                let t = v["type"].as_str().unwrap_or("");
+                if matches!(t, "response.completed" | "response.incomplete" | "response.failed") {
+                    if let Some(us) = responses_usage(&v["response"]["usage"]) {
+                        self.usage = Some(us);
+                    }
+                }
+            }
+            Api::Messages => match v["type"].as_str() {
+                Some("message_start") => {
+                    let usage = &v["message"]["usage"];
+                    let (input, cached) = anthropic_input(usage);
+                    self.usage = Some(Usage { input_tokens: input, output_tokens: u(&usage["output_tokens"]), cached_input_tokens: cached });
+                }
+                Some("message_delta") => {
+                    let usage = &v["usage"];
+                    let mut us = self.usage.unwrap_or_default();
+                    us.output_tokens = u(&usage["output_tokens"]);
+                    if usage.get("input_tokens").is_some_and(|x| x.as_u64().is_some_and(|n| n > 0)) {
+                        let (input, cached) = anthropic_input(usage);
+                        us.input_tokens = input;
+                        us.cached_input_tokens = cached;
+                    }
+                    self.usage = Some(us);
+                }
+                _ => {}
+            },
+            Api::Embeddings => {}
+        }
+        true
+    }
+}
+
+/// Index just past the first complete event (its blank line included).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let lf = find(buf, b"\n\n").map(|i| i + 2);
+    let crlf = find(buf, b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

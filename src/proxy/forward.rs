@@ -1,0 +1,266 @@
+//! The upstream leg: send the rewritten request with the real key (or answer from the mock
+//! provider), then relay the answer — plain bodies read whole (bounded) to take their usage,
+//! streams relayed event by event while the observer reads usage — and settle.
+
+use super::settle::{Charge, Settlement};
+use crate::app::{AppState, ProviderRoute};
+use crate::error::{ApiError, Code};
+use crate::providers::{self, Api, InboundRequest, MockReply, ProviderKind, StreamObserver};
+use crate::secrets::ProviderKey;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+/// Everything the upstream leg needs.
+pub struct Outbound<'a> {
+    /// The API called.
+    pub api: Api,
+    /// The parsed client request (after max_tokens clamping).
+    pub request: &'a InboundRequest,
+    /// Body to send upstream.
+    pub body: Bytes,
+    /// Where to send it.
+    pub route: &'a ProviderRoute,
+    /// The key to inject (`None` for the mock provider).
+    pub key: Option<Arc<ProviderKey>>,
+    /// The client's headers (only the allow-listed ones are forwarded).
+    pub client_headers: &'a HeaderMap,
+}
+
+/// Send and relay. On error the settlement is finished with the right charge.
+pub async fn forward(state: &AppState, out: Outbound<'_>, mut settle: Settlement) -> Result<Response, ApiError> {
+    if out.route.kind == ProviderKind::Mock {
+        return Ok(mock(state, &out, settle));
+    }
+    let (status, headers, body) = match send(state, &out).await {
+        Ok(r) => r,
+        Err(e) => {
+            settle.finish(e.code.status().as_u16(), Charge::Nothing);
+            return Err(e);
+        }
+    };
+    if !status.is_success() {
+        return upstream_failure(state, &out, status, &headers, body, settle).await;
+    }
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if out.request.stream() && is_sse {
+        let observer = StreamObserver::new(out.api, out.request.strip_usage_chunk());
+        return Ok(stream_response(status, body, observer, settle, state.upstream.idle_timeout));
+    }
+    let bytes = match read_bounded(body, state.limits.max_response_bytes, state.upstream.idle_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            settle.finish(e.code.status().as_u16(), Charge::WorstCase);
+            return Err(e);
+        }
+    };
+    let charge = providers::usage_from_body(out.api, &bytes).map_or_else(
+        || {
+            tracing::warn!(api = ?out.api, "upstream response without usage; charging the reserved worst case");
+            Charge::WorstCase
+        },
+        Charge::Usage,
+    );
+    settle.finish(status.as_u16(), charge);
+    Ok(json_response(status, bytes))
+}
+
+async fn send(state: &AppState, out: &Outbound<'_>) -> Result<(StatusCode, HeaderMap, ByteStream), ApiError> {
+    let base = out
+        .route
+        .base_url
+        .as_ref()
+        .ok_or_else(|| ApiError::new(Code::NoProviderKey, "provider has no base URL"))?;
+    let url = providers::upstream_url(base, out.api);
+    let mut headers = HeaderMap::new();
+    for name in providers::forwardable_headers(out.api.family()) {
+        if let Some(v) = out.client_headers.get(*name) {
+            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+                headers.insert(n, v.clone());
+            }
+        }
+    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(k) = &out.key {
+        providers::apply_auth(out.route.kind, &mut headers, &k.secret);
+    }
+    let req = state.http.post(url).headers(headers).body(out.body.clone()).send();
+    let resp = match tokio::time::timeout(state.upstream.response_timeout, req).await {
+        Err(_) => return Err(timeout_error(out)),
+        Ok(Err(e)) if e.is_timeout() => return Err(timeout_error(out)),
+        Ok(Err(e)) => {
+            tracing::warn!(provider = %out.route.id, error = %without_url(&e), "upstream request failed");
+            return Err(ApiError::new(
+                Code::UpstreamError,
+                format!("could not reach provider {}: {}", out.route.id, without_url(&e)),
+            ));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body: ByteStream = Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| without_url(&e))));
+    Ok((status, headers, body))
+}
+
+fn timeout_error(out: &Outbound<'_>) -> ApiError {
+    ApiError::new(Code::UpstreamTimeout, format!("provider {} did not answer in time", out.route.id))
+}
+
+/// reqwest's Display includes the URL; keep messages short and stable.
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_connect() {
+        "connection failed"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_body() || e.is_decode() {
+        "response body failed"
+    } else {
+        "request failed"
+    };
+    kind.to_owned()
+}
+
+async fn upstream_failure(
+    state: &AppState,
+    out: &Outbound<'_>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: ByteStream,
+    mut settle: Settlement,
+) -> Result<Response, ApiError> {
+    settle.finish(status.as_u16(), Charge::Nothing);
+    let key_id = out.key.as_ref().map_or("-", |k| k.id.as_str());
+    match status.as_u16() {
+        401 | 403 => {
+            // The provider refused *our* key: never pass its message (it may echo the key).
+            tracing::error!(provider = %out.route.id, provider_key = key_id, status = status.as_u16(), "provider rejected Tollgate's key");
+            Err(ApiError::new(
+                Code::UpstreamError,
+                format!("provider {} rejected Tollgate's provider key; operators have been alerted", out.route.id),
+            ))
+        }
+        s if s >= 500 => Err(ApiError::new(
+            Code::UpstreamError,
+            format!("provider {} failed with status {s}", out.route.id),
+        )),
+        _ => {
+            // The provider's own verdict on the request (400, 404, 422, 429): relay it as is.
+            let bytes = read_bounded(body, 1024 * 1024, state.upstream.idle_timeout)
+                .await
+                .unwrap_or_default();
+            let mut resp = json_response(status, bytes);
+            if let Some(ra) = headers.get(header::RETRY_AFTER) {
+                resp.headers_mut().insert(header::RETRY_AFTER, ra.clone());
+            }
+            Ok(resp)
+        }
+    }
+}
+
+async fn read_bounded(mut body: ByteStream, limit: usize, idle: Duration) -> Result<Bytes, ApiError> {
+    let mut buf = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, body.next()).await {
+            Err(_) => return Err(ApiError::new(Code::UpstreamTimeout, "provider stopped sending its response")),
+            Ok(None) => return Ok(Bytes::from(buf)),
+            Ok(Some(Err(e))) => return Err(ApiError::new(Code::UpstreamError, format!("provider response failed: {e}"))),
+            Ok(Some(Ok(chunk))) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(ApiError::new(Code::UpstreamError, "provider response exceeds the size limit"));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+struct Relay {
+    upstream: ByteStream,
+    observer: StreamObserver,
+    settle: Settlement,
+    idle: Duration,
+    done: bool,
+}
+
+fn stream_response(status: StatusCode, upstream: ByteStream, observer: StreamObserver, settle: Settlement, idle: Duration) -> Response {
+    let relay = Relay { upstream, observer, settle, idle, done: false };
+    let s = futures_util::stream::unfold(relay, |mut r| async move {
+        if r.done {
+            return None;
+        }
+        loop {
+            let (status, next) = match tokio::time::timeout(r.idle, r.upstream.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    let out = r.observer.feed(&chunk);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok::<Bytes, std::io::Error>(out), r));
+                }
+                Ok(None) => (200, "end"),
+                Ok(Some(Err(_))) => (502, "upstream stream failed"),
+                Err(_) => (504, "upstream stream stalled"),
+            };
+            r.done = true;
+            let rest = r.observer.finish();
+            let charge = match (r.observer.usage(), status) {
+                (Some(u), _) => Charge::Usage(u),
+                (None, _) => Charge::WorstCase,
+            };
+            if status != 200 {
+                tracing::warn!(reason = next, "stream ended early");
+            }
+            r.settle.finish(status, charge);
+            return (!rest.is_empty()).then(|| (Ok(rest), r));
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(s));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    resp
+}
+
+fn mock(state: &AppState, out: &Outbound<'_>, mut settle: Settlement) -> Response {
+    // The mock answers what a real provider would receive: the rewritten upstream body.
+    let upstream_req = match providers::parse_request(out.api, &out.body) {
+        Ok(r) => r,
+        Err(_) => {
+            settle.finish(500, Charge::Nothing);
+            return json_response(StatusCode::INTERNAL_SERVER_ERROR, Bytes::from_static(b"{}"));
+        }
+    };
+    let upstream_model = upstream_req.model().to_owned();
+    match providers::mock::mock_reply(&upstream_req, &upstream_model) {
+        MockReply::Json(body) => {
+            let charge = providers::usage_from_body(out.api, &body).map_or(Charge::WorstCase, Charge::Usage);
+            settle.finish(200, charge);
+            json_response(StatusCode::OK, body)
+        }
+        MockReply::Sse(events) => {
+            let upstream: ByteStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
+            let observer = StreamObserver::new(out.api, out.request.strip_usage_chunk());
+            stream_response(StatusCode::OK, upstream, observer, settle, state.upstream.idle_timeout)
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The LLM endpoints (OpenAI- and Anthropic-compatible) and the hot path that serves them:
+//! authenticate → parse once → model allowlist → clamp `max_tokens` → price the worst case →
+//! admit (limits, budget) → pick the provider key → forward → settle. Nothing here waits on
+//! the store, the secret store or an identity provider.
+
+mod auth;
+mod forward;
+mod settle;
+
+use crate::app::AppState;
+use crate::error::{ApiError, Code, Shape};
+use crate::pricing::{self, Prices, Tokens, Usd};
+use crate::providers::{self, Api, Family, ProviderKind};
+use crate::quota::{Ask, BudgetSpec, Denied, Limits, RateInfo};
+use crate::store::SpendRecord;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use forward::Outbound;
+use settle::Settlement;
+use std::time::Instant;
+
+/// Routes of the LLM endpoints.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/messages", post(messages))
+        .route("/v1/models", get(models))
+}
+
+async fn chat(State(s): State<AppState>, h: HeaderMap, b: Body) -> Response {
+    serve(s, Api::ChatCompletions, h, b).await
+}
+async fn completions(State(s): State<AppState>, h: HeaderMap, b: Body) -> Response {
+    serve(s, Api::Completions, h, b).await
+}
+async fn embeddings(State(s): State<AppState>, h: HeaderMap, b: Body) -> Response {
+    serve(s, Api::Embeddings, h, b).await
+}
+async fn responses(State(s): State<AppState>, h: HeaderMap, b: Body) -> Response {
+    serve(s, Api::Responses, h, b).await
+}
+async fn messages(State(s): State<AppState>, h: HeaderMap, b: Body) -> Response {
+    serve(s, Api::Messages, h, b).await
+}
+
+/// The shape errors of a family are rendered in.
+pub fn shape(f: Family) -> Shape {
+    match f {
+        Family::OpenAi => Shape::OpenAi,
+        Family::Anthropic => Shape::Anthropic,
+    }
+}
+
+async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let mut resp = match auth::authenticate(&state, &headers, Family::OpenAi).await {
+        Ok(claims) => {
+            let policy = state.policy.current();
+            let names: Vec<&str> = claims
+                .tollgate
+                .models
+                .iter()
+                .map(String::as_str)
+                .filter(|m| policy.model(m).is_some())
+                .collect();
+            axum::Json(providers::models_list(&names)).into_response()
+        }
+        Err(e) => e.shaped(Shape::OpenAi).into_response(),
+    };
+    set_request_id(&mut resp, &request_id);
+    resp
+}
+
+async fn serve(state: AppState, api: Api, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let mut resp = match pipeline(&state, api, &headers, body, &request_id, started).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(request_id = %request_id, endpoint = api.path(), code = e.code.as_str(), "request refused");
+            e.shaped(shape(api.family())).into_response()
+        }
+    };
+    set_request_id(&mut resp, &request_id);
+    resp
+}
+
+fn set_request_id(resp: &mut Response, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+    }
+}
+
+async fn pipeline(
+    state: &AppState,
+    api: Api,
+    headers: &HeaderMap,
+    body: Body,
+    request_id: &str,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let claims = auth::authenticate(state, headers, api.family()).await?;
+    let bytes = read_body(body, headers, state.limits.max_body_bytes).await?;
+    let mut req = providers::parse_request(api, &bytes).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
+
+    let policy = state.policy.current();
+    let model = policy.model(req.model()).ok_or_else(|| {
+        ApiError::new(Code::ModelNotFound, format!("model {:.120} does not exist", req.model())).param("model")
+    })?;
+    if !claims.tollgate.models.iter().any(|m| *m == model.name) {
+        return Err(ApiError::new(
+            Code::ModelNotAllowed,
+            format!("this token may not use model {}", model.name),
+        )
+        .param("model"));
+    }
+    let route = state.providers.get(&model.provider).ok_or_else(|| {
+        ApiError::new(Code::NoProviderKey, format!("provider {} is not configured", model.provider))
+    })?;
+    if route.kind.family().is_some_and(|f| f != api.family()) {
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("model {} is served by provider {}, which does not speak {}", model.name, model.provider, api.path()),
+        )
+        .param("model"));
+    }
+
+    let max_out = if api == Api::Embeddings {
+        0
+    } else {
+        let effective = req
+            .max_tokens()
+            .map_or(claims.tollgate.default_max_tokens, |n| n.min(claims.tollgate.max_tokens));
+        if req.max_tokens() != Some(effective) {
+            req.set_max_tokens(effective);
+        }
+        effective
+    };
+    let input_estimate = req.estimate_input_tokens();
+    let prices = Prices {
+        input: model.price.input_per_mtok_micro_usd,
+        output: model.price.output_per_mtok_micro_usd,
+        cached_input: model.price.cached_input_per_mtok_micro_usd,
+    };
+    let worst_cost = pricing::cost(&prices, &Tokens { input: input_estimate, output: u64::from(max_out), cached_input: 0 });
+    if let Some(cap) = claims.tollgate.max_request_usd.and_then(Usd::from_f64_dollars) {
+        if worst_cost > cap {
+            return Err(ApiError::new(
+                Code::RequestTooExpensive,
+                format!("this request may cost up to {worst_cost}, over the token's limit of {cap} per request; lower max_tokens or shorten the prompt"),
+            ));
+        }
+    }
+
+    let pool = policy.pool(&claims.tollgate.pool).ok_or_else(|| {
+        ApiError::new(Code::InvalidToken, format!("pool {} no longer exists; exchange a new token", claims.tollgate.pool))
+    })?;
+    let admission = state
+        .quota
+        .admit(&Ask {
+            jti: &claims.jti,
+            token_limits: Limits { rpm: claims.tollgate.rpm, tpm: claims.tollgate.tpm, concurrency: claims.tollgate.concurrency },
+            pool: &pool.name,
+            pool_limits: Limits { rpm: pool.limits.rpm, tpm: pool.limits.tpm, concurrency: pool.limits.concurrency },
+            budget: pool.budget.as_ref().map(|b| BudgetSpec {
+                cap: Usd(i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX)),
+                window: b.window.clone(),
+            }),
+            worst_tokens: input_estimate + u64::from(max_out),
+            worst_cost,
+            now_ms: crate::clock::now_ms(),
+        })
+        .map_err(denied)?;
+    let rate = admission.rate_info();
+
+    let key = if route.kind == ProviderKind::Mock {
+        None
+    } else {
+        let k = state
+            .keys
+            .select(&model.provider, &model.name, &claims.tollgate.billing_owner)
+            .filter(|k| !state.revocations.key_disabled(&k.id))
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::NoProviderKey,
+                    format!("no usable {} key for billing owner {}", model.provider, claims.tollgate.billing_owner),
+                )
+                .retry_after(30)
+            })?;
+        Some(k)
+    };
+    let record = SpendRecord {
+        request_id: request_id.to_owned(),
+        at: crate::clock::now_ms(),
+        jti: claims.jti.clone(),
+        subject: claims.sub.clone(),
+        team: claims.tollgate.team.clone(),
+        pool: claims.tollgate.pool.clone(),
+        billing_owner: claims.tollgate.billing_owner.clone(),
+        provider: model.provider.clone(),
+        provider_key_id: key.as_ref().map_or_else(|| "mock".to_owned(), |k| k.id.clone()),
+        model: model.name.clone(),
+        upstream_model: model.upstream_model.clone(),
+        endpoint: api.path().to_owned(),
+        stream: req.stream(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_input_tokens: 0,
+        cost_micro_usd: 0,
+        status: 0,
+        latency_ms: 0,
+    };
+    let settle = Settlement::new(admission, record, prices, input_estimate, state.spend.clone(), started);
+    let body = req.upstream_body(&model.upstream_model);
+    let mut resp = forward::forward(
+        state,
+        Outbound { api, request: &req, body, route, key, client_headers: headers },
+        settle,
+    )
+    .await?;
+    set_rate_headers(resp.headers_mut(), &rate);
+    Ok(resp)
+}
+
+/// Read the body up to `limit`. An oversized body is still drained (up to a bound, briefly)
+/// so the client reads a clean 413 instead of a connection reset mid-upload.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    const DRAIN_MAX: usize = 64 * 1024 * 1024;
+    let too_large = || ApiError::new(Code::RequestTooLarge, format!("request body is larger than {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(ApiError::new(Code::InvalidRequest, "request body could not be read")),
+            Err(_) if over => return Err(too_large()),
+            Err(_) => return Err(ApiError::new(Code::InvalidRequest, "request body was not received in time")),
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        seen += data.len();
+        if seen > limit {
+            over = true;
+        }
+        if over {
+            if seen > DRAIN_MAX {
+                return Err(too_large());
+            }
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if over { Err(too_large()) } else { Ok(buf.freeze()) }
+}
+
+fn denied(d: Denied) -> ApiError {
+    match &d {
+        Denied::Rate { retry_after, .. } => ApiError::new(Code::RateLimitExceeded, d.to_string()).retry_after(*retry_after),
+        Denied::Concurrency { .. } => ApiError::new(Code::RateLimitExceeded, d.to_string()).retry_after(1),
+        Denied::TooLarge { .. } => ApiError::new(Code::RequestTooLarge, d.to_string()),
+        Denied::Budget { .. } => ApiError::new(Code::BudgetExceeded, d.to_string()),
+    }
+}
+
+fn set_rate_headers(h: &mut HeaderMap, r: &RateInfo) {
+    let pairs = [
+        ("x-ratelimit-limit-requests", r.limit_requests),
+        ("x-ratelimit-remaining-requests", r.remaining_requests),
+        ("x-ratelimit-limit-tokens", r.limit_tokens),
+        ("x-ratelimit-remaining-tokens", r.remaining_tokens),
+    ];
+    for (name, v) in pairs {
+        if let Some(v) = v {
+            h.insert(HeaderName::from_static(name), HeaderValue::from(v));
+        }
+    }
+}

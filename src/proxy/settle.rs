@@ -1,0 +1,108 @@
+//! Settling a request exactly once: release the quota reservation with the actual cost and
+//! queue the spend record. A [`Settlement`] dropped before it was settled (the client went
+//! away mid-stream, the handler was cancelled) charges the reserved worst case: when usage is
+//! unknown, Tollgate never assumes the provider did not bill.
+
+use crate::pricing::{self, Prices, Tokens, Usd};
+use crate::providers::Usage;
+use crate::quota::Admission;
+use crate::spend::Writer;
+use crate::store::SpendRecord;
+use std::time::Instant;
+
+/// What to charge.
+#[derive(Debug, Clone, Copy)]
+pub enum Charge {
+    /// The provider reported this usage.
+    Usage(Usage),
+    /// The provider did not process the request (refused before any work).
+    Nothing,
+    /// Unknown (interrupted): charge the reservation.
+    WorstCase,
+}
+
+/// A request on its way to being settled.
+pub struct Settlement {
+    admission: Option<Admission>,
+    record: SpendRecord,
+    prices: Prices,
+    reserved_input: u64,
+    writer: Writer<SpendRecord>,
+    started: Instant,
+}
+
+impl Settlement {
+    /// Prepare; `record` holds every field but tokens, cost, status and latency.
+    pub fn new(
+        admission: Admission,
+        record: SpendRecord,
+        prices: Prices,
+        reserved_input: u64,
+        writer: Writer<SpendRecord>,
+        started: Instant,
+    ) -> Self {
+        Settlement {
+            admission: Some(admission),
+            record,
+            prices,
+            reserved_input,
+            writer,
+            started,
+        }
+    }
+
+    /// Settle now (later calls do nothing).
+    pub fn finish(&mut self, status: u16, charge: Charge) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        let (reserved_tokens, reserved_cost) = admission.reserved();
+        let (tokens, cost) = match charge {
+            Charge::Usage(u) => {
+                let t = Tokens {
+                    input: u.input_tokens,
+                    output: u.output_tokens,
+                    cached_input: u.cached_input_tokens,
+                };
+                (t, pricing::cost(&self.prices, &t))
+            }
+            Charge::Nothing => (Tokens::default(), Usd::ZERO),
+            Charge::WorstCase => (
+                Tokens {
+                    input: self.reserved_input,
+                    output: reserved_tokens.saturating_sub(self.reserved_input),
+                    cached_input: 0,
+                },
+                reserved_cost,
+            ),
+        };
+        admission.settle(tokens.input + tokens.output, cost);
+        let mut rec = self.record.clone();
+        rec.input_tokens = i64::try_from(tokens.input).unwrap_or(i64::MAX);
+        rec.output_tokens = i64::try_from(tokens.output).unwrap_or(i64::MAX);
+        rec.cached_input_tokens = i64::try_from(tokens.cached_input).unwrap_or(i64::MAX);
+        rec.cost_micro_usd = cost.micros();
+        rec.status = i32::from(status);
+        rec.latency_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        tracing::info!(
+            request_id = %rec.request_id,
+            subject = %rec.subject,
+            model = %rec.model,
+            provider_key = %rec.provider_key_id,
+            status,
+            input_tokens = rec.input_tokens,
+            output_tokens = rec.output_tokens,
+            cost_micro_usd = rec.cost_micro_usd,
+            latency_ms = rec.latency_ms,
+            "request settled"
+        );
+        self.writer.record(rec);
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        // 499: the client closed the request (nginx's convention).
+        self.finish(499, Charge::WorstCase);
+    }
+}

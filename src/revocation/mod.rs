@@ -1,0 +1,172 @@
+//! The revocation set every request is checked against, in memory (O(1), no I/O), re-synced
+//! from the store on an interval. Propagation between replicas (LISTEN/NOTIFY) and the admin
+//! API arrive with the incident-response issue; the set and its semantics are final here.
+//!
+//! Semantics: a `jti` revocation refuses that token; a `subject`, `team`, `pool`, `issuer` or
+//! `pod_uid` revocation refuses every token of that principal issued at or before the
+//! revocation, and the token endpoint refuses to mint for it while it is active.
+
+use crate::store::{NewRevocation, RevocationKind, RevocationRecord, Store, StoreError};
+use arc_swap::ArcSwap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What is checked about a token or a workload.
+#[derive(Debug, Default)]
+pub struct Principal<'a> {
+    /// Token id (absent at mint time).
+    pub jti: Option<&'a str>,
+    /// Workload subject.
+    pub subject: &'a str,
+    /// Team.
+    pub team: &'a str,
+    /// Pool.
+    pub pool: &'a str,
+    /// Workload issuer name.
+    pub issuer: &'a str,
+    /// Pod uid when the workload token carried one.
+    pub pod_uid: Option<&'a str>,
+    /// Token `iat` in unix seconds (`i64::MIN` at mint time: every active revocation applies).
+    pub issued_at: i64,
+}
+
+/// Why a principal is refused (safe to show the caller).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// What matched.
+    pub kind: RevocationKind,
+}
+
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} has been revoked", self.kind.as_str().replace('_', " "))
+    }
+}
+
+#[derive(Default)]
+struct Snapshot {
+    jtis: HashSet<String>,
+    /// (kind, value) -> latest revocation time in unix seconds.
+    cutoffs: HashMap<(RevocationKind, String), i64>,
+    provider_keys: HashSet<String>,
+}
+
+/// The live revocation set.
+pub struct RevocationSet {
+    store: Store,
+    snap: ArcSwap<Snapshot>,
+    synced_at: parking_lot::Mutex<std::time::Instant>,
+}
+
+impl RevocationSet {
+    /// Load the active revocations (a start-up failure is fatal: we would serve revoked tokens).
+    pub async fn load(store: Store) -> Result<Arc<RevocationSet>, StoreError> {
+        let set = Arc::new(RevocationSet {
+            store,
+            snap: ArcSwap::from_pointee(Snapshot::default()),
+            synced_at: parking_lot::Mutex::new(std::time::Instant::now()),
+        });
+        set.sync().await?;
+        Ok(set)
+    }
+
+    /// Re-read the store.
+    pub async fn sync(&self) -> Result<usize, StoreError> {
+        let rows = self.store.active_revocations(now_ms()).await?;
+        let n = rows.len();
+        self.snap.store(Arc::new(build(rows)));
+        *self.synced_at.lock() = std::time::Instant::now();
+        Ok(n)
+    }
+
+    /// Time since the last successful sync (readiness: how stale the set may be).
+    pub fn last_sync_age(&self) -> Duration {
+        self.synced_at.lock().elapsed()
+    }
+
+    /// Record a revocation and apply it locally at once.
+    pub async fn revoke(&self, r: &NewRevocation) -> Result<RevocationRecord, StoreError> {
+        let rec = self.store.insert_revocation(r).await?;
+        self.sync().await?;
+        Ok(rec)
+    }
+
+    /// Is this principal refused?
+    pub fn check(&self, p: &Principal<'_>) -> Result<(), Revoked> {
+        let snap = self.snap.load();
+        if let Some(j) = p.jti {
+            if snap.jtis.contains(j) {
+                return Err(Revoked { kind: RevocationKind::Jti });
+            }
+        }
+        if snap.cutoffs.is_empty() {
+            return Ok(());
+        }
+        let probes = [
+            (RevocationKind::Subject, Some(p.subject)),
+            (RevocationKind::Team, Some(p.team)),
+            (RevocationKind::Pool, Some(p.pool)),
+            (RevocationKind::Issuer, Some(p.issuer)),
+            (RevocationKind::PodUid, p.pod_uid),
+        ];
+        for (kind, value) in probes {
+            let Some(v) = value else { continue };
+            if let Some(&cut) = snap.cutoffs.get(&(kind, v.to_owned())) {
+                if p.issued_at <= cut {
+                    return Err(Revoked { kind });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Is this provider key disabled?
+    pub fn key_disabled(&self, key_id: &str) -> bool {
+        self.snap.load().provider_keys.contains(key_id)
+    }
+
+    /// Re-sync every `every` until cancelled; failures keep the last set and are logged.
+    pub fn spawn_sync(self: Arc<Self>, every: Duration, cancel: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => {
+                        if let Err(e) = self.sync().await {
+                            tracing::warn!(error = %e, "revocation re-sync failed; enforcing the last known set");
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn build(rows: Vec<RevocationRecord>) -> Snapshot {
+    let mut s = Snapshot::default();
+    for r in rows {
+        match r.kind {
+            RevocationKind::Jti => {
+                s.jtis.insert(r.value);
+            }
+            RevocationKind::ProviderKey => {
+                s.provider_keys.insert(r.value);
+            }
+            kind => {
+                let at = r.created_at.div_euclid(1000);
+                let e = s.cutoffs.entry((kind, r.value)).or_insert(at);
+                *e = (*e).max(at);
+            }
+        }
+    }
+    s
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}

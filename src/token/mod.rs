@@ -1,0 +1,195 @@
+//! Tollgate tokens: signing keys shared through the store, minting, local verification (no
+//! I/O on the hot path), the JWKS and RFC 8414 metadata documents, and the RFC 8693 exchange.
+
+mod claims;
+pub mod exchange;
+mod keyring;
+pub mod keys;
+
+pub use claims::{Claims, Grant, MAX_TTL_SECS, TOKEN_TYPE};
+pub use keyring::{Keyring, KeyringError};
+
+use crate::clock::now_secs;
+use jsonwebtoken::{Header, Validation};
+use secrecy::SecretString;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest token the verifier will even parse.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Why a presented Tollgate token is refused. Display is safe for the caller.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not a JWT, or oversized.
+    #[error("token is malformed")]
+    Malformed,
+    /// Wrong `typ`: e.g. a workload token presented to the proxy.
+    #[error("token is not a Tollgate access token (typ must be at+jwt)")]
+    WrongType,
+    /// `alg` not one Tollgate signs with.
+    #[error("token algorithm is not accepted")]
+    Algorithm,
+    /// `kid` not in the keyring.
+    #[error("token was signed by an unknown key")]
+    UnknownKey,
+    /// Signature, issuer, audience or time checks failed.
+    #[error("token is invalid: {0}")]
+    Invalid(&'static str),
+    /// Expired.
+    #[error("token has expired")]
+    Expired,
+    /// Minting failed for lack of a signing key.
+    #[error("no signing key available")]
+    NoSigningKey,
+}
+
+/// Mints and verifies Tollgate tokens.
+pub struct TokenService {
+    keyring: Arc<Keyring>,
+    issuer: String,
+    audience: String,
+    leeway: Duration,
+}
+
+/// A freshly minted token.
+pub struct Minted {
+    /// The JWT. Handed to the caller once; never logged or stored.
+    pub token: SecretString,
+    /// Its id.
+    pub jti: String,
+    /// Issued at (unix s).
+    pub iat: i64,
+    /// Expiry (unix s).
+    pub exp: i64,
+}
+
+impl TokenService {
+    /// A service issuing as `issuer` for `audience`.
+    pub fn new(keyring: Arc<Keyring>, issuer: String, audience: String, leeway: Duration) -> Self {
+        TokenService {
+            keyring,
+            issuer,
+            audience,
+            leeway,
+        }
+    }
+
+    /// The broker's issuer URL (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The audience of Tollgate tokens.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// The keyring (JWKS, maintenance).
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// Mint a token for `subject` with `grant`, valid `ttl` (capped at 15 minutes).
+    pub async fn mint(&self, subject: &str, grant: Grant, ttl: Duration) -> Result<Minted, TokenError> {
+        let signer = match self.keyring.signer() {
+            Some(s) => s,
+            None => {
+                self.keyring.reload_if_stale(Duration::ZERO).await;
+                self.keyring.signer().ok_or(TokenError::NoSigningKey)?
+            }
+        };
+        let iat = now_secs();
+        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(MAX_TTL_SECS).clamp(1, MAX_TTL_SECS);
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: subject.to_owned(),
+            aud: self.audience.clone(),
+            iat,
+            nbf: iat,
+            exp: iat + ttl,
+            jti: uuid::Uuid::new_v4().to_string(),
+            tollgate: grant,
+        };
+        let mut header = Header::new(signer.alg);
+        header.kid = Some(signer.kid.clone());
+        header.typ = Some(TOKEN_TYPE.to_owned());
+        let jwt = jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|_| TokenError::NoSigningKey)?;
+        Ok(Minted {
+            token: SecretString::from(jwt),
+            jti: claims.jti,
+            iat,
+            exp: claims.exp,
+        })
+    }
+
+    /// Verify a presented token. No I/O unless the `kid` is unknown (then one rate-limited
+    /// keyring reload: another replica may have just published a key).
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES || token.split('.').count() != 3 {
+            return Err(TokenError::Malformed);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref() != Some(TOKEN_TYPE) {
+            return Err(TokenError::WrongType);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let found = self.lookup(&kid, header.alg);
+        let (alg, key) = match found {
+            Some(k) => k,
+            None => {
+                if self.keyring.reload_if_stale(Duration::from_secs(5)).await {
+                    self.lookup(&kid, header.alg).ok_or(TokenError::UnknownKey)?
+                } else {
+                    return Err(TokenError::UnknownKey);
+                }
+            }
+        };
+        let mut v = Validation::new(alg);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        v.leeway = self.leeway.as_secs();
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => TokenError::Expired,
+                K::InvalidSignature => TokenError::Invalid("bad signature"),
+                K::InvalidIssuer => TokenError::Invalid("wrong issuer"),
+                K::InvalidAudience => TokenError::Invalid("wrong audience"),
+                K::ImmatureSignature => TokenError::Invalid("not valid yet"),
+                K::MissingRequiredClaim(_) => TokenError::Invalid("missing claim"),
+                K::InvalidAlgorithm => TokenError::Algorithm,
+                _ => TokenError::Invalid("claims do not parse"),
+            }
+        })?;
+        let c = data.claims;
+        if c.exp - c.iat > MAX_TTL_SECS || c.iat > now_secs() + self.leeway.as_secs() as i64 {
+            return Err(TokenError::Invalid("lifetime out of bounds"));
+        }
+        Ok(c)
+    }
+
+    fn lookup(&self, kid: &str, alg: jsonwebtoken::Algorithm) -> Option<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey)> {
+        let set = self.keyring.set.load();
+        let (key_alg, key) = set.verifiers.get(kid)?;
+        // The key decides the algorithm; a header claiming another one is refused.
+        (*key_alg == alg).then(|| (*key_alg, key.clone()))
+    }
+
+    /// RFC 8414 authorization server metadata.
+    pub fn metadata(&self) -> serde_json::Value {
+        let base = self.issuer.trim_end_matches('/');
+        serde_json::json!({
+            "issuer": self.issuer,
+            "token_endpoint": format!("{base}/v1/token"),
+            "jwks_uri": format!("{base}/.well-known/jwks.json"),
+            "grant_types_supported": [exchange::GRANT_TYPE],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "response_types_supported": [],
+            "token_endpoint_auth_signing_alg_values_supported": ["EdDSA", "ES256"],
+            "scopes_supported": [],
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! A test upstream on loopback that speaks the OpenAI and Anthropic wire formats, accepts only
+//! the provider keys it was given, records every request, and misbehaves on command.
+//! Written independently of Tollgate's `providers` module: it is the referee.
+//!
+//! Usage rule (so tests know the numbers): input tokens = the number of whitespace-separated
+//! words in all prompt text (messages/system/prompt/input); output tokens = the number of
+//! words of the reply.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+enum Action {
+    Fail(u16, Value),
+    Delay(Duration),
+}
+
+struct Shared {
+    openai_key: String,
+    anthropic_key: String,
+    requests: Mutex<Vec<RecordedRequest>>,
+    actions: Mutex<VecDeque<Action>>,
+}
+
+/// The running upstream.
+pub struct TestUpstream {
+    /// Base URL including `/v1`.
+    pub url: String,
+    shared: Arc<Shared>,
+}
+
+impl TestUpstream {
+    pub async fn start(openai_key: &str, anthropic_key: &str) -> TestUpstream {
+        let shared = Arc::new(Shared {
+            openai_key: openai_key.to_owned(),
+            anthropic_key: anthropic_key.to_owned(),
+            requests: Mutex::new(Vec::new()),
+            actions: Mutex::new(VecDeque::new()),
+        });
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        TestUpstream { url, shared }
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.requests.lock().clone()
+    }
+
+    /// The next request gets this status and body.
+    pub fn fail_next(&self, status: u16, body: Value) {
+        self.shared
+            .actions
+            .lock()
+            .push_back(Action::Fail(status, body));
+    }
+
+    /// The next request is answered after `d`.
+    pub fn delay_next(&self, d: Duration) {
+        self.shared.actions.lock().push_back(Action::Delay(d));
+    }
+}
+
+fn words(v: &Value, out: &mut u64) {
+    match v {
+        Value::String(s) => *out += s.split_whitespace().count() as u64,
+        Value::Array(a) => a.iter().for_each(|x| words(x, out)),
+        Value::Object(o) => {
+            for k in ["content", "text"] {
+                if let Some(x) = o.get(k) {
+                    words(x, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The usage rule: words of the prompt.
+pub fn prompt_words(body: &Value) -> u64 {
+    let mut n = 0;
+    for k in ["messages", "system", "prompt", "input"] {
+        if let Some(v) = body.get(k) {
+            words(v, &mut n);
+        }
+    }
+    n
+}
+
+async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let headers: HeaderMap = req.headers().clone();
+    let bytes: Bytes = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    s.requests.lock().push(RecordedRequest {
+        path: path.clone(),
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        body: body.clone(),
+    });
+    let action = s.actions.lock().pop_front();
+    match action {
+        Some(Action::Fail(status, b)) => {
+            return (StatusCode::from_u16(status).unwrap(), axum::Json(b)).into_response();
+        }
+        Some(Action::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let anthropic = path == "/v1/messages";
+    let authorized = if anthropic {
+        headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(s.anthropic_key.as_str())
+            && headers.contains_key("anthropic-version")
+    } else {
+        headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(format!("Bearer {}", s.openai_key).as_str())
+    };
+    if !authorized {
+        let b = if anthropic {
+            json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})
+        } else {
+            json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key", "param": null}})
+        };
+        return (StatusCode::UNAUTHORIZED, axum::Json(b)).into_response();
+    }
+    let model = body["model"].as_str().unwrap_or("unknown").to_owned();
+    let input = prompt_words(&body);
+    let reply = "the upstream says hello back to you";
+    let output = reply.split_whitespace().count() as u64;
+    let stream = body["stream"].as_bool() == Some(true);
+    let pieces: Vec<String> = reply.split(' ').map(|w| format!("{w} ")).collect();
+    match (path.as_str(), stream) {
+        ("/v1/models", _) => {
+            axum::Json(json!({"object": "list", "data": [{"id": "gpt-test-upstream", "object": "model", "created": 0, "owned_by": "test"}]})).into_response()
+        }
+        ("/v1/chat/completions", false) => axum::Json(json!({
+            "id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}
+        })).into_response(),
+        ("/v1/chat/completions", true) => {
+            let mut events: Vec<String> = pieces
+                .iter()
+                .map(|p| json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]}).to_string())
+                .collect();
+            events.push(json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}).to_string());
+            if body["stream_options"]["include_usage"].as_bool() == Some(true) {
+                events.push(json!({"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+                    "choices": [], "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}}).to_string());
+            }
+            events.push("[DONE]".to_owned());
+            sse(events.into_iter().map(|e| format!("data: {e}\n\n")).collect())
+        }
+        ("/v1/completions", false) => axum::Json(json!({
+            "id": "cmpl-up", "object": "text_completion", "created": 1, "model": model,
+            "choices": [{"index": 0, "text": reply, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output}
+        })).into_response(),
+        ("/v1/embeddings", _) => {
+            let n = body["input"].as_array().map_or(1, Vec::len);
+            let data: Vec<Value> = (0..n).map(|i| json!({"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]})).collect();
+            axum::Json(json!({"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": input, "total_tokens": input}})).into_response()
+        }
+        ("/v1/responses", false) => axum::Json(response_body(&model, reply, input, output)).into_response(),
+        ("/v1/responses", true) => {
+            let mut events = vec![format!("event: response.created\ndata: {}\n\n",
+                json!({"type": "response.created", "response": {"id": "resp-up", "status": "in_progress"}}))];
+            for p in &pieces {
+                events.push(format!("event: response.output_text.delta\ndata: {}\n\n",
+                    json!({"type": "response.output_text.delta", "delta": p})));
+            }
+            events.push(format!("event: response.completed\ndata: {}\n\n",
+                json!({"type": "response.completed", "response": response_body(&model, reply, input, output)})));
+            sse(events)
+        }
+        ("/v1/messages", false) => axum::Json(json!({
+            "id": "msg-up", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": input, "output_tokens": output}
+        })).into_response(),
+        ("/v1/messages", true) => {
+            let mut events = vec![
+                format!("event: message_start\ndata: {}\n\n", json!({"type": "message_start", "message": {"id": "msg-up", "type": "message",
+                    "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": input, "output_tokens": 1}}})),
+                format!("event: content_block_start\ndata: {}\n\n", json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}})),
+            ];
+            for p in &pieces {
+                events.push(format!("event: content_block_delta\ndata: {}\n\n", json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": p}})));
+            }
+            events.push(format!("event: content_block_stop\ndata: {}\n\n", json!({"type": "content_block_stop", "index": 0})));
+            events.push(format!("event: message_delta\ndata: {}\n\n", json!({"type": "message_delta",
+                "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output}})));
+            events.push(format!("event: message_stop\ndata: {}\n\n", json!({"type": "message_stop"})));
+            sse(events)
+        }
+        _ => (StatusCode::NOT_FOUND, axum::Json(json!({"error": {"message": "no such route"}}))).into_response(),
+    }
+}
+
+fn response_body(model: &str, reply: &str, input: u64, output: u64) -> Value {
+    json!({"id": "resp-up", "object": "response", "status": "completed", "model": model,
+        "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": reply}]}],
+        "usage": {"input_tokens": input, "output_tokens": output, "total_tokens": input + output}})
+}
+
+/// An SSE response whose events arrive in separate chunks, a little apart, each split in two
+/// to exercise reassembly across chunk boundaries.
+fn sse(events: Vec<String>) -> Response {
+    let stream = futures_util::stream::unfold(events.into_iter(), |mut it| async move {
+        let e = it.next()?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        Some((Ok::<_, std::io::Error>(Bytes::from(e)), it))
+    })
+    .flat_map(|r: Result<Bytes, std::io::Error>| {
+        let parts: Vec<Result<Bytes, std::io::Error>> = match r {
+            Ok(b) if b.len() > 8 => {
+                let mid = b.len() / 2;
+                vec![Ok(b.slice(..mid)), Ok(b.slice(mid..))]
+            }
+            other => vec![other],
+        };
+        futures_util::stream::iter(parts)
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+use futures_util::StreamExt;
