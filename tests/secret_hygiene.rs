@@ -50,24 +50,55 @@ async fn no_credential_reaches_a_log_line_or_a_response() {
         let mut stream = TestApp::chat("gpt-test", "hello");
         stream["stream"] = json!(true);
         for body in [TestApp::chat("gpt-test", "hello"), stream] {
-            bodies.push_str(&app.post("/v1/chat/completions", &token, &body).await.text().await.unwrap());
+            bodies.push_str(
+                &app.post("/v1/chat/completions", &token, &body)
+                    .await
+                    .text()
+                    .await
+                    .unwrap(),
+            );
         }
         let msg = json!({"model": "claude-test", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
         bodies.push_str(&app.anthropic(&token, &msg).await.text().await.unwrap());
         // The provider refuses our key and echoes it, as OpenAI does.
-        app.upstream.fail_next(401, json!({"error": {"message": format!("Incorrect API key provided: {OPENAI_KEY}")}}));
-        bodies.push_str(&app.post("/v1/chat/completions", &token, &TestApp::chat("gpt-test", "x")).await.text().await.unwrap());
+        app.upstream.fail_next(
+            401,
+            json!({"error": {"message": format!("Incorrect API key provided: {OPENAI_KEY}")}}),
+        );
+        bodies.push_str(
+            &app.post(
+                "/v1/chat/completions",
+                &token,
+                &TestApp::chat("gpt-test", "x"),
+            )
+            .await
+            .text()
+            .await
+            .unwrap(),
+        );
         // A bad token, and a workload token presented to the proxy.
-        bodies.push_str(&app.post("/v1/chat/completions", &wl, &TestApp::chat("gpt-test", "x")).await.text().await.unwrap());
+        bodies.push_str(
+            &app.post("/v1/chat/completions", &wl, &TestApp::chat("gpt-test", "x"))
+                .await
+                .text()
+                .await
+                .unwrap(),
+        );
         // A forged subject token with the right shape.
         bodies.push_str(&app.exchange(&format!("{wl}x")).await.text().await.unwrap());
         app.stop().await;
     }
     let logs = String::from_utf8(capture.0.lock().clone()).unwrap();
-    assert!(logs.contains("request settled"), "the scenario logged requests");
+    assert!(
+        logs.contains("request settled"),
+        "the scenario logged requests"
+    );
     for s in &secrets {
         assert!(!logs.contains(s.as_str()), "a credential reached the logs");
-        assert!(!bodies.contains(s.as_str()), "a credential reached a response");
+        assert!(
+            !bodies.contains(s.as_str()),
+            "a credential reached a response"
+        );
         // the JWT signature part alone must not appear either
         if let Some(sig) = s.rsplit('.').next().filter(|p| p.len() > 20) {
             assert!(!logs.contains(sig), "a token signature reached the logs");

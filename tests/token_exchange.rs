@@ -39,7 +39,10 @@ async fn oauth_error(r: reqwest::Response) -> (String, String) {
     let v: Value = r.json().await.unwrap();
     (
         v["error"].as_str().unwrap().to_owned(),
-        v["error_description"].as_str().unwrap_or_default().to_owned(),
+        v["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
     )
 }
 
@@ -67,7 +70,10 @@ async fn exchange_returns_an_rfc8693_response_with_quota_claims(app: &TestApp) {
     assert_eq!(claims["iss"], "http://tollgate.test");
     assert_eq!(claims["aud"], "tollgate");
     assert_eq!(claims["sub"], "system:serviceaccount:team-a:ranker");
-    assert_eq!(claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(), expires_in);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        expires_in
+    );
     let q = &claims["tollgate"];
     assert_eq!(q["team"], "a");
     assert_eq!(q["pool"], "main");
@@ -94,12 +100,19 @@ async fn exchange_returns_an_rfc8693_response_with_quota_claims(app: &TestApp) {
         .collect();
     assert!(kids.contains(&header["kid"].as_str().unwrap()), "{jwks}");
     assert!(
-        jwks["keys"].as_array().unwrap().iter().all(|k| k.get("d").is_none()),
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("d").is_none()),
         "no private key material in the JWKS"
     );
     let meta: Value = app
         .http
-        .get(format!("{}/.well-known/oauth-authorization-server", app.url))
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            app.url
+        ))
         .send()
         .await
         .unwrap()
@@ -154,31 +167,55 @@ async fn scope_and_ttl_may_only_narrow(app: &TestApp) {
     let claims = jwt_part(v["access_token"].as_str().unwrap(), 1);
     assert_eq!(claims["tollgate"]["models"], json!(["gpt-test"]));
 
-    let r = app.exchange_form(&with(&[("requested_ttl", "86400")])).await;
+    let r = app
+        .exchange_form(&with(&[("requested_ttl", "86400")]))
+        .await;
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["expires_in"], 900, "never beyond 15 minutes");
 
-    let r = app.exchange_form(&with(&[("scope", "gpt-test unbound")])).await;
+    let r = app
+        .exchange_form(&with(&[("scope", "gpt-test unbound")]))
+        .await;
     assert_eq!(oauth_error(r).await.0, "invalid_scope");
     for bad in ["0", "-5", "soon", "1e3"] {
         let r = app.exchange_form(&with(&[("requested_ttl", bad)])).await;
         assert_eq!(oauth_error(r).await.0, "invalid_request", "ttl {bad}");
     }
 }
-on_both_stores!(scope_and_ttl_may_only_narrow_test, scope_and_ttl_may_only_narrow);
+on_both_stores!(
+    scope_and_ttl_may_only_narrow_test,
+    scope_and_ttl_may_only_narrow
+);
 
 async fn malformed_requests_get_rfc6749_errors(app: &TestApp) {
     let wl = app.workload_token("team-a", "app");
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
-        (vec![("subject_token", &wl), ("subject_token_type", JWT)], "invalid_request"),
         (
-            vec![("grant_type", "client_credentials"), ("subject_token", &wl), ("subject_token_type", JWT)],
+            vec![("subject_token", &wl), ("subject_token_type", JWT)],
+            "invalid_request",
+        ),
+        (
+            vec![
+                ("grant_type", "client_credentials"),
+                ("subject_token", &wl),
+                ("subject_token_type", JWT),
+            ],
             "unsupported_grant_type",
         ),
-        (vec![("grant_type", GRANT), ("subject_token_type", JWT)], "invalid_request"),
-        (vec![("grant_type", GRANT), ("subject_token", &wl)], "invalid_request"),
         (
-            vec![("grant_type", GRANT), ("subject_token", &wl), ("subject_token_type", "urn:x:saml")],
+            vec![("grant_type", GRANT), ("subject_token_type", JWT)],
+            "invalid_request",
+        ),
+        (
+            vec![("grant_type", GRANT), ("subject_token", &wl)],
+            "invalid_request",
+        ),
+        (
+            vec![
+                ("grant_type", GRANT),
+                ("subject_token", &wl),
+                ("subject_token_type", "urn:x:saml"),
+            ],
             "invalid_request",
         ),
         (
@@ -200,7 +237,12 @@ async fn malformed_requests_get_rfc6749_errors(app: &TestApp) {
             "invalid_target",
         ),
         (
-            vec![("grant_type", GRANT), ("grant_type", GRANT), ("subject_token", &wl), ("subject_token_type", JWT)],
+            vec![
+                ("grant_type", GRANT),
+                ("grant_type", GRANT),
+                ("subject_token", &wl),
+                ("subject_token_type", JWT),
+            ],
             "invalid_request",
         ),
     ];
@@ -231,13 +273,23 @@ async fn malformed_requests_get_rfc6749_errors(app: &TestApp) {
     assert_eq!(oauth_error(r).await.0, "invalid_request");
     // oversized form
     let big = "x".repeat(64 * 1024);
-    let r = app.exchange_form(&[("grant_type", GRANT), ("subject_token", &big)]).await;
+    let r = app
+        .exchange_form(&[("grant_type", GRANT), ("subject_token", &big)])
+        .await;
     assert_eq!(oauth_error(r).await.0, "invalid_request");
     // wrong method
-    let r = app.http.get(format!("{}/v1/token", app.url)).send().await.unwrap();
+    let r = app
+        .http
+        .get(format!("{}/v1/token", app.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
 }
-on_both_stores!(malformed_requests_get_rfc6749_errors_test, malformed_requests_get_rfc6749_errors);
+on_both_stores!(
+    malformed_requests_get_rfc6749_errors_test,
+    malformed_requests_get_rfc6749_errors
+);
 
 async fn forged_and_invalid_subject_tokens_are_refused(app: &TestApp) {
     let good = app.issuer.claims("team-a", "app");
@@ -267,7 +319,10 @@ async fn forged_and_invalid_subject_tokens_are_refused(app: &TestApp) {
         ("alg none", app.issuer.unsigned(&good, "none")),
         ("alg None", app.issuer.unsigned(&good, "None")),
         ("alg nOnE", app.issuer.unsigned(&good, "nOnE")),
-        ("HS256 keyed with the public key", app.issuer.hs256_with_public_key(&good)),
+        (
+            "HS256 keyed with the public key",
+            app.issuer.hs256_with_public_key(&good),
+        ),
         ("wrong audience", app.issuer.sign(&wrong_aud)),
         ("untrusted issuer", app.issuer.sign(&wrong_iss)),
         ("expired", app.issuer.sign(&expired)),
@@ -302,12 +357,20 @@ on_both_stores!(
 );
 
 async fn workload_without_binding_is_unauthorized(app: &TestApp) {
-    let r = app.exchange(&app.workload_token("somewhere-else", "app")).await;
+    let r = app
+        .exchange(&app.workload_token("somewhere-else", "app"))
+        .await;
     let (code, desc) = oauth_error(r).await;
     assert_eq!(code, "unauthorized_client");
-    assert!(desc.contains("system:serviceaccount:somewhere-else:app"), "{desc}");
+    assert!(
+        desc.contains("system:serviceaccount:somewhere-else:app"),
+        "{desc}"
+    );
 }
-on_both_stores!(workload_without_binding_is_unauthorized_test, workload_without_binding_is_unauthorized);
+on_both_stores!(
+    workload_without_binding_is_unauthorized_test,
+    workload_without_binding_is_unauthorized
+);
 
 async fn revoked_subject_cannot_exchange(app: &TestApp) {
     app.state
@@ -324,6 +387,14 @@ async fn revoked_subject_cannot_exchange(app: &TestApp) {
         .unwrap();
     let r = app.exchange(&app.workload_token("team-a", "leaky")).await;
     assert_eq!(oauth_error(r).await.0, "invalid_grant");
-    assert_eq!(app.exchange(&app.workload_token("team-a", "other")).await.status(), 200);
+    assert_eq!(
+        app.exchange(&app.workload_token("team-a", "other"))
+            .await
+            .status(),
+        200
+    );
 }
-on_both_stores!(revoked_subject_cannot_exchange_test, revoked_subject_cannot_exchange);
+on_both_stores!(
+    revoked_subject_cannot_exchange_test,
+    revoked_subject_cannot_exchange
+);

@@ -75,7 +75,11 @@ impl Application {
         let mut tasks = Vec::new();
         let store = tryc!(
             "database",
-            Store::connect(config.database_url.expose_secret(), config.database_max_connections).await
+            Store::connect(
+                config.database_url.expose_secret(),
+                config.database_max_connections
+            )
+            .await
         );
         if config.migrate_on_start {
             tryc!("database migrations", store.migrate().await);
@@ -86,7 +90,13 @@ impl Application {
         let kek = tryc!("signing.key_encryption_key", load_kek(&config));
         let keyring = tryc!(
             "signing keys",
-            Keyring::start(store.clone(), kek, config.signing.algorithm, config.signing.rotate_every).await
+            Keyring::start(
+                store.clone(),
+                kek,
+                config.signing.algorithm,
+                config.signing.rotate_every
+            )
+            .await
         );
         let issuer = config.public_url.as_str().trim_end_matches('/').to_owned();
         let tokens = Arc::new(TokenService::new(
@@ -97,15 +107,24 @@ impl Application {
         ));
         let identity_http = tryc!(
             "identity http client",
-            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(10)).build()
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(10))
+                .build()
         );
         let identity = Arc::new(tryc!(
             "issuers",
-            IdentityVerifier::new(config.issuers.clone(), vec![issuer.clone(), config.public_url.to_string()], identity_http)
+            IdentityVerifier::new(
+                config.issuers.clone(),
+                vec![issuer.clone(), config.public_url.to_string()],
+                identity_http
+            )
         ));
         let revocations = tryc!("revocations", RevocationSet::load(store.clone()).await);
-        let secret_store: Arc<dyn SecretStore> =
-            Arc::new(FileStore::new(config.secrets.path.clone(), config.secrets.from_env));
+        let secret_store: Arc<dyn SecretStore> = Arc::new(FileStore::new(
+            config.secrets.path.clone(),
+            config.secrets.from_env,
+        ));
         let keys = Arc::new(tryc!("secrets", KeyCache::load(secret_store).await));
         let http = tryc!(
             "upstream http client",
@@ -124,14 +143,36 @@ impl Application {
             queue_capacity: config.spend.queue_capacity,
             shutdown_deadline: config.drain_timeout,
         };
-        let (spend, spend_task) = Writer::spawn("spend", wcfg, spend_sink(store.clone()), cancel.child_token());
-        let (issued, issued_task) = Writer::spawn("issued_tokens", wcfg, issued_sink(store.clone()), cancel.child_token());
+        let (spend, spend_task) = Writer::spawn(
+            "spend",
+            wcfg,
+            spend_sink(store.clone()),
+            cancel.child_token(),
+        );
+        let (issued, issued_task) = Writer::spawn(
+            "issued_tokens",
+            wcfg,
+            issued_sink(store.clone()),
+            cancel.child_token(),
+        );
 
-        tasks.push(Arc::clone(&policy).spawn_watcher(config.policy_reload_interval, cancel.child_token()));
-        tasks.push(Arc::clone(&keyring).spawn_maintainer(Duration::from_secs(60), cancel.child_token()));
-        tasks.push(Arc::clone(&revocations).spawn_sync(config.revocation_sync_interval, cancel.child_token()));
-        tasks.push(Arc::clone(&keys).spawn_refresher(config.secrets.refresh_interval, cancel.child_token()));
-        tasks.push(Arc::clone(&identity).spawn_refresher(Duration::from_secs(600), cancel.child_token()));
+        tasks.push(
+            Arc::clone(&policy).spawn_watcher(config.policy_reload_interval, cancel.child_token()),
+        );
+        tasks.push(
+            Arc::clone(&keyring).spawn_maintainer(Duration::from_secs(60), cancel.child_token()),
+        );
+        tasks.push(
+            Arc::clone(&revocations)
+                .spawn_sync(config.revocation_sync_interval, cancel.child_token()),
+        );
+        tasks.push(
+            Arc::clone(&keys)
+                .spawn_refresher(config.secrets.refresh_interval, cancel.child_token()),
+        );
+        tasks.push(
+            Arc::clone(&identity).spawn_refresher(Duration::from_secs(600), cancel.child_token()),
+        );
         tasks.push(spawn_token_gc(Arc::clone(&quota), cancel.child_token()));
 
         let listener = match dev.listener {
@@ -178,7 +219,10 @@ impl Application {
     }
 
     /// Serve until `shutdown` resolves, then drain and flush.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
         let app = super::router(self.state.clone());
         let draining = CancellationToken::new();
         let signal = draining.clone();
@@ -208,9 +252,14 @@ impl Application {
 }
 
 fn load_kek(config: &Config) -> Result<Kek, String> {
-    let text = match (&config.signing.key_encryption_key, &config.signing.key_encryption_key_file) {
+    let text = match (
+        &config.signing.key_encryption_key,
+        &config.signing.key_encryption_key_file,
+    ) {
         (Some(k), _) => k.expose_secret().to_owned(),
-        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
         (None, None) => return Err("not configured".into()),
     };
     Kek::from_base64(&text).map_err(|e| e.to_string())
@@ -220,12 +269,30 @@ fn provider_routes(config: &Config) -> HashMap<String, ProviderRoute> {
     let mut out = HashMap::new();
     let defaults = [
         ("openai", ProviderKind::OpenAi, "https://api.openai.com/v1"),
-        ("anthropic", ProviderKind::Anthropic, "https://api.anthropic.com/v1"),
+        (
+            "anthropic",
+            ProviderKind::Anthropic,
+            "https://api.anthropic.com/v1",
+        ),
     ];
     for (id, kind, url) in defaults {
-        out.insert(id.to_owned(), ProviderRoute { id: id.to_owned(), kind, base_url: Url::parse(url).ok() });
+        out.insert(
+            id.to_owned(),
+            ProviderRoute {
+                id: id.to_owned(),
+                kind,
+                base_url: Url::parse(url).ok(),
+            },
+        );
     }
-    out.insert("mock".to_owned(), ProviderRoute { id: "mock".into(), kind: ProviderKind::Mock, base_url: None });
+    out.insert(
+        "mock".to_owned(),
+        ProviderRoute {
+            id: "mock".into(),
+            kind: ProviderKind::Mock,
+            base_url: None,
+        },
+    );
     for (id, p) in &config.providers {
         let kind = match p.kind {
             ProviderKindConfig::Openai => ProviderKind::OpenAi,
@@ -233,8 +300,18 @@ fn provider_routes(config: &Config) -> HashMap<String, ProviderRoute> {
             ProviderKindConfig::OpenaiCompatible => ProviderKind::OpenAiCompatible,
             ProviderKindConfig::Mock => ProviderKind::Mock,
         };
-        let base_url = p.base_url.clone().or_else(|| out.get(id).and_then(|r| r.base_url.clone()));
-        out.insert(id.clone(), ProviderRoute { id: id.clone(), kind, base_url });
+        let base_url = p
+            .base_url
+            .clone()
+            .or_else(|| out.get(id).and_then(|r| r.base_url.clone()));
+        out.insert(
+            id.clone(),
+            ProviderRoute {
+                id: id.clone(),
+                kind,
+                base_url,
+            },
+        );
     }
     out
 }
@@ -243,7 +320,10 @@ fn warn_about_policy_references(config: &Config, policy: &PolicyStore) {
     let set = policy.current();
     for issuer in set.issuers_referenced() {
         if !config.issuers.iter().any(|i| i.name == issuer) {
-            tracing::warn!(issuer, "a policy binding names an issuer that is not configured; it will never match");
+            tracing::warn!(
+                issuer,
+                "a policy binding names an issuer that is not configured; it will never match"
+            );
         }
     }
 }
@@ -255,7 +335,9 @@ async fn seed_budgets(store: &Store, policy: &PolicyStore, quota: &Quota) {
             let start = window_start(&b.window, now);
             match store.spend_since(&model_pool.name, start).await {
                 Ok(spent) => quota.seed_spend(&model_pool.name, start, crate::pricing::Usd(spent)),
-                Err(e) => tracing::warn!(pool = %model_pool.name, error = %e, "could not read pool spend; budget starts from zero"),
+                Err(e) => {
+                    tracing::warn!(pool = %model_pool.name, error = %e, "could not read pool spend; budget starts from zero")
+                }
             }
         }
     }

@@ -21,7 +21,10 @@ pub fn router() -> Router<AppState> {
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/dev/oidc/.well-known/openid-configuration", get(dev_discovery))
+        .route(
+            "/dev/oidc/.well-known/openid-configuration",
+            get(dev_discovery),
+        )
         .route("/dev/oidc/jwks.json", get(dev_jwks))
 }
 
@@ -29,12 +32,25 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
     let form_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")));
+        .is_some_and(|v| {
+            v.split(';').next().is_some_and(|m| {
+                m.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
     if !form_type {
-        return OAuthError::new("invalid_request", "Content-Type must be application/x-www-form-urlencoded").into_response();
+        return OAuthError::new(
+            "invalid_request",
+            "Content-Type must be application/x-www-form-urlencoded",
+        )
+        .into_response();
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
-        return OAuthError::new("invalid_request", format!("request body must be at most {MAX_FORM_BYTES} bytes")).into_response();
+        return OAuthError::new(
+            "invalid_request",
+            format!("request body must be at most {MAX_FORM_BYTES} bytes"),
+        )
+        .into_response();
     };
     let form = match exchange::parse_form(&bytes) {
         Ok(f) => f,
@@ -51,8 +67,10 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         Ok((resp, record)) => {
             state.issued.record(record);
             let mut r = (StatusCode::OK, axum::Json(resp)).into_response();
-            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            r.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r.headers_mut()
+                .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
             r
         }
         Err(e) => {
@@ -65,7 +83,10 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
 async fn jwks(State(state): State<AppState>) -> Response {
     let doc = state.tokens.keyring().jwks();
     let mut r = axum::Json(doc.as_ref().clone()).into_response();
-    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     r
 }
 
@@ -93,13 +114,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
         "revocations_fresh": fresh,
         "signing_key": signing,
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 
 async fn dev_discovery(State(state): State<AppState>) -> Response {
     match &state.dev {
-        Some(d) => axum::Json(d.issuer.discovery_document(&d.issuer_url, &format!("{}/jwks.json", d.issuer_url))).into_response(),
+        Some(d) => axum::Json(
+            d.issuer
+                .discovery_document(&d.issuer_url, &format!("{}/jwks.json", d.issuer_url)),
+        )
+        .into_response(),
         None => not_found().await,
     }
 }
@@ -113,12 +142,17 @@ async fn dev_jwks(State(state): State<AppState>) -> Response {
 
 /// Unknown routes: RFC 9457 problem details.
 pub async fn not_found() -> Response {
-    ApiError::new(Code::NotFound, "no such endpoint").shaped(Shape::Problem).into_response()
+    ApiError::new(Code::NotFound, "no such endpoint")
+        .shaped(Shape::Problem)
+        .into_response()
 }
 
 /// Known route, wrong method.
 pub async fn method_not_allowed() -> Response {
-    ApiError::new(Code::MethodNotAllowed, "method not allowed on this endpoint")
-        .shaped(Shape::Problem)
-        .into_response()
+    ApiError::new(
+        Code::MethodNotAllowed,
+        "method not allowed on this endpoint",
+    )
+    .shaped(Shape::Problem)
+    .into_response()
 }

@@ -57,11 +57,23 @@ const STATE_FILE: &str = "dev.json";
 /// Run `tollgate dev` or one of its subcommands.
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        Some(DevCommand::WorkloadToken { namespace, service_account, audience, data_dir, ttl }) => {
+        Some(DevCommand::WorkloadToken {
+            namespace,
+            service_account,
+            audience,
+            data_dir,
+            ttl,
+        }) => {
             let issuer = DevIssuer::load_or_create(&data_dir).context("dev issuer key")?;
             let issuer_url = read_issuer_url(&data_dir);
             let token = issuer
-                .mint_service_account_token(&issuer_url, &namespace, &service_account, &audience, ttl)
+                .mint_service_account_token(
+                    &issuer_url,
+                    &namespace,
+                    &service_account,
+                    &audience,
+                    ttl,
+                )
                 .context("minting the workload token")?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{token}")?;
@@ -73,7 +85,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
     telemetry::init(LogFormat::Pretty, "info,tollgate=info");
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let issuer = DevIssuer::load_or_create(&args.data_dir).context("dev issuer key")?;
     let kek = read_or_create_kek(&args.data_dir)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -123,7 +136,10 @@ discovery_url = "{issuer_url}/.well-known/openid-configuration"
     let app = Application::build_with(
         config,
         DevOptions {
-            issuer: Some(DevIdentity { issuer, issuer_url: issuer_url.clone() }),
+            issuer: Some(DevIdentity {
+                issuer,
+                issuer_url: issuer_url.clone(),
+            }),
             listener: Some(listener),
         },
     )
@@ -156,16 +172,28 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }
 
 fn print_quick_start(base: &str, data_dir: &Path, real: &[&str]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().map_or_else(|_| "tollgate".to_owned(), |p| p.display().to_string());
+    let exe =
+        std::env::current_exe().map_or_else(|_| "tollgate".to_owned(), |p| p.display().to_string());
     let providers = ["openai", "anthropic"]
         .iter()
-        .map(|p| format!("{p}: {}", if real.contains(p) { "real (key from the environment)" } else { "mock" }))
+        .map(|p| {
+            format!(
+                "{p}: {}",
+                if real.contains(p) {
+                    "real (key from the environment)"
+                } else {
+                    "mock"
+                }
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let dd = data_dir.display();

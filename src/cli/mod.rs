@@ -62,7 +62,10 @@ enum PolicyCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tollgate: cannot start the async runtime: {e}");
@@ -80,7 +83,11 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, no_migrate, check_config } => {
+        Command::Serve {
+            config,
+            no_migrate,
+            check_config,
+        } => {
             let mut cfg = Config::load(&config)?;
             if no_migrate {
                 cfg.migrate_on_start = false;
@@ -110,7 +117,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("migrations applied");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Policy { command: PolicyCommand::Check { dir } } => Ok(policy_check(&dir)),
+        Command::Policy {
+            command: PolicyCommand::Check { dir },
+        } => Ok(policy_check(&dir)),
     }
 }
 

@@ -23,13 +23,40 @@ fn minimal_config_gets_safe_defaults() {
 fn errors_name_the_field() {
     let cases = [
         (MINIMAL.replace("sqlite://", "mysql://"), "database_url"),
-        (MINIMAL.replace("https://tollgate", "ftp://tollgate"), "public_url"),
-        (MINIMAL.replace("key_encryption_key = ", "algorithm = \"RS256\"\nkey_encryption_key = "), "algorithm"),
-        (format!("{MINIMAL}\n[upstream]\nconnect_timeout = \"soon\"\n"), "connect_timeout"),
-        (format!("{MINIMAL}\n[providers.local]\nkind = \"openai-compatible\"\n"), "providers.local.base_url"),
+        (
+            MINIMAL.replace("https://tollgate", "ftp://tollgate"),
+            "public_url",
+        ),
+        (
+            MINIMAL.replace(
+                "key_encryption_key = ",
+                "algorithm = \"RS256\"\nkey_encryption_key = ",
+            ),
+            "algorithm",
+        ),
+        (
+            format!("{MINIMAL}\n[upstream]\nconnect_timeout = \"soon\"\n"),
+            "connect_timeout",
+        ),
+        (
+            format!("{MINIMAL}\n[providers.local]\nkind = \"openai-compatible\"\n"),
+            "providers.local.base_url",
+        ),
         (format!("{MINIMAL}\nunknown_field = 1\n"), "unknown_field"),
-        (MINIMAL.replace("[secrets]\npath = \"keys.yaml\"", "[secrets]\nbackend = \"vault\"\npath = \"x\""), "secrets.backend"),
-        (MINIMAL.replace("key_encryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"", ""), "signing.key_encryption_key"),
+        (
+            MINIMAL.replace(
+                "[secrets]\npath = \"keys.yaml\"",
+                "[secrets]\nbackend = \"vault\"\npath = \"x\"",
+            ),
+            "secrets.backend",
+        ),
+        (
+            MINIMAL.replace(
+                "key_encryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"",
+                "",
+            ),
+            "signing.key_encryption_key",
+        ),
     ];
     for (text, field) in cases {
         let err = Config::from_toml_str(&text).unwrap_err().to_string();

@@ -192,13 +192,13 @@ impl ProviderConfig {
                 "required for kind openai-compatible",
             ));
         }
-        if let Some(u) = &self.base_url {
-            if !matches!(u.scheme(), "http" | "https") {
-                return Err(ConfigError::invalid(
-                    format!("{field}.base_url"),
-                    "must be an http(s) URL",
-                ));
-            }
+        if let Some(u) = &self.base_url
+            && !matches!(u.scheme(), "http" | "https")
+        {
+            return Err(ConfigError::invalid(
+                format!("{field}.base_url"),
+                "must be an http(s) URL",
+            ));
         }
         Ok(())
     }

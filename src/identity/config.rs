@@ -68,7 +68,11 @@ pub struct IdentityConfigError {
 }
 
 pub(super) fn validate(issuers: &[IssuerConfig]) -> Result<(), IdentityConfigError> {
-    let err = |index, field, reason: &str| IdentityConfigError { index, field, reason: reason.to_owned() };
+    let err = |index, field, reason: &str| IdentityConfigError {
+        index,
+        field,
+        reason: reason.to_owned(),
+    };
     for (i, c) in issuers.iter().enumerate() {
         if c.name.trim().is_empty() {
             return Err(err(i, "name", "must not be empty"));
@@ -83,13 +87,21 @@ pub(super) fn validate(issuers: &[IssuerConfig]) -> Result<(), IdentityConfigErr
             return Err(err(i, "issuer", "must not be empty"));
         }
         if c.jwks_file.is_some() && (c.jwks_uri.is_some() || c.discovery_url.is_some()) {
-            return Err(err(i, "jwks_file", "use either jwks_file or jwks_uri/discovery_url"));
+            return Err(err(
+                i,
+                "jwks_file",
+                "use either jwks_file or jwks_uri/discovery_url",
+            ));
         }
         if c.jwks_uri.is_some() && c.discovery_url.is_some() {
             return Err(err(i, "jwks_uri", "use either jwks_uri or discovery_url"));
         }
         if c.audiences.is_empty() || c.audiences.iter().any(|a| a.trim().is_empty()) {
-            return Err(err(i, "audiences", "must list at least one non-empty audience"));
+            return Err(err(
+                i,
+                "audiences",
+                "must list at least one non-empty audience",
+            ));
         }
         if c.leeway > Duration::from_secs(300) {
             return Err(err(i, "leeway", "must be at most 5m"));

@@ -41,11 +41,16 @@ impl DevIssuer {
         let der = match std::fs::read_to_string(&path) {
             Ok(pem) => {
                 let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-                STANDARD.decode(body.trim()).map_err(|_| DevIssuerError::Key)?
+                STANDARD
+                    .decode(body.trim())
+                    .map_err(|_| DevIssuerError::Key)?
             }
             Err(_) => {
-                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                    .map_err(|_| DevIssuerError::Key)?;
+                let doc = EcdsaKeyPair::generate_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &SystemRandom::new(),
+                )
+                .map_err(|_| DevIssuerError::Key)?;
                 let der = doc.as_ref().to_vec();
                 let b64 = STANDARD.encode(&der);
                 let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
@@ -62,7 +67,8 @@ impl DevIssuer {
                 der
             }
         };
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).map_err(|_| DevIssuerError::Key)?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+            .map_err(|_| DevIssuerError::Key)?;
         let point = pair.public_key().as_ref();
         if point.len() != 65 {
             return Err(DevIssuerError::Key);
@@ -73,7 +79,11 @@ impl DevIssuer {
         jwk["kid"] = json!(kid);
         jwk["alg"] = json!("ES256");
         jwk["use"] = json!("sig");
-        Ok(DevIssuer { kid, jwk, key: EncodingKey::from_ec_der(&der) })
+        Ok(DevIssuer {
+            kid,
+            jwk,
+            key: EncodingKey::from_ec_der(&der),
+        })
     }
 
     /// The public JWKS.

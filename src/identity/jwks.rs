@@ -4,7 +4,9 @@
 
 use super::IssuerConfig;
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,7 +62,13 @@ pub enum FetchError {
 
 impl IssuerKeys {
     pub(super) fn new(cfg: IssuerConfig, http: reqwest::Client, min_interval: Duration) -> Self {
-        IssuerKeys { cfg, http, keys: ArcSwap::from_pointee(Vec::new()), refresh_lock: tokio::sync::Mutex::new(None), min_interval }
+        IssuerKeys {
+            cfg,
+            http,
+            keys: ArcSwap::from_pointee(Vec::new()),
+            refresh_lock: tokio::sync::Mutex::new(None),
+            min_interval,
+        }
     }
 
     pub(super) fn set_min_interval(&mut self, d: Duration) {
@@ -73,7 +81,11 @@ impl IssuerKeys {
         let keys = self.keys.load();
         let usable = |k: &&Key| k.family == fam && k.alg.is_none_or(|a| a == alg);
         match kid {
-            Some(kid) => keys.iter().filter(usable).find(|k| k.kid.as_deref() == Some(kid)).map(|k| k.key.clone()),
+            Some(kid) => keys
+                .iter()
+                .filter(usable)
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .map(|k| k.key.clone()),
             // Without a kid, only an unambiguous key will do.
             None => {
                 let mut it = keys.iter().filter(usable);
@@ -110,7 +122,8 @@ impl IssuerKeys {
 
     async fn fetch(&self) -> Result<Vec<Key>, FetchError> {
         let doc = if let Some(path) = &self.cfg.jwks_file {
-            std::fs::read(path).map_err(|e| FetchError::Document(format!("{}: {e}", path.display())))?
+            std::fs::read(path)
+                .map_err(|e| FetchError::Document(format!("{}: {e}", path.display())))?
         } else {
             let jwks_uri = match &self.cfg.jwks_uri {
                 Some(u) => u.clone(),
@@ -118,20 +131,24 @@ impl IssuerKeys {
             };
             self.get(&jwks_uri).await?
         };
-        let set: JwkSet = serde_json::from_slice(&doc).map_err(|e| FetchError::Document(format!("JWKS does not parse: {e}")))?;
+        let set: JwkSet = serde_json::from_slice(&doc)
+            .map_err(|e| FetchError::Document(format!("JWKS does not parse: {e}")))?;
         Ok(set.keys.iter().filter_map(to_key).collect())
     }
 
     async fn discover(&self) -> Result<String, FetchError> {
-        let url = self
-            .cfg
-            .discovery_url
-            .clone()
-            .unwrap_or_else(|| format!("{}/.well-known/openid-configuration", self.cfg.issuer.trim_end_matches('/')));
+        let url = self.cfg.discovery_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/.well-known/openid-configuration",
+                self.cfg.issuer.trim_end_matches('/')
+            )
+        });
         let doc: serde_json::Value = serde_json::from_slice(&self.get(&url).await?)
             .map_err(|e| FetchError::Document(format!("discovery document does not parse: {e}")))?;
         if doc["issuer"].as_str() != Some(self.cfg.issuer.as_str()) {
-            return Err(FetchError::Document("discovery document names another issuer".into()));
+            return Err(FetchError::Document(
+                "discovery document names another issuer".into(),
+            ));
         }
         doc["jwks_uri"]
             .as_str()
@@ -146,16 +163,38 @@ impl IssuerKeys {
             .timeout(Duration::from_secs(5))
             .send()
             .await
-            .map_err(|e| FetchError::Http(format!("GET {url}: {}", if e.is_timeout() { "timed out" } else { "failed" })))?;
+            .map_err(|e| {
+                FetchError::Http(format!(
+                    "GET {url}: {}",
+                    if e.is_timeout() {
+                        "timed out"
+                    } else {
+                        "failed"
+                    }
+                ))
+            })?;
         if !resp.status().is_success() {
-            return Err(FetchError::Http(format!("GET {url}: status {}", resp.status())));
+            return Err(FetchError::Http(format!(
+                "GET {url}: status {}",
+                resp.status()
+            )));
         }
-        if resp.content_length().is_some_and(|n| n as usize > MAX_DOCUMENT_BYTES) {
-            return Err(FetchError::Document(format!("GET {url}: document too large")));
+        if resp
+            .content_length()
+            .is_some_and(|n| n as usize > MAX_DOCUMENT_BYTES)
+        {
+            return Err(FetchError::Document(format!(
+                "GET {url}: document too large"
+            )));
         }
-        let body = resp.bytes().await.map_err(|_| FetchError::Http(format!("GET {url}: body failed")))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|_| FetchError::Http(format!("GET {url}: body failed")))?;
         if body.len() > MAX_DOCUMENT_BYTES {
-            return Err(FetchError::Document(format!("GET {url}: document too large")));
+            return Err(FetchError::Document(format!(
+                "GET {url}: document too large"
+            )));
         }
         Ok(body.to_vec())
     }
@@ -163,7 +202,12 @@ impl IssuerKeys {
 
 /// Keep only asymmetric signature keys whose declared algorithm fits their type.
 fn to_key(jwk: &Jwk) -> Option<Key> {
-    if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != PublicKeyUse::Signature) {
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|u| *u != PublicKeyUse::Signature)
+    {
         return None;
     }
     let family = match &jwk.algorithm {
@@ -173,7 +217,9 @@ fn to_key(jwk: &Jwk) -> Option<Key> {
             EllipticCurve::P384 => Family::P384,
             _ => return None,
         },
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Family::Ed25519,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Family::Ed25519
+        }
         // Symmetric ("oct") keys are never accepted: that is the HS256 key-confusion door.
         _ => return None,
     };
@@ -188,7 +234,12 @@ fn to_key(jwk: &Jwk) -> Option<Key> {
         }
     };
     let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(Key { kid: jwk.common.key_id.clone(), family, alg, key })
+    Some(Key {
+        kid: jwk.common.key_id.clone(),
+        family,
+        alg,
+        key,
+    })
 }
 
 fn key_algorithm(ka: KeyAlgorithm) -> Option<Algorithm> {

@@ -103,25 +103,47 @@ pub struct IdentityVerifier {
 
 impl IdentityVerifier {
     /// Build from config. `own_issuers` are the broker's own `iss` values, always refused.
-    pub fn new(issuers: Vec<IssuerConfig>, own_issuers: Vec<String>, http: reqwest::Client) -> Result<Self, IdentityConfigError> {
+    pub fn new(
+        issuers: Vec<IssuerConfig>,
+        own_issuers: Vec<String>,
+        http: reqwest::Client,
+    ) -> Result<Self, IdentityConfigError> {
         config::validate(&issuers)?;
         let mut by_iss = HashMap::new();
         for (index, cfg) in issuers.into_iter().enumerate() {
             let client = match &cfg.ca_file {
                 None => http.clone(),
                 Some(path) => {
-                    let pem = std::fs::read(path).map_err(|e| IdentityConfigError { index, field: "ca_file", reason: e.to_string() })?;
-                    let cert = reqwest::Certificate::from_pem(&pem)
-                        .map_err(|_| IdentityConfigError { index, field: "ca_file", reason: "not a PEM certificate".into() })?;
+                    let pem = std::fs::read(path).map_err(|e| IdentityConfigError {
+                        index,
+                        field: "ca_file",
+                        reason: e.to_string(),
+                    })?;
+                    let cert =
+                        reqwest::Certificate::from_pem(&pem).map_err(|_| IdentityConfigError {
+                            index,
+                            field: "ca_file",
+                            reason: "not a PEM certificate".into(),
+                        })?;
                     reqwest::Client::builder()
                         .add_root_certificate(cert)
                         .build()
-                        .map_err(|e| IdentityConfigError { index, field: "ca_file", reason: e.to_string() })?
+                        .map_err(|e| IdentityConfigError {
+                            index,
+                            field: "ca_file",
+                            reason: e.to_string(),
+                        })?
                 }
             };
-            by_iss.insert(cfg.issuer.clone(), Arc::new(IssuerKeys::new(cfg, client, Duration::from_secs(30))));
+            by_iss.insert(
+                cfg.issuer.clone(),
+                Arc::new(IssuerKeys::new(cfg, client, Duration::from_secs(30))),
+            );
         }
-        let own = own_issuers.into_iter().map(|s| s.trim_end_matches('/').to_owned()).collect();
+        let own = own_issuers
+            .into_iter()
+            .map(|s| s.trim_end_matches('/').to_owned())
+            .collect();
         Ok(IdentityVerifier { by_iss, own })
     }
 
@@ -145,13 +167,19 @@ impl IdentityVerifier {
         for k in self.by_iss.values() {
             match k.refresh().await {
                 Ok(n) => tracing::info!(issuer = %k.cfg.name, keys = n, "issuer keys loaded"),
-                Err(e) => tracing::warn!(issuer = %k.cfg.name, error = %e, "issuer keys not loaded yet"),
+                Err(e) => {
+                    tracing::warn!(issuer = %k.cfg.name, error = %e, "issuer keys not loaded yet")
+                }
             }
         }
     }
 
     /// Refresh every issuer's keys every `every` until cancelled.
-    pub fn spawn_refresher(self: Arc<Self>, every: Duration, cancel: CancellationToken) -> JoinHandle<()> {
+    pub fn spawn_refresher(
+        self: Arc<Self>,
+        every: Duration,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
@@ -176,7 +204,9 @@ impl IdentityVerifier {
             return Err(IdentityError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(IdentityError::Malformed);
         };
         let header = decode_json(h)?;
@@ -185,14 +215,20 @@ impl IdentityVerifier {
         let alg = Algorithm::from_str(alg_name)
             .ok()
             .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
-            .ok_or_else(|| IdentityError::UnsupportedAlgorithm(alg_name.chars().take(16).collect()))?;
+            .ok_or_else(|| {
+                IdentityError::UnsupportedAlgorithm(alg_name.chars().take(16).collect())
+            })?;
         if header.get("crit").is_some() {
             return Err(IdentityError::Invalid("crit header"));
         }
-        if header["typ"].as_str().is_some_and(|t| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")) {
+        if header["typ"].as_str().is_some_and(|t| {
+            t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt")
+        }) {
             return Err(IdentityError::WrongTokenType);
         }
-        let iss = claims["iss"].as_str().ok_or(IdentityError::Invalid("iss"))?;
+        let iss = claims["iss"]
+            .as_str()
+            .ok_or(IdentityError::Invalid("iss"))?;
         if self.own.iter().any(|o| o == iss.trim_end_matches('/')) {
             return Err(IdentityError::WrongTokenType);
         }
@@ -231,7 +267,9 @@ impl IdentityVerifier {
                 K::InvalidAudience => IdentityError::WrongAudience,
                 K::InvalidIssuer => IdentityError::UntrustedIssuer,
                 K::MissingRequiredClaim(_) => IdentityError::Invalid("a required claim is missing"),
-                K::InvalidAlgorithm => IdentityError::UnsupportedAlgorithm(alg_name.chars().take(16).collect()),
+                K::InvalidAlgorithm => {
+                    IdentityError::UnsupportedAlgorithm(alg_name.chars().take(16).collect())
+                }
                 _ => IdentityError::Invalid("claims do not parse"),
             }
         })?;
@@ -240,9 +278,15 @@ impl IdentityVerifier {
 }
 
 fn decode_json(part: &str) -> Result<Value, IdentityError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')).map_err(|_| IdentityError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| IdentityError::Malformed)?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| IdentityError::Malformed)?;
-    if v.is_object() { Ok(v) } else { Err(IdentityError::Malformed) }
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(IdentityError::Malformed)
+    }
 }
 
 fn workload(cfg: &IssuerConfig, c: Value) -> Result<Workload, IdentityError> {
@@ -257,7 +301,11 @@ fn workload(cfg: &IssuerConfig, c: Value) -> Result<Workload, IdentityError> {
             return Err(IdentityError::TooOld);
         }
     }
-    let subject = c["sub"].as_str().filter(|s| !s.is_empty()).ok_or(IdentityError::Invalid("sub"))?.to_owned();
+    let subject = c["sub"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or(IdentityError::Invalid("sub"))?
+        .to_owned();
     let str_at = |path: &[&str]| {
         let mut v = &c;
         for p in path {
@@ -267,12 +315,21 @@ fn workload(cfg: &IssuerConfig, c: Value) -> Result<Workload, IdentityError> {
     };
     let (namespace, service_account, pod_name, pod_uid) = match cfg.kind {
         IssuerKind::Kubernetes => {
-            let ns = str_at(&["kubernetes.io", "namespace"]).ok_or(IdentityError::Invalid("kubernetes.io.namespace"))?;
-            let sa = str_at(&["kubernetes.io", "serviceaccount", "name"]).ok_or(IdentityError::Invalid("kubernetes.io.serviceaccount.name"))?;
+            let ns = str_at(&["kubernetes.io", "namespace"])
+                .ok_or(IdentityError::Invalid("kubernetes.io.namespace"))?;
+            let sa = str_at(&["kubernetes.io", "serviceaccount", "name"])
+                .ok_or(IdentityError::Invalid("kubernetes.io.serviceaccount.name"))?;
             if subject != format!("system:serviceaccount:{ns}:{sa}") {
-                return Err(IdentityError::Invalid("sub does not match the service account"));
+                return Err(IdentityError::Invalid(
+                    "sub does not match the service account",
+                ));
             }
-            (Some(ns), Some(sa), str_at(&["kubernetes.io", "pod", "name"]), str_at(&["kubernetes.io", "pod", "uid"]))
+            (
+                Some(ns),
+                Some(sa),
+                str_at(&["kubernetes.io", "pod", "name"]),
+                str_at(&["kubernetes.io", "pod", "uid"]),
+            )
         }
         IssuerKind::Oidc => (None, None, None, None),
     };

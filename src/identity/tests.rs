@@ -1,1 +1,307 @@
+#[path = "../../tests/support/oidc.rs"]
+mod oidc;
 
+use super::*;
+use oidc::{KeyChoice, TestIssuer};
+use serde_json::json;
+
+fn cfg(issuer: &TestIssuer) -> IssuerConfig {
+    serde_json::from_value(json!({"name": "k8s", "issuer": issuer.url})).unwrap()
+}
+
+fn verifier(issuer: &TestIssuer, min_refresh: Duration) -> IdentityVerifier {
+    IdentityVerifier::new(
+        vec![cfg(issuer)],
+        vec!["https://tollgate.example".into()],
+        reqwest::Client::new(),
+    )
+    .unwrap()
+    .with_refresh_min_interval(min_refresh)
+}
+
+#[tokio::test]
+async fn kubernetes_tokens_verify_with_rs256_and_es256() {
+    let iss = TestIssuer::start().await;
+    let v = verifier(&iss, Duration::from_secs(30));
+    let w = v
+        .verify(&iss.service_account_token("search", "ranker"))
+        .await
+        .unwrap();
+    assert_eq!(w.subject, "system:serviceaccount:search:ranker");
+    assert_eq!(w.namespace.as_deref(), Some("search"));
+    assert_eq!(w.service_account.as_deref(), Some("ranker"));
+    assert_eq!(w.pod_name.as_deref(), Some("ranker-pod"));
+    assert!(w.pod_uid.is_some());
+    assert_eq!(w.issuer_name, "k8s");
+    let w = v
+        .verify(&iss.sign_es256(&iss.claims("a", "b")))
+        .await
+        .unwrap();
+    assert_eq!(w.namespace.as_deref(), Some("a"));
+    assert_eq!(iss.discovery_hits(), 1, "keys cached after the first fetch");
+}
+
+#[tokio::test]
+async fn the_attack_catalogue_is_refused_with_specific_errors() {
+    let iss = TestIssuer::start().await;
+    let v = verifier(&iss, Duration::from_secs(30));
+    let good = iss.claims("ns", "sa");
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = good.clone();
+        f(&mut c);
+        c
+    };
+    let now = crate::clock::now_secs();
+    let cases: Vec<(&str, String, IdentityError)> = vec![
+        (
+            "none",
+            iss.unsigned(&good, "none"),
+            IdentityError::UnsupportedAlgorithm("none".into()),
+        ),
+        (
+            "NONE",
+            iss.unsigned(&good, "NONE"),
+            IdentityError::UnsupportedAlgorithm("NONE".into()),
+        ),
+        (
+            "nOnE",
+            iss.unsigned(&good, "nOnE"),
+            IdentityError::UnsupportedAlgorithm("nOnE".into()),
+        ),
+        (
+            "hs256",
+            iss.hs256_with_public_key(&good),
+            IdentityError::UnsupportedAlgorithm("HS256".into()),
+        ),
+        (
+            "aud",
+            iss.sign(&with(&|c| c["aud"] = json!("other"))),
+            IdentityError::WrongAudience,
+        ),
+        (
+            "iss",
+            iss.sign(&with(&|c| c["iss"] = json!("https://evil"))),
+            IdentityError::UntrustedIssuer,
+        ),
+        (
+            "expired",
+            iss.sign(&with(&|c| {
+                c["iat"] = json!(now - 600);
+                c["exp"] = json!(now - 300);
+            })),
+            IdentityError::Expired,
+        ),
+        (
+            "nbf",
+            iss.sign(&with(&|c| c["nbf"] = json!(now + 600))),
+            IdentityError::NotYetValid,
+        ),
+        (
+            "old",
+            iss.sign(&with(&|c| {
+                c["iat"] = json!(now - 7300);
+                c["nbf"] = json!(now - 7300);
+            })),
+            IdentityError::TooOld,
+        ),
+        (
+            "future iat",
+            iss.sign(&with(&|c| c["iat"] = json!(now + 600))),
+            IdentityError::Invalid("iat is in the future"),
+        ),
+        (
+            "sub mismatch",
+            iss.sign(&with(&|c| {
+                c["sub"] = json!("system:serviceaccount:kube-system:admin")
+            })),
+            IdentityError::Invalid("sub does not match the service account"),
+        ),
+        (
+            "own issuer",
+            iss.sign(&with(&|c| c["iss"] = json!("https://tollgate.example"))),
+            IdentityError::WrongTokenType,
+        ),
+        (
+            "at+jwt",
+            iss.sign_with_header(
+                &json!({"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt"}),
+                &good,
+                KeyChoice::Rsa,
+            ),
+            IdentityError::WrongTokenType,
+        ),
+        (
+            "crit",
+            iss.sign_with_header(
+                &json!({"alg": "RS256", "kid": "rsa-1", "crit": ["exp"]}),
+                &good,
+                KeyChoice::Rsa,
+            ),
+            IdentityError::Invalid("crit header"),
+        ),
+        (
+            "unknown kid",
+            iss.sign_with_header(
+                &json!({"alg": "RS256", "kid": "nope"}),
+                &good,
+                KeyChoice::Rsa,
+            ),
+            IdentityError::UnknownKey,
+        ),
+        (
+            "alg/key mismatch",
+            iss.sign_with_header(
+                &json!({"alg": "ES256", "kid": "rsa-1"}),
+                &good,
+                KeyChoice::Ec,
+            ),
+            IdentityError::UnknownKey,
+        ),
+        ("oversized", "a".repeat(20_000), IdentityError::Malformed),
+        ("garbage", "x.y.z".into(), IdentityError::Malformed),
+    ];
+    for (what, token, want) in cases {
+        assert_eq!(v.verify(&token).await.unwrap_err(), want, "{what}");
+    }
+    let signed = iss.sign(&good);
+    let mut parts: Vec<&str> = signed.split('.').collect();
+    let tampered_payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(with(&|c| c["kubernetes.io"]["namespace"] = json!("x")).to_string());
+    parts[1] = &tampered_payload;
+    assert_eq!(
+        v.verify(&parts.join(".")).await.unwrap_err(),
+        IdentityError::BadSignature
+    );
+    assert!(v.verify(&signed).await.is_ok());
+}
+
+#[tokio::test]
+async fn issuer_key_rotation_is_picked_up_on_an_unknown_kid() {
+    let iss = TestIssuer::start().await;
+    let v = verifier(&iss, Duration::ZERO);
+    v.prefetch().await;
+    let before = iss.jwks_hits();
+    iss.add_key();
+    let w = v
+        .verify(&iss.sign_es256(&iss.claims("a", "b")))
+        .await
+        .unwrap();
+    assert_eq!(w.service_account.as_deref(), Some("b"));
+    assert_eq!(iss.jwks_hits(), before + 1);
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kids_costs_the_issuer_at_most_one_fetch() {
+    let iss = TestIssuer::start().await;
+    let v = Arc::new(verifier(&iss, Duration::from_secs(30)));
+    v.prefetch().await;
+    let before = iss.jwks_hits();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let v = Arc::clone(&v);
+        let t = iss.sign_with_header(
+            &json!({"alg": "RS256", "kid": format!("random-{i}")}),
+            &iss.claims("a", "b"),
+            KeyChoice::Rsa,
+        );
+        tasks.push(tokio::spawn(async move { v.verify(&t).await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap_err(), IdentityError::UnknownKey);
+    }
+    assert!(
+        iss.jwks_hits() - before <= 1,
+        "{} fetches",
+        iss.jwks_hits() - before
+    );
+}
+
+#[tokio::test]
+async fn static_jwks_file_works_and_cached_keys_survive_its_loss() {
+    let iss = TestIssuer::start().await;
+    let jwks = reqwest::get(format!("{}/jwks.json", iss.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks).unwrap();
+    let cfg: IssuerConfig =
+        serde_json::from_value(json!({"name": "air", "issuer": iss.url, "jwks_file": path}))
+            .unwrap();
+    let v = IdentityVerifier::new(vec![cfg], vec![], reqwest::Client::new()).unwrap();
+    v.prefetch().await;
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        v.verify(&iss.service_account_token("a", "b")).await.is_ok(),
+        "cached keys keep verifying"
+    );
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let c = |v: serde_json::Value| serde_json::from_value::<IssuerConfig>(v).unwrap();
+    let dup = vec![
+        c(json!({"name": "a", "issuer": "https://x"})),
+        c(json!({"name": "a", "issuer": "https://y"})),
+    ];
+    let e = IdentityVerifier::new(dup, vec![], reqwest::Client::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("issuers[1].name"), "{e}");
+    let both = vec![c(
+        json!({"name": "a", "issuer": "https://x", "jwks_file": "/x", "jwks_uri": "https://x/j"}),
+    )];
+    let e = IdentityVerifier::new(both, vec![], reqwest::Client::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("jwks_file"), "{e}");
+    let noaud = vec![c(
+        json!({"name": "a", "issuer": "https://x", "audiences": []}),
+    )];
+    assert!(IdentityVerifier::new(noaud, vec![], reqwest::Client::new()).is_err());
+}
+
+#[test]
+fn dev_issuer_mints_tokens_its_jwks_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = DevIssuer::load_or_create(dir.path()).unwrap();
+    let b = DevIssuer::load_or_create(dir.path()).unwrap();
+    assert_eq!(a.jwks(), b.jwks(), "the key persists");
+    let t = a
+        .mint_service_account_token(
+            "http://dev",
+            "demo",
+            "app",
+            "tollgate",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(a.jwks()["keys"][0].clone()).unwrap();
+    let mut val = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    val.set_audience(&["tollgate"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(
+        &t,
+        &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+        &val,
+    )
+    .unwrap();
+    assert_eq!(data.claims["sub"], "system:serviceaccount:demo:app");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("dev-issuer.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "private key file is not readable by others"
+        );
+    }
+}

@@ -48,7 +48,11 @@ impl Source {
 /// Files of a directory, sorted.
 pub(super) fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
-        PolicyErrors(vec![Diagnostic { file: dir.to_owned(), line: 0, message: format!("cannot read policy directory: {e}") }])
+        PolicyErrors(vec![Diagnostic {
+            file: dir.to_owned(),
+            line: 0,
+            message: format!("cannot read policy directory: {e}"),
+        }])
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -63,7 +67,11 @@ pub(super) fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyErrors> {
 pub(super) fn digest_dir(dir: &Path) -> Result<String, PolicyErrors> {
     let mut h = Sha256::new();
     for f in policy_files(dir)? {
-        h.update(f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        h.update(
+            f.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
         h.update([0]);
         h.update(std::fs::read(&f).unwrap_or_default());
         h.update([0]);
@@ -78,23 +86,39 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
     for path in policy_files(dir)? {
         match std::fs::read_to_string(&path) {
             Ok(text) => sources.push(Source { path, text }),
-            Err(e) => errors.push(Diagnostic { file: path, line: 0, message: format!("cannot read: {e}") }),
+            Err(e) => errors.push(Diagnostic {
+                file: path,
+                line: 0,
+                message: format!("cannot read: {e}"),
+            }),
         }
     }
     let mut parsed = Vec::new();
     for (i, s) in sources.iter().enumerate() {
-        if s.text.trim().is_empty() || s.text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        if s.text.trim().is_empty()
+            || s.text
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
             continue;
         }
         match serde_saphyr::from_str::<RawFile>(&s.text) {
             Ok(f) => parsed.push((i, f)),
             Err(e) => {
                 let msg = e.to_string();
-                errors.push(Diagnostic { file: s.path.clone(), line: line_of_error(&msg), message: first_line(&msg) });
+                errors.push(Diagnostic {
+                    file: s.path.clone(),
+                    line: line_of_error(&msg),
+                    message: first_line(&msg),
+                });
             }
         }
     }
-    let mut v = Validator { sources: &sources, errors, set: PolicySet::default() };
+    let mut v = Validator {
+        sources: &sources,
+        errors,
+        set: PolicySet::default(),
+    };
     v.merge(parsed);
     if v.errors.is_empty() {
         let mut set = v.set;
@@ -105,8 +129,15 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
     }
 }
 
+/// The parser's first line, without its own `error: line N column M:` prefix (the line is
+/// already in the diagnostic's position).
 fn first_line(msg: &str) -> String {
-    msg.lines().next().unwrap_or(msg).to_owned()
+    let first = msg.lines().next().unwrap_or(msg);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match first.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((_, rest)) => rest.to_owned(),
+        None => first.to_owned(),
+    }
 }
 
 /// serde-saphyr errors mention "line N"; take the first number after it.
@@ -125,7 +156,11 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn err(&mut self, src: usize, line: usize, message: impl Into<String>) {
-        self.errors.push(Diagnostic { file: self.sources[src].path.clone(), line, message: message.into() });
+        self.errors.push(Diagnostic {
+            file: self.sources[src].path.clone(),
+            line,
+            message: message.into(),
+        });
     }
 
     fn merge(&mut self, files: Vec<(usize, RawFile)>) {
@@ -140,7 +175,11 @@ impl Validator<'_> {
                 let line = self.sources[src].entry("models", &name);
                 if let Some((s0, l0)) = model_at.insert(name.clone(), (src, line)) {
                     let first = self.sources[s0].path.display().to_string();
-                    self.err(src, line, format!("model {name} is already defined at {first}:{l0}"));
+                    self.err(
+                        src,
+                        line,
+                        format!("model {name} is already defined at {first}:{l0}"),
+                    );
                     continue;
                 }
                 raw_models.push((src, line, name, m));
@@ -149,7 +188,11 @@ impl Validator<'_> {
                 let line = self.sources[src].entry("pools", &name);
                 if let Some((s0, l0)) = pool_at.insert(name.clone(), (src, line)) {
                     let first = self.sources[s0].path.display().to_string();
-                    self.err(src, line, format!("pool {name} is already defined at {first}:{l0}"));
+                    self.err(
+                        src,
+                        line,
+                        format!("pool {name} is already defined at {first}:{l0}"),
+                    );
                     continue;
                 }
                 raw_pools.push((src, line, name, p));
@@ -160,7 +203,10 @@ impl Validator<'_> {
                 raw_bindings.push((src, line, b));
             }
             for r in f.roles {
-                let line = self.sources[src].find(self.sources[src].find(1, "roles:"), &format!("role: {}", r.role));
+                let line = self.sources[src].find(
+                    self.sources[src].find(1, "roles:"),
+                    &format!("role: {}", r.role),
+                );
                 self.role(src, line, r);
             }
         }
@@ -183,10 +229,18 @@ impl Validator<'_> {
 
     fn model(&mut self, src: usize, line: usize, name: String, m: raw::RawModel) {
         if !valid_id(&name, true) {
-            self.err(src, line, format!("model name {name:?} has characters outside [A-Za-z0-9._:/-]"));
+            self.err(
+                src,
+                line,
+                format!("model name {name:?} has characters outside [A-Za-z0-9._:/-]"),
+            );
         }
         if !valid_id(&m.provider, false) {
-            self.err(src, self.sources[src].find(line, "provider:"), format!("provider {:?} must match [a-z0-9][a-z0-9-]*", m.provider));
+            self.err(
+                src,
+                self.sources[src].find(line, "provider:"),
+                format!("provider {:?} must match [a-z0-9][a-z0-9-]*", m.provider),
+            );
         }
         let pl = self.sources[src].find(line, "price:");
         let dollars = |field: &str, d: &raw::Decimal, this: &mut Self| match raw::micro_usd(&d.0) {
@@ -198,7 +252,11 @@ impl Validator<'_> {
         };
         let input = dollars("input", &m.price.input, self);
         let output = dollars("output", &m.price.output, self);
-        let cached = m.price.cached_input.as_ref().map_or(input, |c| dollars("cached_input", c, self));
+        let cached = m
+            .price
+            .cached_input
+            .as_ref()
+            .map_or(input, |c| dollars("cached_input", c, self));
         let upstream_model = m.upstream_model.unwrap_or_else(|| name.clone());
         self.set.models.insert(
             name.clone(),
@@ -223,15 +281,28 @@ impl Validator<'_> {
             let (src, line) = at.get(&m.name).copied().unwrap_or((0, 1));
             let fl = self.sources[src].find(line, "fallback:");
             match models.get(fb) {
-                None => self.err(src, fl, format!("fallback {fb} of model {} is not a defined model", m.name)),
-                Some(f) if f.provider != m.provider => {
-                    self.err(src, fl, format!("fallback {fb} of model {} has another provider ({})", m.name, f.provider))
-                }
+                None => self.err(
+                    src,
+                    fl,
+                    format!("fallback {fb} of model {} is not a defined model", m.name),
+                ),
+                Some(f) if f.provider != m.provider => self.err(
+                    src,
+                    fl,
+                    format!(
+                        "fallback {fb} of model {} has another provider ({})",
+                        m.name, f.provider
+                    ),
+                ),
                 Some(_) => {
                     let mut cur = fb.clone();
                     for _ in 0..=models.len() {
                         if cur == m.name {
-                            self.err(src, fl, format!("fallback chain of model {} loops back to it", m.name));
+                            self.err(
+                                src,
+                                fl,
+                                format!("fallback chain of model {} loops back to it", m.name),
+                            );
                             break;
                         }
                         match models.get(&cur).and_then(|x| x.fallback.clone()) {
@@ -252,7 +323,11 @@ impl Validator<'_> {
                 None => None,
                 Some(n) if n > 0 => Some(n as u64),
                 Some(n) => {
-                    this.err(src, ll, format!("limits.{name} must be a positive integer, not {n}"));
+                    this.err(
+                        src,
+                        ll,
+                        format!("limits.{name} must be a positive integer, not {n}"),
+                    );
                     None
                 }
             }
@@ -269,7 +344,11 @@ impl Validator<'_> {
 
     fn pool(&mut self, src: usize, line: usize, name: String, p: RawPool) {
         if !valid_id(&name, false) {
-            self.err(src, line, format!("pool name {name:?} must match [a-z0-9][a-z0-9-_.]*"));
+            self.err(
+                src,
+                line,
+                format!("pool name {name:?} must match [a-z0-9][a-z0-9-_.]*"),
+            );
         }
         let budget = p.budget.map(|b| {
             let bl = self.sources[src].find(line, "budget:");
@@ -288,18 +367,30 @@ impl Validator<'_> {
                 self.err(src, bl, format!("budget.window: {e}"));
                 BudgetWindow::Daily
             });
-            Budget { limit_micro_usd, window }
+            Budget {
+                limit_micro_usd,
+                window,
+            }
         });
         let alerts = p.alerts.unwrap_or_else(|| vec![50, 80, 100]);
         let al = self.sources[src].find(line, "alerts:");
-        if alerts.iter().any(|a| !(1..=100).contains(a)) || alerts.windows(2).any(|w| w[0] >= w[1]) {
-            self.err(src, al, "alerts must be percents between 1 and 100, strictly ascending");
+        if alerts.iter().any(|a| !(1..=100).contains(a)) || alerts.windows(2).any(|w| w[0] >= w[1])
+        {
+            self.err(
+                src,
+                al,
+                "alerts must be percents between 1 and 100, strictly ascending",
+            );
         }
         let fallback_at = p.fallback_at.and_then(|f| {
             if (1..=100).contains(&f) {
                 Some(f as u8)
             } else {
-                self.err(src, self.sources[src].find(line, "fallback_at:"), "fallback_at must be a percent between 1 and 100");
+                self.err(
+                    src,
+                    self.sources[src].find(line, "fallback_at:"),
+                    "fallback_at must be a percent between 1 and 100",
+                );
                 None
             }
         });
@@ -310,7 +401,11 @@ impl Validator<'_> {
             ("queue", Some(t)) => match humantime::parse_duration(t) {
                 Ok(timeout) => AtCap::Queue { timeout },
                 Err(e) => {
-                    self.err(src, self.sources[src].find(line, "queue_timeout:"), format!("queue_timeout: {e}"));
+                    self.err(
+                        src,
+                        self.sources[src].find(line, "queue_timeout:"),
+                        format!("queue_timeout: {e}"),
+                    );
                     AtCap::Reject
                 }
             },
@@ -319,27 +414,57 @@ impl Validator<'_> {
                 AtCap::Reject
             }
             ("reject" | "degrade", Some(_)) => {
-                self.err(src, self.sources[src].find(line, "queue_timeout:"), "queue_timeout only applies to at_cap: queue");
+                self.err(
+                    src,
+                    self.sources[src].find(line, "queue_timeout:"),
+                    "queue_timeout only applies to at_cap: queue",
+                );
                 AtCap::Reject
             }
             (other, _) => {
-                self.err(src, cl, format!("at_cap must be reject, queue or degrade, not {other:?}"));
+                self.err(
+                    src,
+                    cl,
+                    format!("at_cap must be reject, queue or degrade, not {other:?}"),
+                );
                 AtCap::Reject
             }
         };
         let limits = self.limits(src, line, p.limits);
-        self.set.pools.insert(name.clone(), Pool { name, budget, alerts: alerts.into_iter().map(|a| a.clamp(0, 100) as u8).collect(), fallback_at, at_cap, limits });
+        self.set.pools.insert(
+            name.clone(),
+            Pool {
+                name,
+                budget,
+                alerts: alerts.into_iter().map(|a| a.clamp(0, 100) as u8).collect(),
+                fallback_at,
+                at_cap,
+                limits,
+            },
+        );
     }
 
     fn binding(&mut self, src: usize, line: usize, b: RawBinding) {
         if !valid_id(&b.name, false) {
-            self.err(src, line, format!("binding name {:?} must match [a-z0-9][a-z0-9-_.]*", b.name));
+            self.err(
+                src,
+                line,
+                format!("binding name {:?} must match [a-z0-9][a-z0-9-_.]*", b.name),
+            );
         }
         if !valid_id(&b.team, false) {
-            self.err(src, self.sources[src].find(line, "team:"), format!("team {:?} must match [a-z0-9][a-z0-9-_.]*", b.team));
+            self.err(
+                src,
+                self.sources[src].find(line, "team:"),
+                format!("team {:?} must match [a-z0-9][a-z0-9-_.]*", b.team),
+            );
         }
         if !self.set.pools.contains_key(&b.pool) {
-            self.err(src, self.sources[src].find(line, "pool:"), format!("pool {} is not defined", b.pool));
+            self.err(
+                src,
+                self.sources[src].find(line, "pool:"),
+                format!("pool {} is not defined", b.pool),
+            );
         }
         let ml = self.sources[src].find(line, "models:");
         if b.models.is_empty() {
@@ -366,8 +491,15 @@ impl Validator<'_> {
             service_account: glob("service_account", &b.matcher.service_account, self),
             subject: glob("subject", &b.matcher.subject, self),
         };
-        if b.matcher.namespace.is_none() && b.matcher.service_account.is_none() && b.matcher.subject.is_none() {
-            self.err(src, mat, "match needs at least one of namespace, service_account, subject");
+        if b.matcher.namespace.is_none()
+            && b.matcher.service_account.is_none()
+            && b.matcher.subject.is_none()
+        {
+            self.err(
+                src,
+                mat,
+                "match needs at least one of namespace, service_account, subject",
+            );
         }
         let tl = self.sources[src].find(line, "token_ttl:");
         let token_ttl = match &b.token_ttl {
@@ -392,13 +524,23 @@ impl Validator<'_> {
         if default < 1 || max < 1 || default > max || max > i64::from(u32::MAX) {
             self.err(src, xl, "max_tokens needs 1 <= default <= max");
         }
-        let max_request_micro_usd = b.max_request_usd.as_ref().and_then(|d| match raw::micro_usd(&d.0) {
-            Ok(0) | Err(_) => {
-                self.err(src, self.sources[src].find(line, "max_request_usd:"), format!("max_request_usd must be a positive dollar amount, not {:?}", d.0));
-                None
-            }
-            Ok(v) => Some(v),
-        });
+        let max_request_micro_usd =
+            b.max_request_usd
+                .as_ref()
+                .and_then(|d| match raw::micro_usd(&d.0) {
+                    Ok(0) | Err(_) => {
+                        self.err(
+                            src,
+                            self.sources[src].find(line, "max_request_usd:"),
+                            format!(
+                                "max_request_usd must be a positive dollar amount, not {:?}",
+                                d.0
+                            ),
+                        );
+                        None
+                    }
+                    Ok(v) => Some(v),
+                });
         let limits = self.limits(src, line, b.limits);
         self.set.bindings.push(Binding {
             billing_owner: b.billing_owner.unwrap_or_else(|| b.team.clone()),
@@ -408,7 +550,10 @@ impl Validator<'_> {
             models: b.models,
             limits,
             token_ttl,
-            max_tokens: MaxTokens { default: default.clamp(1, i64::from(u32::MAX)) as u32, max: max.clamp(1, i64::from(u32::MAX)) as u32 },
+            max_tokens: MaxTokens {
+                default: default.clamp(1, i64::from(u32::MAX)) as u32,
+                max: max.clamp(1, i64::from(u32::MAX)) as u32,
+            },
             max_request_micro_usd,
             matcher,
         });
@@ -422,7 +567,13 @@ impl Validator<'_> {
             "finops" => Role::Finops,
             "viewer" => Role::Viewer,
             other => {
-                self.err(src, line, format!("role must be admin, security, responder, finops or viewer, not {other:?}"));
+                self.err(
+                    src,
+                    line,
+                    format!(
+                        "role must be admin, security, responder, finops or viewer, not {other:?}"
+                    ),
+                );
                 return;
             }
         };
@@ -436,7 +587,11 @@ impl Validator<'_> {
                 Err(e) => self.err(src, line, format!("subjects: {e}")),
             }
         }
-        self.set.roles.push(RoleGrant { role, subjects, groups: r.groups });
+        self.set.roles.push(RoleGrant {
+            role,
+            subjects,
+            groups: r.groups,
+        });
     }
 }
 
@@ -450,7 +605,9 @@ fn parse_window(w: &str) -> Result<BudgetWindow, String> {
                 .strip_prefix("rolling:")
                 .and_then(|d| d.parse::<u16>().ok())
                 .filter(|d| (1..=366).contains(d))
-                .ok_or_else(|| format!("{other:?} is not daily, weekly, monthly or rolling:<1..366>"))?;
+                .ok_or_else(|| {
+                    format!("{other:?} is not daily, weekly, monthly or rolling:<1..366>")
+                })?;
             Ok(BudgetWindow::Rolling { days })
         }
     }
@@ -460,11 +617,18 @@ fn parse_window(w: &str) -> Result<BudgetWindow, String> {
 /// upper case, `.`, `:` and `/` (e.g. `meta/llama-3.1:8b`).
 fn valid_id(s: &str, model: bool) -> bool {
     let mut chars = s.chars();
-    let Some(first) = chars.next() else { return false };
-    let ok_first = first.is_ascii_lowercase() || first.is_ascii_digit() || (model && first.is_ascii_uppercase());
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    let ok_first = first.is_ascii_lowercase()
+        || first.is_ascii_digit()
+        || (model && first.is_ascii_uppercase());
     ok_first
         && s.len() <= 128
         && s.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.') || (model && (c.is_ascii_uppercase() || matches!(c, ':' | '/')))
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, '-' | '_' | '.')
+                || (model && (c.is_ascii_uppercase() || matches!(c, ':' | '/')))
         })
 }

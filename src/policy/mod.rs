@@ -65,7 +65,10 @@ impl PolicySet {
     }
     /// Issuer names bindings refer to (the server checks them against its config).
     pub fn issuers_referenced(&self) -> BTreeSet<&str> {
-        self.bindings.iter().filter_map(|b| b.matcher.issuer.as_deref()).collect()
+        self.bindings
+            .iter()
+            .filter_map(|b| b.matcher.issuer.as_deref())
+            .collect()
     }
     /// Provider ids models refer to.
     pub fn providers_referenced(&self) -> BTreeSet<&str> {
@@ -117,7 +120,11 @@ impl PolicyStore {
     /// Load `dir`; an invalid policy at start is an error.
     pub fn open(dir: &Path) -> Result<PolicyStore, PolicyErrors> {
         let set = load_dir(dir)?;
-        Ok(PolicyStore { dir: dir.to_owned(), current: ArcSwap::from_pointee(set), last_bad: Mutex::new(None) })
+        Ok(PolicyStore {
+            dir: dir.to_owned(),
+            current: ArcSwap::from_pointee(set),
+            last_bad: Mutex::new(None),
+        })
     }
 
     /// The current policy (lock-free).
@@ -138,7 +145,11 @@ impl PolicyStore {
 
     /// Poll for changes every `interval` until cancelled. Content digests, not mtimes:
     /// Kubernetes ConfigMap updates swap symlinks.
-    pub fn spawn_watcher(self: Arc<Self>, interval: Duration, cancel: CancellationToken) -> JoinHandle<()> {
+    pub fn spawn_watcher(
+        self: Arc<Self>,
+        interval: Duration,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -159,7 +170,9 @@ impl PolicyStore {
                 return;
             }
         };
-        if digest == self.current.load().digest || self.last_bad.lock().as_deref() == Some(digest.as_str()) {
+        if digest == self.current.load().digest
+            || self.last_bad.lock().as_deref() == Some(digest.as_str())
+        {
             return;
         }
         match self.reload() {

@@ -191,6 +191,7 @@ pub struct RoleGrant {
 impl RoleGrant {
     /// Does this grant apply to a caller?
     pub fn applies_to(&self, subject: &str, groups: &[String]) -> bool {
-        self.subjects.iter().any(|g| g.is_match(subject)) || self.groups.iter().any(|g| groups.contains(g))
+        self.subjects.iter().any(|g| g.is_match(subject))
+            || self.groups.iter().any(|g| groups.contains(g))
     }
 }

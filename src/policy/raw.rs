@@ -143,15 +143,24 @@ impl<'de> Deserialize<'de> for Decimal {
 
 /// Parse a decimal of dollars into micro-dollars, exactly.
 pub(super) fn micro_usd(text: &str) -> Result<u64, String> {
-    let bad = || format!("{text:?} is not a dollar amount (a non-negative decimal with at most 6 decimals)");
+    let bad = || {
+        format!("{text:?} is not a dollar amount (a non-negative decimal with at most 6 decimals)")
+    };
     let (int, frac) = text.split_once('.').unwrap_or((text, ""));
     if int.is_empty() && frac.is_empty() {
         return Err(bad());
     }
-    if !int.chars().all(|c| c.is_ascii_digit()) || !frac.chars().all(|c| c.is_ascii_digit()) || frac.len() > 6 {
+    if !int.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+        || frac.len() > 6
+    {
         return Err(bad());
     }
-    let int: u64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
+    let int: u64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
     if int > 1_000_000 {
         return Err(format!("{text} is larger than 1000000 USD"));
     }
@@ -174,7 +183,17 @@ mod tests {
         assert_eq!(micro_usd("25"), Ok(25_000_000));
         assert_eq!(micro_usd("0.000001"), Ok(1));
         assert_eq!(micro_usd(".5"), Ok(500_000));
-        for bad in ["-1", "1e3", "0.0000001", "abc", "", ".", "1.2.3", "NaN", "2000000"] {
+        for bad in [
+            "-1",
+            "1e3",
+            "0.0000001",
+            "abc",
+            "",
+            ".",
+            "1.2.3",
+            "NaN",
+            "2000000",
+        ] {
             assert!(micro_usd(bad).is_err(), "{bad}");
         }
     }

@@ -1,1 +1,223 @@
+use super::*;
+use std::time::Duration;
 
+const GOOD: &str = r#"
+models:
+  small:
+    provider: openai
+    price: { input: 0.15, output: 0.60 }
+  big:
+    provider: openai
+    upstream_model: big-2024
+    price: { input: "2.5", output: 10, cached_input: 1.25 }
+    fallback: small
+pools:
+  p:
+    budget: { usd: 25, window: "rolling:7" }
+    limits: { rpm: 10 }
+bindings:
+  - name: exact
+    match: { namespace: team-a, service_account: ranker }
+    team: a
+    pool: p
+    models: [big]
+  - name: wide
+    match: { namespace: "team-*" }
+    team: any
+    pool: p
+    billing_owner: platform
+    models: [small, big]
+    token_ttl: 5m
+    max_tokens: { default: 100, max: 200 }
+    max_request_usd: 0.5
+roles:
+  - role: finops
+    groups: [finance]
+"#;
+
+fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(d.path().join(name), text).unwrap();
+    }
+    d
+}
+
+fn errors(files: &[(&str, &str)]) -> Vec<(usize, String)> {
+    let d = dir_with(files);
+    load_dir(d.path())
+        .unwrap_err()
+        .0
+        .into_iter()
+        .map(|e| (e.line, e.message))
+        .collect()
+}
+
+#[test]
+fn a_valid_policy_loads_with_exact_prices_and_defaults() {
+    let d = dir_with(&[("p.yaml", GOOD)]);
+    let set = load_dir(d.path()).unwrap();
+    let big = set.model("big").unwrap();
+    assert_eq!(big.upstream_model, "big-2024");
+    assert_eq!(big.price.input_per_mtok_micro_usd, 2_500_000);
+    assert_eq!(big.price.cached_input_per_mtok_micro_usd, 1_250_000);
+    assert_eq!(
+        set.model("small")
+            .unwrap()
+            .price
+            .cached_input_per_mtok_micro_usd,
+        150_000
+    );
+    let pool = set.pool("p").unwrap();
+    assert_eq!(
+        pool.budget.as_ref().unwrap().window,
+        BudgetWindow::Rolling { days: 7 }
+    );
+    assert_eq!(pool.alerts, vec![50, 80, 100]);
+    let wide = set.binding("wide").unwrap();
+    assert_eq!(wide.token_ttl, Duration::from_secs(300));
+    assert_eq!(wide.max_request_micro_usd, Some(500_000));
+    assert_eq!(set.binding("exact").unwrap().billing_owner, "a");
+    assert_eq!(
+        set.binding("exact").unwrap().token_ttl,
+        Duration::from_secs(900)
+    );
+    assert!(set.roles()[0].applies_to("bob", &["finance".into()]));
+    assert_eq!(set.digest().len(), 64);
+}
+
+#[test]
+fn first_matching_binding_wins_and_globs_apply() {
+    let d = dir_with(&[("p.yaml", GOOD)]);
+    let set = load_dir(d.path()).unwrap();
+    let w = |ns: &'static str, sa: &'static str| WorkloadRef {
+        issuer: "k8s",
+        subject: "s",
+        namespace: Some(ns),
+        service_account: Some(sa),
+    };
+    assert_eq!(
+        set.binding_for(&w("team-a", "ranker")).unwrap().name,
+        "exact"
+    );
+    assert_eq!(set.binding_for(&w("team-a", "other")).unwrap().name, "wide");
+    assert_eq!(set.binding_for(&w("team-zz", "x")).unwrap().name, "wide");
+    assert!(set.binding_for(&w("prod", "x")).is_none());
+    let oidc = WorkloadRef {
+        issuer: "k8s",
+        subject: "s",
+        namespace: None,
+        service_account: None,
+    };
+    assert!(
+        set.binding_for(&oidc).is_none(),
+        "a namespace glob never matches a token without one"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_with_its_line() {
+    let text = "models:\n  m:\n    provider: openai\n    price: { input: -1, output: 1 }\npools:\n  p:\n    budget: { usd: 0, window: hourly }\nbindings:\n  - name: b\n    match: { namespace: x }\n    team: t\n    pool: nope\n    models: [m, ghost]\n    token_ttl: 1h\n";
+    let errs = errors(&[("a.yaml", text)]);
+    let has =
+        |line: usize, needle: &str| errs.iter().any(|(l, m)| *l == line && m.contains(needle));
+    assert!(has(4, "price.input"), "{errs:?}");
+    assert!(has(7, "budget.usd"), "{errs:?}");
+    assert!(has(7, "budget.window"), "{errs:?}");
+    assert!(has(12, "pool nope"), "{errs:?}");
+    assert!(has(13, "model ghost"), "{errs:?}");
+    assert!(has(14, "token_ttl"), "{errs:?}");
+}
+
+#[test]
+fn duplicates_across_files_and_unknown_fields_are_errors() {
+    let m = "models:\n  m:\n    provider: openai\n    price: { input: 1, output: 1 }\n";
+    let errs = errors(&[("a.yaml", m), ("b.yaml", m)]);
+    assert!(
+        errs.iter()
+            .any(|(l, e)| *l == 2 && e.contains("already defined")),
+        "{errs:?}"
+    );
+    let errs = errors(&[(
+        "a.yaml",
+        "models:\n  m:\n    provider: openai\n    prices: {}\n",
+    )]);
+    assert!(errs.iter().any(|(_, e)| e.contains("prices")), "{errs:?}");
+    let errs = errors(&[("a.yaml", "bindings: [")]);
+    assert_eq!(errs.len(), 1);
+}
+
+#[test]
+fn fallback_must_exist_share_the_provider_and_not_loop() {
+    let text = "models:\n  a:\n    provider: openai\n    price: { input: 1, output: 1 }\n    fallback: b\n  b:\n    provider: openai\n    price: { input: 1, output: 1 }\n    fallback: a\n  c:\n    provider: anthropic\n    price: { input: 1, output: 1 }\n    fallback: a\n";
+    let errs = errors(&[("a.yaml", text)]);
+    assert!(errs.iter().any(|(_, e)| e.contains("loops")), "{errs:?}");
+    assert!(
+        errs.iter().any(|(_, e)| e.contains("another provider")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn a_binding_must_narrow_its_match() {
+    let text = "models:\n  m:\n    provider: openai\n    price: { input: 1, output: 1 }\npools:\n  p: {}\nbindings:\n  - name: all\n    match: { issuer: k8s }\n    team: t\n    pool: p\n    models: [m]\n";
+    let errs = errors(&[("a.yaml", text)]);
+    assert!(
+        errs.iter()
+            .any(|(l, e)| *l == 9 && e.contains("at least one")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn missing_directory_is_an_error_and_empty_is_valid() {
+    assert!(load_dir(std::path::Path::new("/nonexistent/policies")).is_err());
+    let d = dir_with(&[("empty.yaml", "# nothing yet\n")]);
+    assert!(load_dir(d.path()).unwrap().bindings().is_empty());
+}
+
+#[test]
+fn reload_swaps_good_edits_and_keeps_the_last_good_set() {
+    let d = dir_with(&[("p.yaml", GOOD)]);
+    let store = PolicyStore::open(d.path()).unwrap();
+    assert!(!store.reload().unwrap());
+    std::fs::write(d.path().join("p.yaml"), "models: [broken").unwrap();
+    assert!(store.reload().is_err());
+    assert!(
+        store.current().model("big").is_some(),
+        "last good policy kept"
+    );
+    std::fs::write(
+        d.path().join("p.yaml"),
+        GOOD.replace("big-2024", "big-2025"),
+    )
+    .unwrap();
+    assert!(store.reload().unwrap());
+    assert_eq!(
+        store.current().model("big").unwrap().upstream_model,
+        "big-2025"
+    );
+}
+
+#[test]
+fn the_shipped_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let set = load_dir(&dir).unwrap();
+    let demo = WorkloadRef {
+        issuer: "dev",
+        subject: "system:serviceaccount:demo:app",
+        namespace: Some("demo"),
+        service_account: Some("app"),
+    };
+    let b = set.binding_for(&demo).unwrap();
+    assert!(
+        b.models
+            .iter()
+            .any(|m| set.model(m).unwrap().provider == "openai")
+    );
+    assert!(
+        b.models
+            .iter()
+            .any(|m| set.model(m).unwrap().provider == "anthropic")
+    );
+}

@@ -97,13 +97,21 @@ mod tests {
 
     #[test]
     fn cost_of_a_million_tokens_is_the_price() {
-        let t = Tokens { input: 1_000_000, output: 1_000_000, cached_input: 0 };
+        let t = Tokens {
+            input: 1_000_000,
+            output: 1_000_000,
+            cached_input: 0,
+        };
         assert_eq!(cost(&MINI, &t), Usd(750_000));
     }
 
     #[test]
     fn cached_tokens_use_the_cached_price_and_partial_micros_round_up() {
-        let t = Tokens { input: 10, output: 0, cached_input: 4 };
+        let t = Tokens {
+            input: 10,
+            output: 0,
+            cached_input: 4,
+        };
         // 6 * 0.15 + 4 * 0.075 = 1.2 micro-dollars -> 2
         assert_eq!(cost(&MINI, &t), Usd(2));
         assert_eq!(cost(&MINI, &Tokens::default()), Usd::ZERO);

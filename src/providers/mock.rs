@@ -18,9 +18,18 @@ pub enum MockReply {
 
 /// Answer `req` (already rewritten for upstream) as model `upstream_model`.
 pub fn mock_reply(req: &InboundRequest, upstream_model: &str) -> MockReply {
-    let seed = hex::encode(&Sha256::digest(serde_json::to_vec(req.body()).unwrap_or_default())[..6]);
-    let said: Vec<String> = req.last_user_text().split_whitespace().take(12).map(str::to_owned).collect();
-    let mut text = format!("Mock reply from Tollgate ({upstream_model}): you said: {}", said.join(" "));
+    let seed =
+        hex::encode(&Sha256::digest(serde_json::to_vec(req.body()).unwrap_or_default())[..6]);
+    let said: Vec<String> = req
+        .last_user_text()
+        .split_whitespace()
+        .take(12)
+        .map(str::to_owned)
+        .collect();
+    let mut text = format!(
+        "Mock reply from Tollgate ({upstream_model}): you said: {}",
+        said.join(" ")
+    );
     if let Some(max) = req.max_tokens() {
         let words: Vec<&str> = text.split(' ').collect();
         if words.len() > max as usize {
@@ -80,7 +89,17 @@ impl Mock<'_> {
     /// The reply cut in a few pieces for streaming.
     fn pieces(&self) -> Vec<String> {
         let words: Vec<&str> = self.text.split(' ').collect();
-        words.chunks(3).enumerate().map(|(i, c)| if i == 0 { c.join(" ") } else { format!(" {}", c.join(" ")) }).collect()
+        words
+            .chunks(3)
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    c.join(" ")
+                } else {
+                    format!(" {}", c.join(" "))
+                }
+            })
+            .collect()
     }
 
     fn openai_usage(&self) -> Value {
@@ -98,12 +117,21 @@ impl Mock<'_> {
 
     fn chat_stream(&self) -> Vec<Bytes> {
         let chunk = |delta: Value, finish: Value| {
-            data(&json!({"id": format!("chatcmpl-mock-{}", self.id), "object": "chat.completion.chunk", "created": self.created,
+            data(
+                &json!({"id": format!("chatcmpl-mock-{}", self.id), "object": "chat.completion.chunk", "created": self.created,
                          "model": self.model, "system_fingerprint": null,
-                         "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}))
+                         "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}),
+            )
         };
-        let mut out = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
-        out.extend(self.pieces().into_iter().map(|p| chunk(json!({"content": p}), Value::Null)));
+        let mut out = vec![chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        )];
+        out.extend(
+            self.pieces()
+                .into_iter()
+                .map(|p| chunk(json!({"content": p}), Value::Null)),
+        );
         out.push(chunk(json!({}), json!("stop")));
         if self.include_usage {
             out.push(data(&json!({"id": format!("chatcmpl-mock-{}", self.id), "object": "chat.completion.chunk",
@@ -121,10 +149,16 @@ impl Mock<'_> {
 
     fn completion_stream(&self) -> Vec<Bytes> {
         let chunk = |text: &str, finish: Value| {
-            data(&json!({"id": format!("cmpl-mock-{}", self.id), "object": "text_completion", "created": self.created,
-                         "model": self.model, "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}))
+            data(
+                &json!({"id": format!("cmpl-mock-{}", self.id), "object": "text_completion", "created": self.created,
+                         "model": self.model, "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}),
+            )
         };
-        let mut out: Vec<Bytes> = self.pieces().iter().map(|p| chunk(p, Value::Null)).collect();
+        let mut out: Vec<Bytes> = self
+            .pieces()
+            .iter()
+            .map(|p| chunk(p, Value::Null))
+            .collect();
         out.push(chunk("", json!("stop")));
         if self.include_usage {
             out.push(data(&json!({"id": format!("cmpl-mock-{}", self.id), "object": "text_completion", "created": self.created,
@@ -136,10 +170,16 @@ impl Mock<'_> {
 
     fn embeddings(&self, req: &InboundRequest) -> Value {
         let inputs: Vec<String> = match field(req, "input") {
-            Value::Array(a) => a.iter().map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned)).collect(),
+            Value::Array(a) => a
+                .iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                .collect(),
             other => vec![other.as_str().unwrap_or_default().to_owned()],
         };
-        let dims = field(req, "dimensions").as_u64().filter(|d| (1..=4096).contains(d)).unwrap_or(1536) as usize;
+        let dims = field(req, "dimensions")
+            .as_u64()
+            .filter(|d| (1..=4096).contains(d))
+            .unwrap_or(1536) as usize;
         let data: Vec<Value> = inputs
             .iter()
             .enumerate()
@@ -182,21 +222,42 @@ impl Mock<'_> {
             event(name, &v)
         };
         let mut out = vec![
-            ev("response.created", json!({"response": self.response_body("in_progress", false)})),
-            ev("response.output_item.added", json!({"output_index": 0, "item": {"type": "message", "id": item_id,
-                "status": "in_progress", "role": "assistant", "content": []}})),
-            ev("response.content_part.added", json!({"item_id": item_id, "output_index": 0, "content_index": 0,
-                "part": {"type": "output_text", "text": "", "annotations": []}})),
+            ev(
+                "response.created",
+                json!({"response": self.response_body("in_progress", false)}),
+            ),
+            ev(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": {"type": "message", "id": item_id,
+                "status": "in_progress", "role": "assistant", "content": []}}),
+            ),
+            ev(
+                "response.content_part.added",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ),
         ];
         for p in self.pieces() {
-            out.push(ev("response.output_text.delta", json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": p})));
+            out.push(ev(
+                "response.output_text.delta",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": p}),
+            ));
         }
-        out.push(ev("response.output_text.done", json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": self.text})));
-        out.push(ev("response.content_part.done", json!({"item_id": item_id, "output_index": 0, "content_index": 0,
-            "part": {"type": "output_text", "text": self.text, "annotations": []}})));
+        out.push(ev(
+            "response.output_text.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": self.text}),
+        ));
+        out.push(ev(
+            "response.content_part.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+            "part": {"type": "output_text", "text": self.text, "annotations": []}}),
+        ));
         out.push(ev("response.output_item.done", json!({"output_index": 0, "item": {"type": "message", "id": item_id,
             "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": self.text, "annotations": []}]}})));
-        out.push(ev("response.completed", json!({"response": self.response()})));
+        out.push(ev(
+            "response.completed",
+            json!({"response": self.response()}),
+        ));
         out
     }
 
@@ -209,17 +270,26 @@ impl Mock<'_> {
 
     fn message_stream(&self) -> Vec<Bytes> {
         let mut out = vec![
-            event("message_start", &json!({"type": "message_start", "message": {"id": format!("msg_mock_{}", self.id),
+            event(
+                "message_start",
+                &json!({"type": "message_start", "message": {"id": format!("msg_mock_{}", self.id),
                 "type": "message", "role": "assistant", "model": self.model, "content": [], "stop_reason": null,
                 "stop_sequence": null, "usage": {"input_tokens": self.input, "output_tokens": 1,
-                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}})),
-            event("content_block_start", &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}),
+            ),
+            event(
+                "content_block_start",
+                &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
             event("ping", &json!({"type": "ping"})),
         ];
         for p in self.pieces() {
             out.push(event("content_block_delta", &json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})));
         }
-        out.push(event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
+        out.push(event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ));
         out.push(event("message_delta", &json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
             "usage": {"output_tokens": self.output}})));
         out.push(event("message_stop", &json!({"type": "message_stop"})));
@@ -241,6 +311,11 @@ fn unit_vector(text: &str, dims: usize) -> Vec<f32> {
         }
         block = Sha256::digest(block);
     }
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     v.iter().map(|x| x / norm).collect()
 }

@@ -8,9 +8,9 @@ mod request;
 mod tokens;
 mod usage;
 
+pub use mock::MockReply;
 pub use request::{InboundRequest, RequestError, parse_request};
 pub use usage::{StreamObserver, Usage, usage_from_body};
-pub use mock::MockReply;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -92,7 +92,11 @@ impl ProviderKind {
 /// The upstream URL of `api` under `base_url` (e.g. `https://api.openai.com/v1`).
 pub fn upstream_url(base_url: &url::Url, api: Api) -> url::Url {
     let mut u = base_url.clone();
-    let path = format!("{}/{}", base_url.path().trim_end_matches('/'), api.upstream_suffix());
+    let path = format!(
+        "{}/{}",
+        base_url.path().trim_end_matches('/'),
+        api.upstream_suffix()
+    );
     u.set_path(&path);
     u
 }

@@ -11,6 +11,9 @@ const MAX_MODEL_LEN: usize = 256;
 /// set, so the estimate stays an upper bound.
 const IMAGE_TOKENS: u64 = 1_600;
 
+/// A check of a required field's JSON shape.
+type ShapeCheck = fn(&Value) -> bool;
+
 /// A body Tollgate cannot serve. Messages never echo the body.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
@@ -46,13 +49,19 @@ pub struct InboundRequest {
 
 /// Parse and check a client body for `api`.
 pub fn parse_request(api: Api, body: &[u8]) -> Result<InboundRequest, RequestError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| RequestError::Json(format!("line {} column {}", e.line(), e.column())))?;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| RequestError::Json(format!("line {} column {}", e.line(), e.column())))?;
     let Value::Object(body) = value else {
         return Err(RequestError::NotAnObject);
     };
     let model = match body.get("model") {
         Some(Value::String(m)) if !m.trim().is_empty() && m.len() <= MAX_MODEL_LEN => m.clone(),
-        Some(Value::String(_)) => return Err(field("model", "must be a non-empty string of at most 256 characters")),
+        Some(Value::String(_)) => {
+            return Err(field(
+                "model",
+                "must be a non-empty string of at most 256 characters",
+            ));
+        }
         Some(_) => return Err(field("model", "must be a string")),
         None => return Err(field("model", "is required")),
     };
@@ -71,13 +80,16 @@ pub fn parse_request(api: Api, body: &[u8]) -> Result<InboundRequest, RequestErr
         Some(_) => return Err(field("stream_options", "must be an object")),
     };
     for name in max_token_fields(api) {
-        if let Some(v) = body.get(*name) {
-            if !v.is_null() && v.as_u64().filter(|n| (1..=u64::from(u32::MAX)).contains(n)).is_none() {
-                return Err(field(name, "must be a positive integer"));
-            }
+        if let Some(v) = body.get(*name)
+            && !v.is_null()
+            && v.as_u64()
+                .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+                .is_none()
+        {
+            return Err(field(name, "must be a positive integer"));
         }
     }
-    let required: &[(&'static str, fn(&Value) -> bool)] = match api {
+    let required: &[(&'static str, ShapeCheck)] = match api {
         Api::ChatCompletions | Api::Messages => &[("messages", Value::is_array)],
         Api::Completions => &[("prompt", |v| v.is_string() || v.is_array())],
         Api::Embeddings => &[("input", |v| v.is_string() || v.is_array())],
@@ -90,14 +102,19 @@ pub fn parse_request(api: Api, body: &[u8]) -> Result<InboundRequest, RequestErr
             None => return Err(field(name, "is required")),
         }
     }
-    if api == Api::Messages {
-        if let Some(s) = body.get("system") {
-            if !(s.is_string() || s.is_array() || s.is_null()) {
-                return Err(field("system", "must be a string or an array of blocks"));
-            }
-        }
+    if api == Api::Messages
+        && let Some(s) = body.get("system")
+        && !(s.is_string() || s.is_array() || s.is_null())
+    {
+        return Err(field("system", "must be a string or an array of blocks"));
     }
-    Ok(InboundRequest { api, body, model, stream, client_wants_usage })
+    Ok(InboundRequest {
+        api,
+        body,
+        model,
+        stream,
+        client_wants_usage,
+    })
 }
 
 fn max_token_fields(api: Api) -> &'static [&'static str] {
@@ -137,7 +154,11 @@ impl InboundRequest {
     /// Set the output-token cap in the field the client used (or this API's usual one).
     pub fn set_max_tokens(&mut self, n: u32) {
         let fields = max_token_fields(self.api);
-        let present: Vec<&str> = fields.iter().copied().filter(|f| self.body.get(*f).is_some_and(|v| !v.is_null())).collect();
+        let present: Vec<&str> = fields
+            .iter()
+            .copied()
+            .filter(|f| self.body.get(*f).is_some_and(|v| !v.is_null()))
+            .collect();
         if present.is_empty() {
             if let Some(f) = fields.first() {
                 self.body.insert((*f).to_owned(), Value::from(n));
@@ -151,7 +172,9 @@ impl InboundRequest {
 
     /// Does the client want the OpenAI usage chunk in its stream?
     pub fn strip_usage_chunk(&self) -> bool {
-        self.stream && matches!(self.api, Api::ChatCompletions | Api::Completions) && !self.client_wants_usage
+        self.stream
+            && matches!(self.api, Api::ChatCompletions | Api::Completions)
+            && !self.client_wants_usage
     }
 
     /// The body to send upstream: the upstream model name, and for OpenAI streams
@@ -160,7 +183,9 @@ impl InboundRequest {
         let mut body = self.body.clone();
         body.insert("model".into(), Value::from(upstream_model));
         if self.stream && matches!(self.api, Api::ChatCompletions | Api::Completions) {
-            let opts = body.entry("stream_options").or_insert_with(|| Value::Object(Map::new()));
+            let opts = body
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
             if !opts.is_object() {
                 *opts = Value::Object(Map::new());
             }
@@ -180,7 +205,11 @@ impl InboundRequest {
     pub fn estimate_input_tokens(&self) -> u64 {
         let (text, images, items) = self.prompt_parts();
         let mut n = tokens::count(&self.model, &text) + images * IMAGE_TOKENS + items * 4 + 3;
-        if let Some(tools) = self.body.get("tools").or_else(|| self.body.get("functions")) {
+        if let Some(tools) = self
+            .body
+            .get("tools")
+            .or_else(|| self.body.get("functions"))
+        {
             n += tokens::count(&self.model, &tools.to_string());
         }
         if self.api == Api::Messages || !tokens::exact(&self.model) {
@@ -216,13 +245,21 @@ impl InboundRequest {
             t
         };
         for key in ["messages", "input"] {
-            if let Some(Value::Array(items)) = self.body.get(key) {
-                if let Some(last) = items.iter().rev().find(|m| m.get("role").and_then(Value::as_str).is_none_or(|r| r == "user")) {
-                    return pick(last.get("content").unwrap_or(last));
-                }
+            if let Some(Value::Array(items)) = self.body.get(key)
+                && let Some(last) = items.iter().rev().find(|m| {
+                    m.get("role")
+                        .and_then(Value::as_str)
+                        .is_none_or(|r| r == "user")
+                })
+            {
+                return pick(last.get("content").unwrap_or(last));
             }
         }
-        ["prompt", "input"].iter().find_map(|k| self.body.get(*k)).map(pick).unwrap_or_default()
+        ["prompt", "input"]
+            .iter()
+            .find_map(|k| self.body.get(*k))
+            .map(pick)
+            .unwrap_or_default()
     }
 }
 
@@ -250,7 +287,14 @@ fn collect(v: &Value, text: &mut String, images: &mut u64, items: &mut u64, dept
             if kind.contains("image") || o.contains_key("image_url") {
                 *images += 1;
             }
-            for k in ["text", "content", "input_text", "output_text", "arguments", "output"] {
+            for k in [
+                "text",
+                "content",
+                "input_text",
+                "output_text",
+                "arguments",
+                "output",
+            ] {
                 if let Some(x) = o.get(k) {
                     collect(x, text, images, items, depth + 1);
                 }

@@ -5,12 +5,24 @@ use tiktoken_rs::{CoreBPE, cl100k_base_singleton, o200k_base_singleton};
 
 fn bpe_for(model: &str) -> (&'static CoreBPE, bool) {
     let m = model.to_ascii_lowercase();
-    let o200k = ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o"];
+    let o200k = [
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.5",
+        "gpt-5",
+        "o1",
+        "o3",
+        "o4",
+        "chatgpt-4o",
+    ];
     if o200k.iter().any(|p| m.starts_with(p)) {
         return (o200k_base_singleton(), true);
     }
     let cl100k = ["gpt-4", "gpt-3.5", "text-embedding", "davinci", "babbage"];
-    (cl100k_base_singleton(), cl100k.iter().any(|p| m.starts_with(p)))
+    (
+        cl100k_base_singleton(),
+        cl100k.iter().any(|p| m.starts_with(p)),
+    )
 }
 
 /// Exact count for OpenAI models; for others the cl100k count (callers add a margin).

@@ -48,7 +48,10 @@ fn responses_usage(usage: &Value) -> Option<Usage> {
 /// Anthropic counts cache reads and writes apart from `input_tokens`.
 fn anthropic_input(usage: &Value) -> (u64, u64) {
     let read = u(&usage["cache_read_input_tokens"]);
-    (u(&usage["input_tokens"]) + u(&usage["cache_creation_input_tokens"]) + read, read)
+    (
+        u(&usage["input_tokens"]) + u(&usage["cache_creation_input_tokens"]) + read,
+        read,
+    )
 }
 
 /// Usage from a complete JSON response of `api`.
@@ -63,7 +66,11 @@ pub fn usage_from_body(api: Api, body: &[u8]) -> Option<Usage> {
                 return None;
             }
             let (input, cached) = anthropic_input(usage);
-            Some(Usage { input_tokens: input, output_tokens: u(&usage["output_tokens"]), cached_input_tokens: cached })
+            Some(Usage {
+                input_tokens: input,
+                output_tokens: u(&usage["output_tokens"]),
+                cached_input_tokens: cached,
+            })
         }
     }
 }
@@ -80,7 +87,13 @@ pub struct StreamObserver {
 impl StreamObserver {
     /// `strip_usage_chunk`: drop OpenAI's usage-only chunk (`choices: []`) from the output.
     pub fn new(api: Api, strip_usage_chunk: bool) -> Self {
-        StreamObserver { api, strip: strip_usage_chunk, buf: BytesMut::new(), usage: None, passthrough: false }
+        StreamObserver {
+            api,
+            strip: strip_usage_chunk,
+            buf: BytesMut::new(),
+            usage: None,
+            passthrough: false,
+        }
     }
 
     /// Take a chunk from upstream; returns the bytes to send to the client now. Without
@@ -106,7 +119,11 @@ impl StreamObserver {
                 out.extend_from_slice(&pending);
             }
         }
-        if self.strip { out.freeze() } else { Bytes::copy_from_slice(chunk) }
+        if self.strip {
+            out.freeze()
+        } else {
+            Bytes::copy_from_slice(chunk)
+        }
     }
 
     /// The end of the stream: whatever is left to send (a final event without its blank line).
@@ -116,7 +133,11 @@ impl StreamObserver {
             return Bytes::new();
         }
         let keep = self.observe(&rest);
-        if self.strip && keep { rest.freeze() } else { Bytes::new() }
+        if self.strip && keep {
+            rest.freeze()
+        } else {
+            Bytes::new()
+        }
     }
 
     /// Usage seen so far.
@@ -126,7 +147,9 @@ impl StreamObserver {
 
     /// Read one event; `false` drops it from the output.
     fn observe(&mut self, event: &[u8]) -> bool {
-        let Ok(text) = std::str::from_utf8(event) else { return true };
+        let Ok(text) = std::str::from_utf8(event) else {
+            return true;
+        };
         let data: String = text
             .lines()
             .filter_map(|l| l.strip_prefix("data:"))
@@ -136,7 +159,9 @@ impl StreamObserver {
         if data.is_empty() || data.trim() == "[DONE]" {
             return true;
         }
-        let Ok(v) = serde_json::from_str::<Value>(&data) else { return true };
+        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+            return true;
+        };
         match self.api {
             Api::ChatCompletions | Api::Completions => {
                 if let Some(us) = openai_usage(&v["usage"]) {
@@ -147,23 +172,32 @@ impl StreamObserver {
             }
             Api::Responses => {
                 let t = v["type"].as_str().unwrap_or("");
-                if matches!(t, "response.completed" | "response.incomplete" | "response.failed") {
-                    if let Some(us) = responses_usage(&v["response"]["usage"]) {
-                        self.usage = Some(us);
-                    }
+                if matches!(
+                    t,
+                    "response.completed" | "response.incomplete" | "response.failed"
+                ) && let Some(us) = responses_usage(&v["response"]["usage"])
+                {
+                    self.usage = Some(us);
                 }
             }
             Api::Messages => match v["type"].as_str() {
                 Some("message_start") => {
                     let usage = &v["message"]["usage"];
                     let (input, cached) = anthropic_input(usage);
-                    self.usage = Some(Usage { input_tokens: input, output_tokens: u(&usage["output_tokens"]), cached_input_tokens: cached });
+                    self.usage = Some(Usage {
+                        input_tokens: input,
+                        output_tokens: u(&usage["output_tokens"]),
+                        cached_input_tokens: cached,
+                    });
                 }
                 Some("message_delta") => {
                     let usage = &v["usage"];
                     let mut us = self.usage.unwrap_or_default();
                     us.output_tokens = u(&usage["output_tokens"]);
-                    if usage.get("input_tokens").is_some_and(|x| x.as_u64().is_some_and(|n| n > 0)) {
+                    if usage
+                        .get("input_tokens")
+                        .is_some_and(|x| x.as_u64().is_some_and(|n| n > 0))
+                    {
                         let (input, cached) = anthropic_input(usage);
                         us.input_tokens = input;
                         us.cached_input_tokens = cached;

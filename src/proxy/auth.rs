@@ -11,27 +11,40 @@ use axum::http::HeaderMap;
 /// The bearer credential, from `Authorization: Bearer` (both families) or `x-api-key`
 /// (Anthropic SDKs send their key there).
 pub fn presented_token(headers: &HeaderMap, family: Family) -> Option<&str> {
-    if family == Family::Anthropic {
-        if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-            let v = v.trim();
-            if !v.is_empty() {
-                return Some(v);
-            }
+    if family == Family::Anthropic
+        && let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if !v.is_empty() {
+            return Some(v);
         }
     }
-    let auth = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, rest) = auth.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Verify the caller's token and check revocations.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap, family: Family) -> Result<Claims, ApiError> {
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    family: Family,
+) -> Result<Claims, ApiError> {
     let token = presented_token(headers, family).ok_or_else(|| {
         let how = match family {
             Family::OpenAi => "Authorization: Bearer <tollgate token>",
             Family::Anthropic => "x-api-key: <tollgate token> (or Authorization: Bearer)",
         };
-        ApiError::new(Code::InvalidToken, format!("missing Tollgate token: send {how}"))
+        ApiError::new(
+            Code::InvalidToken,
+            format!("missing Tollgate token: send {how}"),
+        )
     })?;
     let claims = state
         .tokens

@@ -35,7 +35,11 @@ pub struct Outbound<'a> {
 }
 
 /// Send and relay. On error the settlement is finished with the right charge.
-pub async fn forward(state: &AppState, out: Outbound<'_>, mut settle: Settlement) -> Result<Response, ApiError> {
+pub async fn forward(
+    state: &AppState,
+    out: Outbound<'_>,
+    mut settle: Settlement,
+) -> Result<Response, ApiError> {
     if out.route.kind == ProviderKind::Mock {
         return Ok(mock(state, &out, settle));
     }
@@ -55,9 +59,21 @@ pub async fn forward(state: &AppState, out: Outbound<'_>, mut settle: Settlement
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if out.request.stream() && is_sse {
         let observer = StreamObserver::new(out.api, out.request.strip_usage_chunk());
-        return Ok(stream_response(status, body, observer, settle, state.upstream.idle_timeout));
+        return Ok(stream_response(
+            status,
+            body,
+            observer,
+            settle,
+            state.upstream.idle_timeout,
+        ));
     }
-    let bytes = match read_bounded(body, state.limits.max_response_bytes, state.upstream.idle_timeout).await {
+    let bytes = match read_bounded(
+        body,
+        state.limits.max_response_bytes,
+        state.upstream.idle_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => {
             settle.finish(e.code.status().as_u16(), Charge::WorstCase);
@@ -75,7 +91,10 @@ pub async fn forward(state: &AppState, out: Outbound<'_>, mut settle: Settlement
     Ok(json_response(status, bytes))
 }
 
-async fn send(state: &AppState, out: &Outbound<'_>) -> Result<(StatusCode, HeaderMap, ByteStream), ApiError> {
+async fn send(
+    state: &AppState,
+    out: &Outbound<'_>,
+) -> Result<(StatusCode, HeaderMap, ByteStream), ApiError> {
     let base = out
         .route
         .base_url
@@ -84,17 +103,25 @@ async fn send(state: &AppState, out: &Outbound<'_>) -> Result<(StatusCode, Heade
     let url = providers::upstream_url(base, out.api);
     let mut headers = HeaderMap::new();
     for name in providers::forwardable_headers(out.api.family()) {
-        if let Some(v) = out.client_headers.get(*name) {
-            if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                headers.insert(n, v.clone());
-            }
+        if let Some(v) = out.client_headers.get(*name)
+            && let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+        {
+            headers.insert(n, v.clone());
         }
     }
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(k) = &out.key {
         providers::apply_auth(out.route.kind, &mut headers, &k.secret);
     }
-    let req = state.http.post(url).headers(headers).body(out.body.clone()).send();
+    let req = state
+        .http
+        .post(url)
+        .headers(headers)
+        .body(out.body.clone())
+        .send();
     let resp = match tokio::time::timeout(state.upstream.response_timeout, req).await {
         Err(_) => return Err(timeout_error(out)),
         Ok(Err(e)) if e.is_timeout() => return Err(timeout_error(out)),
@@ -102,7 +129,11 @@ async fn send(state: &AppState, out: &Outbound<'_>) -> Result<(StatusCode, Heade
             tracing::warn!(provider = %out.route.id, error = %without_url(&e), "upstream request failed");
             return Err(ApiError::new(
                 Code::UpstreamError,
-                format!("could not reach provider {}: {}", out.route.id, without_url(&e)),
+                format!(
+                    "could not reach provider {}: {}",
+                    out.route.id,
+                    without_url(&e)
+                ),
             ));
         }
         Ok(Ok(r)) => r,
@@ -114,7 +145,10 @@ async fn send(state: &AppState, out: &Outbound<'_>) -> Result<(StatusCode, Heade
 }
 
 fn timeout_error(out: &Outbound<'_>) -> ApiError {
-    ApiError::new(Code::UpstreamTimeout, format!("provider {} did not answer in time", out.route.id))
+    ApiError::new(
+        Code::UpstreamTimeout,
+        format!("provider {} did not answer in time", out.route.id),
+    )
 }
 
 /// reqwest's Display includes the URL; keep messages short and stable.
@@ -147,7 +181,10 @@ async fn upstream_failure(
             tracing::error!(provider = %out.route.id, provider_key = key_id, status = status.as_u16(), "provider rejected Tollgate's key");
             Err(ApiError::new(
                 Code::UpstreamError,
-                format!("provider {} rejected Tollgate's provider key; operators have been alerted", out.route.id),
+                format!(
+                    "provider {} rejected Tollgate's provider key; operators have been alerted",
+                    out.route.id
+                ),
             ))
         }
         s if s >= 500 => Err(ApiError::new(
@@ -168,16 +205,33 @@ async fn upstream_failure(
     }
 }
 
-async fn read_bounded(mut body: ByteStream, limit: usize, idle: Duration) -> Result<Bytes, ApiError> {
+async fn read_bounded(
+    mut body: ByteStream,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, ApiError> {
     let mut buf = Vec::new();
     loop {
         match tokio::time::timeout(idle, body.next()).await {
-            Err(_) => return Err(ApiError::new(Code::UpstreamTimeout, "provider stopped sending its response")),
+            Err(_) => {
+                return Err(ApiError::new(
+                    Code::UpstreamTimeout,
+                    "provider stopped sending its response",
+                ));
+            }
             Ok(None) => return Ok(Bytes::from(buf)),
-            Ok(Some(Err(e))) => return Err(ApiError::new(Code::UpstreamError, format!("provider response failed: {e}"))),
+            Ok(Some(Err(e))) => {
+                return Err(ApiError::new(
+                    Code::UpstreamError,
+                    format!("provider response failed: {e}"),
+                ));
+            }
             Ok(Some(Ok(chunk))) => {
                 if buf.len() + chunk.len() > limit {
-                    return Err(ApiError::new(Code::UpstreamError, "provider response exceeds the size limit"));
+                    return Err(ApiError::new(
+                        Code::UpstreamError,
+                        "provider response exceeds the size limit",
+                    ));
                 }
                 buf.extend_from_slice(&chunk);
             }
@@ -188,7 +242,10 @@ async fn read_bounded(mut body: ByteStream, limit: usize, idle: Duration) -> Res
 fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -200,8 +257,20 @@ struct Relay {
     done: bool,
 }
 
-fn stream_response(status: StatusCode, upstream: ByteStream, observer: StreamObserver, settle: Settlement, idle: Duration) -> Response {
-    let relay = Relay { upstream, observer, settle, idle, done: false };
+fn stream_response(
+    status: StatusCode,
+    upstream: ByteStream,
+    observer: StreamObserver,
+    settle: Settlement,
+    idle: Duration,
+) -> Response {
+    let relay = Relay {
+        upstream,
+        observer,
+        settle,
+        idle,
+        done: false,
+    };
     let s = futures_util::stream::unfold(relay, |mut r| async move {
         if r.done {
             return None;
@@ -235,9 +304,15 @@ fn stream_response(status: StatusCode, upstream: ByteStream, observer: StreamObs
     let mut resp = Response::new(Body::from_stream(s));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
     resp
 }
 
@@ -253,14 +328,22 @@ fn mock(state: &AppState, out: &Outbound<'_>, mut settle: Settlement) -> Respons
     let upstream_model = upstream_req.model().to_owned();
     match providers::mock::mock_reply(&upstream_req, &upstream_model) {
         MockReply::Json(body) => {
-            let charge = providers::usage_from_body(out.api, &body).map_or(Charge::WorstCase, Charge::Usage);
+            let charge =
+                providers::usage_from_body(out.api, &body).map_or(Charge::WorstCase, Charge::Usage);
             settle.finish(200, charge);
             json_response(StatusCode::OK, body)
         }
         MockReply::Sse(events) => {
-            let upstream: ByteStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
+            let upstream: ByteStream =
+                Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
             let observer = StreamObserver::new(out.api, out.request.strip_usage_chunk());
-            stream_response(StatusCode::OK, upstream, observer, settle, state.upstream.idle_timeout)
+            stream_response(
+                StatusCode::OK,
+                upstream,
+                observer,
+                settle,
+                state.upstream.idle_timeout,
+            )
         }
     }
 }

@@ -94,7 +94,8 @@ async fn serve(state: AppState, api: Api, headers: HeaderMap, body: Body) -> Res
 
 fn set_request_id(resp: &mut Response, id: &str) {
     if let Ok(v) = HeaderValue::from_str(id) {
-        resp.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), v);
     }
 }
 
@@ -108,13 +109,18 @@ async fn pipeline(
 ) -> Result<Response, ApiError> {
     let claims = auth::authenticate(state, headers, api.family()).await?;
     let bytes = read_body(body, headers, state.limits.max_body_bytes).await?;
-    let mut req = providers::parse_request(api, &bytes).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
+    let mut req = providers::parse_request(api, &bytes)
+        .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
 
     let policy = state.policy.current();
     let model = policy.model(req.model()).ok_or_else(|| {
-        ApiError::new(Code::ModelNotFound, format!("model {:.120} does not exist", req.model())).param("model")
+        ApiError::new(
+            Code::ModelNotFound,
+            format!("model {:.120} does not exist", req.model()),
+        )
+        .param("model")
     })?;
-    if !claims.tollgate.models.iter().any(|m| *m == model.name) {
+    if !claims.tollgate.models.contains(&model.name) {
         return Err(ApiError::new(
             Code::ModelNotAllowed,
             format!("this token may not use model {}", model.name),
@@ -122,12 +128,20 @@ async fn pipeline(
         .param("model"));
     }
     let route = state.providers.get(&model.provider).ok_or_else(|| {
-        ApiError::new(Code::NoProviderKey, format!("provider {} is not configured", model.provider))
+        ApiError::new(
+            Code::NoProviderKey,
+            format!("provider {} is not configured", model.provider),
+        )
     })?;
     if route.kind.family().is_some_and(|f| f != api.family()) {
         return Err(ApiError::new(
             Code::InvalidRequest,
-            format!("model {} is served by provider {}, which does not speak {}", model.name, model.provider, api.path()),
+            format!(
+                "model {} is served by provider {}, which does not speak {}",
+                model.name,
+                model.provider,
+                api.path()
+            ),
         )
         .param("model"));
     }
@@ -137,7 +151,9 @@ async fn pipeline(
     } else {
         let effective = req
             .max_tokens()
-            .map_or(claims.tollgate.default_max_tokens, |n| n.min(claims.tollgate.max_tokens));
+            .map_or(claims.tollgate.default_max_tokens, |n| {
+                n.min(claims.tollgate.max_tokens)
+            });
         if req.max_tokens() != Some(effective) {
             req.set_max_tokens(effective);
         }
@@ -149,26 +165,52 @@ async fn pipeline(
         output: model.price.output_per_mtok_micro_usd,
         cached_input: model.price.cached_input_per_mtok_micro_usd,
     };
-    let worst_cost = pricing::cost(&prices, &Tokens { input: input_estimate, output: u64::from(max_out), cached_input: 0 });
-    if let Some(cap) = claims.tollgate.max_request_usd.and_then(Usd::from_f64_dollars) {
-        if worst_cost > cap {
-            return Err(ApiError::new(
-                Code::RequestTooExpensive,
-                format!("this request may cost up to {worst_cost}, over the token's limit of {cap} per request; lower max_tokens or shorten the prompt"),
-            ));
-        }
+    let worst_cost = pricing::cost(
+        &prices,
+        &Tokens {
+            input: input_estimate,
+            output: u64::from(max_out),
+            cached_input: 0,
+        },
+    );
+    if let Some(cap) = claims
+        .tollgate
+        .max_request_usd
+        .and_then(Usd::from_f64_dollars)
+        && worst_cost > cap
+    {
+        return Err(ApiError::new(
+            Code::RequestTooExpensive,
+            format!(
+                "this request may cost up to {worst_cost}, over the token's limit of {cap} per request; lower max_tokens or shorten the prompt"
+            ),
+        ));
     }
 
     let pool = policy.pool(&claims.tollgate.pool).ok_or_else(|| {
-        ApiError::new(Code::InvalidToken, format!("pool {} no longer exists; exchange a new token", claims.tollgate.pool))
+        ApiError::new(
+            Code::InvalidToken,
+            format!(
+                "pool {} no longer exists; exchange a new token",
+                claims.tollgate.pool
+            ),
+        )
     })?;
     let admission = state
         .quota
         .admit(&Ask {
             jti: &claims.jti,
-            token_limits: Limits { rpm: claims.tollgate.rpm, tpm: claims.tollgate.tpm, concurrency: claims.tollgate.concurrency },
+            token_limits: Limits {
+                rpm: claims.tollgate.rpm,
+                tpm: claims.tollgate.tpm,
+                concurrency: claims.tollgate.concurrency,
+            },
             pool: &pool.name,
-            pool_limits: Limits { rpm: pool.limits.rpm, tpm: pool.limits.tpm, concurrency: pool.limits.concurrency },
+            pool_limits: Limits {
+                rpm: pool.limits.rpm,
+                tpm: pool.limits.tpm,
+                concurrency: pool.limits.concurrency,
+            },
             budget: pool.budget.as_ref().map(|b| BudgetSpec {
                 cap: Usd(i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX)),
                 window: b.window.clone(),
@@ -190,7 +232,10 @@ async fn pipeline(
             .ok_or_else(|| {
                 ApiError::new(
                     Code::NoProviderKey,
-                    format!("no usable {} key for billing owner {}", model.provider, claims.tollgate.billing_owner),
+                    format!(
+                        "no usable {} key for billing owner {}",
+                        model.provider, claims.tollgate.billing_owner
+                    ),
                 )
                 .retry_after(30)
             })?;
@@ -205,7 +250,9 @@ async fn pipeline(
         pool: claims.tollgate.pool.clone(),
         billing_owner: claims.tollgate.billing_owner.clone(),
         provider: model.provider.clone(),
-        provider_key_id: key.as_ref().map_or_else(|| "mock".to_owned(), |k| k.id.clone()),
+        provider_key_id: key
+            .as_ref()
+            .map_or_else(|| "mock".to_owned(), |k| k.id.clone()),
         model: model.name.clone(),
         upstream_model: model.upstream_model.clone(),
         endpoint: api.path().to_owned(),
@@ -217,11 +264,25 @@ async fn pipeline(
         status: 0,
         latency_ms: 0,
     };
-    let settle = Settlement::new(admission, record, prices, input_estimate, state.spend.clone(), started);
+    let settle = Settlement::new(
+        admission,
+        record,
+        prices,
+        input_estimate,
+        state.spend.clone(),
+        started,
+    );
     let body = req.upstream_body(&model.upstream_model);
     let mut resp = forward::forward(
         state,
-        Outbound { api, request: &req, body, route, key, client_headers: headers },
+        Outbound {
+            api,
+            request: &req,
+            body,
+            route,
+            key,
+            client_headers: headers,
+        },
         settle,
     )
     .await?;
@@ -231,10 +292,19 @@ async fn pipeline(
 
 /// Read the body up to `limit`. An oversized body is still drained (up to a bound, briefly)
 /// so the client reads a clean 413 instead of a connection reset mid-upload.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     use http_body_util::BodyExt;
     const DRAIN_MAX: usize = 64 * 1024 * 1024;
-    let too_large = || ApiError::new(Code::RequestTooLarge, format!("request body is larger than {limit} bytes"));
+    let too_large = || {
+        ApiError::new(
+            Code::RequestTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -248,11 +318,23 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<byte
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Ok(Some(Ok(f))) => f,
             Ok(None) => break,
-            Ok(Some(Err(_))) => return Err(ApiError::new(Code::InvalidRequest, "request body could not be read")),
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::new(
+                    Code::InvalidRequest,
+                    "request body could not be read",
+                ));
+            }
             Err(_) if over => return Err(too_large()),
-            Err(_) => return Err(ApiError::new(Code::InvalidRequest, "request body was not received in time")),
+            Err(_) => {
+                return Err(ApiError::new(
+                    Code::InvalidRequest,
+                    "request body was not received in time",
+                ));
+            }
         };
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         seen += data.len();
         if seen > limit {
             over = true;
@@ -265,13 +347,21 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<byte
         }
         buf.extend_from_slice(&data);
     }
-    if over { Err(too_large()) } else { Ok(buf.freeze()) }
+    if over {
+        Err(too_large())
+    } else {
+        Ok(buf.freeze())
+    }
 }
 
 fn denied(d: Denied) -> ApiError {
     match &d {
-        Denied::Rate { retry_after, .. } => ApiError::new(Code::RateLimitExceeded, d.to_string()).retry_after(*retry_after),
-        Denied::Concurrency { .. } => ApiError::new(Code::RateLimitExceeded, d.to_string()).retry_after(1),
+        Denied::Rate { retry_after, .. } => {
+            ApiError::new(Code::RateLimitExceeded, d.to_string()).retry_after(*retry_after)
+        }
+        Denied::Concurrency { .. } => {
+            ApiError::new(Code::RateLimitExceeded, d.to_string()).retry_after(1)
+        }
         Denied::TooLarge { .. } => ApiError::new(Code::RequestTooLarge, d.to_string()),
         Denied::Budget { .. } => ApiError::new(Code::BudgetExceeded, d.to_string()),
     }

@@ -88,7 +88,9 @@ pub enum Denied {
         limit: u32,
     },
     /// The request alone exceeds a per-minute token limit: it can never pass.
-    #[error("request needs up to {needed} tokens but the {scope} limit is {limit} tokens per minute; lower max_tokens or the prompt")]
+    #[error(
+        "request needs up to {needed} tokens but the {scope} limit is {limit} tokens per minute; lower max_tokens or the prompt"
+    )]
     TooLarge {
         /// `token` or `pool`.
         scope: &'static str,
@@ -98,7 +100,9 @@ pub enum Denied {
         limit: u64,
     },
     /// The pool's budget for this window cannot cover the worst case.
-    #[error("budget of pool {pool} exhausted: {spent} spent of {cap} this window, request may cost up to {worst}")]
+    #[error(
+        "budget of pool {pool} exhausted: {spent} spent of {cap} this window, request may cost up to {worst}"
+    )]
     Budget {
         /// Pool name.
         pool: String,
@@ -148,11 +152,17 @@ impl Counters {
         sync_bucket(&mut self.tpm, l.tpm, now);
     }
 
-    fn check(&mut self, scope: &'static str, l: &Limits, tokens: u64, now: Instant) -> Result<(), Denied> {
-        if let Some(c) = l.concurrency {
-            if self.in_flight >= c {
-                return Err(Denied::Concurrency { scope, limit: c });
-            }
+    fn check(
+        &mut self,
+        scope: &'static str,
+        l: &Limits,
+        tokens: u64,
+        now: Instant,
+    ) -> Result<(), Denied> {
+        if let Some(c) = l.concurrency
+            && self.in_flight >= c
+        {
+            return Err(Denied::Concurrency { scope, limit: c });
         }
         if let Some(b) = &mut self.rpm {
             b.check(1, now).map_err(|retry_after| Denied::Rate {
@@ -164,7 +174,11 @@ impl Counters {
         }
         if let Some(b) = &mut self.tpm {
             if tokens > b.capacity() {
-                return Err(Denied::TooLarge { scope, needed: tokens, limit: b.capacity() });
+                return Err(Denied::TooLarge {
+                    scope,
+                    needed: tokens,
+                    limit: b.capacity(),
+                });
             }
             b.check(tokens, now).map_err(|retry_after| Denied::Rate {
                 scope,
@@ -251,7 +265,8 @@ impl Quota {
         let ps = pools.entry(ask.pool.to_owned()).or_default();
         ps.counters.sync_limits(&ask.pool_limits, now);
         tc.check("token", &ask.token_limits, ask.worst_tokens, now)?;
-        ps.counters.check("pool", &ask.pool_limits, ask.worst_tokens, now)?;
+        ps.counters
+            .check("pool", &ask.pool_limits, ask.worst_tokens, now)?;
         if let Some(b) = &ask.budget {
             let start = window::window_start(&b.window, ask.now_ms);
             if window::is_calendar(&b.window) && start > ps.budget.window_start {
@@ -361,7 +376,8 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         if !self.settled {
-            self.quota.settle(self, self.reserved_tokens, self.reserved_cost);
+            self.quota
+                .settle(self, self.reserved_tokens, self.reserved_cost);
         }
     }
 }

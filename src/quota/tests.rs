@@ -4,10 +4,17 @@ use std::sync::Barrier;
 fn ask<'a>(jti: &'a str, worst_cost: i64, budget: Option<i64>) -> Ask<'a> {
     Ask {
         jti,
-        token_limits: Limits { rpm: Some(1000), tpm: Some(1_000_000), concurrency: Some(1000) },
+        token_limits: Limits {
+            rpm: Some(1000),
+            tpm: Some(1_000_000),
+            concurrency: Some(1000),
+        },
         pool: "p",
         pool_limits: Limits::default(),
-        budget: budget.map(|cap| BudgetSpec { cap: Usd(cap), window: BudgetWindow::Daily }),
+        budget: budget.map(|cap| BudgetSpec {
+            cap: Usd(cap),
+            window: BudgetWindow::Daily,
+        }),
         worst_tokens: 100,
         worst_cost: Usd(worst_cost),
         now_ms: 1_795_487_580_000,
@@ -46,9 +53,15 @@ fn budget_denial_names_pool_and_reservation_counts() {
     let q = Quota::new();
     let held = q.admit(&ask("a", 600, Some(1_000))).unwrap();
     let err = q.admit(&ask("b", 600, Some(1_000))).unwrap_err();
-    assert!(matches!(err, Denied::Budget { ref pool, .. } if pool == "p"), "{err}");
+    assert!(
+        matches!(err, Denied::Budget { ref pool, .. } if pool == "p"),
+        "{err}"
+    );
     held.settle(10, Usd(100));
-    assert!(q.admit(&ask("b", 600, Some(1_000))).is_ok(), "settled lower frees budget");
+    assert!(
+        q.admit(&ask("b", 600, Some(1_000))).is_ok(),
+        "settled lower frees budget"
+    );
 }
 
 #[test]
@@ -65,7 +78,13 @@ fn concurrency_limit_counts_in_flight_requests() {
     a.token_limits.concurrency = Some(2);
     let one = q.admit(&a).unwrap();
     let _two = q.admit(&a).unwrap();
-    assert!(matches!(q.admit(&a), Err(Denied::Concurrency { scope: "token", limit: 2 })));
+    assert!(matches!(
+        q.admit(&a),
+        Err(Denied::Concurrency {
+            scope: "token",
+            limit: 2
+        })
+    ));
     one.settle(1, Usd::ZERO);
     assert!(q.admit(&a).is_ok());
 }
@@ -78,12 +97,23 @@ fn rpm_limit_denies_with_retry_after_and_request_over_tpm_is_too_large() {
     q.admit(&a).unwrap().settle(1, Usd::ZERO);
     q.admit(&a).unwrap().settle(1, Usd::ZERO);
     match q.admit(&a) {
-        Err(Denied::Rate { unit: "requests", retry_after, .. }) => assert!(retry_after >= 1),
+        Err(Denied::Rate {
+            unit: "requests",
+            retry_after,
+            ..
+        }) => assert!(retry_after >= 1),
         other => panic!("{other:?}"),
     }
     let mut big = ask("b", 0, None);
     big.token_limits.tpm = Some(50);
-    assert!(matches!(q.admit(&big), Err(Denied::TooLarge { needed: 100, limit: 50, .. })));
+    assert!(matches!(
+        q.admit(&big),
+        Err(Denied::TooLarge {
+            needed: 100,
+            limit: 50,
+            ..
+        })
+    ));
 }
 
 #[test]

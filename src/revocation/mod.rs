@@ -42,7 +42,11 @@ pub struct Revoked {
 
 impl std::fmt::Display for Revoked {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} has been revoked", self.kind.as_str().replace('_', " "))
+        write!(
+            f,
+            "{} has been revoked",
+            self.kind.as_str().replace('_', " ")
+        )
     }
 }
 
@@ -97,10 +101,12 @@ impl RevocationSet {
     /// Is this principal refused?
     pub fn check(&self, p: &Principal<'_>) -> Result<(), Revoked> {
         let snap = self.snap.load();
-        if let Some(j) = p.jti {
-            if snap.jtis.contains(j) {
-                return Err(Revoked { kind: RevocationKind::Jti });
-            }
+        if let Some(j) = p.jti
+            && snap.jtis.contains(j)
+        {
+            return Err(Revoked {
+                kind: RevocationKind::Jti,
+            });
         }
         if snap.cutoffs.is_empty() {
             return Ok(());
@@ -114,10 +120,10 @@ impl RevocationSet {
         ];
         for (kind, value) in probes {
             let Some(v) = value else { continue };
-            if let Some(&cut) = snap.cutoffs.get(&(kind, v.to_owned())) {
-                if p.issued_at <= cut {
-                    return Err(Revoked { kind });
-                }
+            if let Some(&cut) = snap.cutoffs.get(&(kind, v.to_owned()))
+                && p.issued_at <= cut
+            {
+                return Err(Revoked { kind });
             }
         }
         Ok(())
@@ -129,7 +135,11 @@ impl RevocationSet {
     }
 
     /// Re-sync every `every` until cancelled; failures keep the last set and are logged.
-    pub fn spawn_sync(self: Arc<Self>, every: Duration, cancel: CancellationToken) -> JoinHandle<()> {
+    pub fn spawn_sync(
+        self: Arc<Self>,
+        every: Duration,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

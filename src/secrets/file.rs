@@ -84,7 +84,8 @@ impl FileStore {
         })?;
         let is_toml = path.extension().is_some_and(|e| e == "toml");
         let parsed: KeyFile = if is_toml {
-            toml::from_str(&text).map_err(|e| self.invalid(&path.display().to_string(), e.message()))?
+            toml::from_str(&text)
+                .map_err(|e| self.invalid(&path.display().to_string(), e.message()))?
         } else {
             serde_saphyr::from_str(&text)
                 .map_err(|e| self.invalid(&path.display().to_string(), e.to_string()))?
@@ -95,7 +96,11 @@ impl FileStore {
                 (Some(k), None) => k,
                 (None, Some(var)) => match std::env::var(var) {
                     Ok(v) if !v.trim().is_empty() => SecretString::from(v.trim().to_owned()),
-                    _ => return Err(self.invalid(&e.id, format!("environment variable {var} is not set"))),
+                    _ => {
+                        return Err(
+                            self.invalid(&e.id, format!("environment variable {var} is not set"))
+                        );
+                    }
                 },
                 _ => return Err(self.invalid(&e.id, "set exactly one of api_key, api_key_env")),
             };
@@ -130,17 +135,17 @@ impl SecretStore for FileStore {
         let mut keys = self.read_file()?;
         if self.from_env {
             for (var, provider) in ENV_KEYS {
-                if let Ok(v) = std::env::var(var) {
-                    if !v.trim().is_empty() {
-                        keys.push(ProviderKey {
-                            id: format!("env/{var}"),
-                            provider: provider.to_owned(),
-                            billing_owner: SHARED_OWNER.to_owned(),
-                            allowed_models: AllowedModels::All,
-                            secret: SecretString::from(v.trim().to_owned()),
-                            version: "1".into(),
-                        });
-                    }
+                if let Ok(v) = std::env::var(var)
+                    && !v.trim().is_empty()
+                {
+                    keys.push(ProviderKey {
+                        id: format!("env/{var}"),
+                        provider: provider.to_owned(),
+                        billing_owner: SHARED_OWNER.to_owned(),
+                        allowed_models: AllowedModels::All,
+                        secret: SecretString::from(v.trim().to_owned()),
+                        version: "1".into(),
+                    });
                 }
             }
         }

@@ -151,7 +151,8 @@ impl KeyCache {
     /// equal candidates. Keys of the owner itself are preferred over shared keys.
     pub fn select(&self, provider: &str, model: &str, owner: &str) -> Option<Arc<ProviderKey>> {
         let keys = self.keys.load();
-        let usable = |k: &&Arc<ProviderKey>| k.provider == provider && k.allowed_models.allows(model);
+        let usable =
+            |k: &&Arc<ProviderKey>| k.provider == provider && k.allowed_models.allows(model);
         let own: Vec<&Arc<ProviderKey>> = keys
             .iter()
             .filter(usable)

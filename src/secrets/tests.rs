@@ -38,10 +38,15 @@ async fn owner_keys_are_preferred_and_models_respected() {
         assert_eq!(k.id, "team-a-openai");
     }
     // team-a key does not allow embeddings: falls to a shared key allowing all models
-    let k = cache.select("openai", "text-embedding-3-small", "team-a").unwrap();
+    let k = cache
+        .select("openai", "text-embedding-3-small", "team-a")
+        .unwrap();
     assert_eq!(k.id, "shared-openai-1");
     assert!(cache.select("anthropic", "claude", "team-a").is_none());
-    assert_eq!(cache.select("anthropic", "claude", "team-b").unwrap().id, "anthropic");
+    assert_eq!(
+        cache.select("anthropic", "claude", "team-b").unwrap().id,
+        "anthropic"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +73,9 @@ async fn broken_file_keeps_cached_keys() {
 
 #[tokio::test]
 async fn invalid_entries_are_named_without_the_secret() {
-    let (_f, s) = store_with("keys:\n  - id: k1\n    provider: openai\n    api_key: sk-secret-value\n    api_key_env: X\n");
+    let (_f, s) = store_with(
+        "keys:\n  - id: k1\n    provider: openai\n    api_key: sk-secret-value\n    api_key_env: X\n",
+    );
     let err = s.list().await.unwrap_err().to_string();
     assert!(err.contains("k1"), "{err}");
     assert!(!err.contains("sk-secret-value"), "{err}");
@@ -79,7 +86,10 @@ async fn debug_output_never_shows_the_key() {
     let (_f, s) = store_with(KEYS);
     let keys = s.list().await.unwrap();
     let dbg = format!("{keys:?}");
-    assert!(!dbg.contains("sk-team-a") && !dbg.contains("sk-shared"), "{dbg}");
+    assert!(
+        !dbg.contains("sk-team-a") && !dbg.contains("sk-shared"),
+        "{dbg}"
+    );
     assert_eq!(keys[0].secret.expose_secret(), "sk-team-a");
 }
 

@@ -17,8 +17,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Writes one batch; `Err` keeps the batch for a retry.
-pub type Sink<T> =
-    Arc<dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Result<(), (Vec<T>, String)>> + Send>> + Send + Sync>;
+pub type Sink<T> = Arc<
+    dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Result<(), (Vec<T>, String)>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The producer side, cheap to clone.
 pub struct Writer<T> {
@@ -77,7 +80,11 @@ impl<T: Send + 'static> Writer<T> {
             Ok(()) => true,
             Err(_) => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(writer = self.name, dropped_total = n, "writer queue full or closed: row dropped");
+                tracing::error!(
+                    writer = self.name,
+                    dropped_total = n,
+                    "writer queue full or closed: row dropped"
+                );
                 false
             }
         }
@@ -140,7 +147,12 @@ async fn run<T: Send + 'static>(
     }
 }
 
-async fn flush_all<T: Send + 'static>(name: &'static str, sink: &Sink<T>, mut rows: Vec<T>, cfg: WriterConfig) {
+async fn flush_all<T: Send + 'static>(
+    name: &'static str,
+    sink: &Sink<T>,
+    mut rows: Vec<T>,
+    cfg: WriterConfig,
+) {
     let deadline = tokio::time::Instant::now() + cfg.shutdown_deadline;
     while !rows.is_empty() {
         let rest = rows.split_off(rows.len().min(cfg.batch_size));

@@ -29,7 +29,12 @@ fn sink(store: Arc<Mutex<Vec<u32>>>, fail_first: Arc<AtomicU64>) -> Sink<u32> {
 async fn rows_survive_store_failures_and_shutdown_flushes_everything() {
     let out = Arc::new(Mutex::new(Vec::new()));
     let cancel = CancellationToken::new();
-    let (w, h) = Writer::spawn("t", cfg(), sink(Arc::clone(&out), Arc::new(AtomicU64::new(3))), cancel.clone());
+    let (w, h) = Writer::spawn(
+        "t",
+        cfg(),
+        sink(Arc::clone(&out), Arc::new(AtomicU64::new(3))),
+        cancel.clone(),
+    );
     for i in 0..95 {
         assert!(w.record(i));
     }
@@ -38,14 +43,23 @@ async fn rows_survive_store_failures_and_shutdown_flushes_everything() {
     h.await.unwrap();
     let mut got = out.lock().clone();
     got.sort_unstable();
-    assert_eq!(got, (0..95).collect::<Vec<_>>(), "nothing lost, nothing doubled");
+    assert_eq!(
+        got,
+        (0..95).collect::<Vec<_>>(),
+        "nothing lost, nothing doubled"
+    );
 }
 
 #[tokio::test]
 async fn rows_are_written_within_the_flush_interval() {
     let out = Arc::new(Mutex::new(Vec::new()));
     let cancel = CancellationToken::new();
-    let (w, _h) = Writer::spawn("t", cfg(), sink(Arc::clone(&out), Arc::new(AtomicU64::new(0))), cancel.clone());
+    let (w, _h) = Writer::spawn(
+        "t",
+        cfg(),
+        sink(Arc::clone(&out), Arc::new(AtomicU64::new(0))),
+        cancel.clone(),
+    );
     w.record(7);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(*out.lock(), vec![7]);

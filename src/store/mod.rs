@@ -77,7 +77,8 @@ impl Store {
     /// missing, WAL, 5 s busy timeout, foreign keys on).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts = PgConnectOptions::from_str(url).map_err(|_| StoreError::Url("not a valid PostgreSQL URL".into()))?;
+            let opts = PgConnectOptions::from_str(url)
+                .map_err(|_| StoreError::Url("not a valid PostgreSQL URL".into()))?;
             Db::Pg(
                 PgPoolOptions::new()
                     .max_connections(max_connections)
@@ -101,7 +102,9 @@ impl Store {
                     .await?,
             )
         } else {
-            return Err(StoreError::Url("must start with postgres://, postgresql:// or sqlite:".into()));
+            return Err(StoreError::Url(
+                "must start with postgres://, postgresql:// or sqlite:".into(),
+            ));
         };
         Ok(Store { db })
     }
@@ -154,13 +157,18 @@ impl Store {
         let sql = "SELECT kid, generation, algorithm, public_jwk, sealed_private_key, created_at, \
                    sign_from, sign_until, publish_until FROM signing_keys \
                    WHERE publish_until > $1 ORDER BY generation";
-        Ok(on_db!(self, p => sqlx::query_as::<_, SigningKeyRecord>(sql).bind(at).fetch_all(p).await?))
+        Ok(
+            on_db!(self, p => sqlx::query_as::<_, SigningKeyRecord>(sql).bind(at).fetch_all(p).await?),
+        )
     }
 
     // ---- issued tokens ------------------------------------------------------------------
 
     /// Record minted tokens (idempotent on jti).
-    pub async fn insert_issued_tokens(&self, rows: &[IssuedTokenRecord]) -> Result<u64, StoreError> {
+    pub async fn insert_issued_tokens(
+        &self,
+        rows: &[IssuedTokenRecord],
+    ) -> Result<u64, StoreError> {
         let mut n = 0;
         for chunk in rows.chunks(1000) {
             n += on_db!(self, p => {
@@ -181,7 +189,11 @@ impl Store {
     }
 
     /// Tokens of `subject` still valid at `valid_at`.
-    pub async fn issued_tokens_for_subject(&self, subject: &str, valid_at: i64) -> Result<Vec<IssuedTokenRecord>, StoreError> {
+    pub async fn issued_tokens_for_subject(
+        &self,
+        subject: &str,
+        valid_at: i64,
+    ) -> Result<Vec<IssuedTokenRecord>, StoreError> {
         let sql = "SELECT jti, subject, issuer, team, pool, binding, models, issued_at, expires_at, pod_uid \
                    FROM tokens_issued WHERE subject = $1 AND expires_at > $2 ORDER BY issued_at";
         let rows = on_db!(self, p => sqlx::query_as::<_, IssuedTokenRow>(sql).bind(subject).bind(valid_at).fetch_all(p).await?);
@@ -191,7 +203,10 @@ impl Store {
     // ---- revocations --------------------------------------------------------------------
 
     /// Record a revocation.
-    pub async fn insert_revocation(&self, r: &NewRevocation) -> Result<RevocationRecord, StoreError> {
+    pub async fn insert_revocation(
+        &self,
+        r: &NewRevocation,
+    ) -> Result<RevocationRecord, StoreError> {
         let sql = "INSERT INTO revocations (kind, value, reason, created_at, expires_at, created_by) \
                    VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
         let id: i64 = on_db!(self, p => sqlx::query_scalar(sql)
@@ -213,7 +228,8 @@ impl Store {
     pub async fn active_revocations(&self, at: i64) -> Result<Vec<RevocationRecord>, StoreError> {
         let sql = "SELECT id, kind, value, reason, created_at, expires_at, created_by FROM revocations \
                    WHERE expires_at IS NULL OR expires_at > $1 ORDER BY id";
-        let rows = on_db!(self, p => sqlx::query_as::<_, RevocationRow>(sql).bind(at).fetch_all(p).await?);
+        let rows =
+            on_db!(self, p => sqlx::query_as::<_, RevocationRow>(sql).bind(at).fetch_all(p).await?);
         rows.into_iter().map(RevocationRow::into_record).collect()
     }
 

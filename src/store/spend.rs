@@ -34,25 +34,32 @@ impl Store {
     /// Total cost of a pool's requests at or after `since`.
     pub async fn spend_since(&self, pool: &str, since: i64) -> Result<i64, StoreError> {
         let sql = "SELECT CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) FROM spend WHERE pool = $1 AND at >= $2";
-        Ok(on_db!(self, p => sqlx::query_scalar::<_, i64>(sql).bind(pool).bind(since).fetch_one(p).await?))
+        Ok(
+            on_db!(self, p => sqlx::query_scalar::<_, i64>(sql).bind(pool).bind(since).fetch_one(p).await?),
+        )
     }
 
     /// Total cost per pool at or after `since`.
     pub async fn spend_by_pool_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
         let sql = "SELECT pool, CAST(SUM(cost_micro_usd) AS BIGINT) FROM spend WHERE at >= $1 GROUP BY pool ORDER BY pool";
-        Ok(on_db!(self, p => sqlx::query_as::<_, (String, i64)>(sql).bind(since).fetch_all(p).await?))
+        Ok(
+            on_db!(self, p => sqlx::query_as::<_, (String, i64)>(sql).bind(since).fetch_all(p).await?),
+        )
     }
 
     /// One request's row.
     pub async fn spend_record(&self, request_id: &str) -> Result<Option<SpendRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM spend WHERE request_id = $1");
-        Ok(on_db!(self, p => sqlx::query_as::<_, SpendRecord>(&sql).bind(request_id).fetch_optional(p).await?))
+        Ok(
+            on_db!(self, p => sqlx::query_as::<_, SpendRecord>(&sql).bind(request_id).fetch_optional(p).await?),
+        )
     }
 
     /// The newest rows first.
     pub async fn recent_spend(&self, limit: i64) -> Result<Vec<SpendRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM spend ORDER BY at DESC, request_id LIMIT $1");
-        Ok(on_db!(self, p => sqlx::query_as::<_, SpendRecord>(&sql).bind(limit).fetch_all(p).await?))
+        Ok(
+            on_db!(self, p => sqlx::query_as::<_, SpendRecord>(&sql).bind(limit).fetch_all(p).await?),
+        )
     }
 }
-

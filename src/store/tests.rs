@@ -11,7 +11,10 @@ async fn store() -> (tempfile::TempDir, Store) {
 
 #[tokio::test]
 async fn unknown_url_scheme_is_refused_without_echoing_it() {
-    let err = Store::connect("mysql://user:hunter2@db/x", 1).await.unwrap_err().to_string();
+    let err = Store::connect("mysql://user:hunter2@db/x", 1)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(!err.contains("hunter2"), "{err}");
 }
 

@@ -72,7 +72,10 @@ pub fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, ExchangeError>
     let mut out = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         if out.insert(k.clone().into_owned(), v.into_owned()).is_some() {
-            return Err(err("invalid_request", format!("parameter {k} appears more than once")));
+            return Err(err(
+                "invalid_request",
+                format!("parameter {k} appears more than once"),
+            ));
         }
     }
     Ok(out)
@@ -94,25 +97,42 @@ pub async fn exchange(
         }
         None => return Err(err("invalid_request", "grant_type is required")),
     }
-    let subject_token = p("subject_token").ok_or_else(|| err("invalid_request", "subject_token is required"))?;
+    let subject_token =
+        p("subject_token").ok_or_else(|| err("invalid_request", "subject_token is required"))?;
     match p("subject_token_type") {
         Some(JWT_TYPE | ID_TOKEN_TYPE) => {}
-        Some(_) => return Err(err("invalid_request", format!("subject_token_type must be {JWT_TYPE}"))),
+        Some(_) => {
+            return Err(err(
+                "invalid_request",
+                format!("subject_token_type must be {JWT_TYPE}"),
+            ));
+        }
         None => return Err(err("invalid_request", "subject_token_type is required")),
     }
-    if let Some(t) = p("requested_token_type") {
-        if t != ACCESS_TOKEN_TYPE && t != JWT_TYPE {
-            return Err(err("invalid_request", format!("requested_token_type must be {ACCESS_TOKEN_TYPE}")));
-        }
+    if let Some(t) = p("requested_token_type")
+        && t != ACCESS_TOKEN_TYPE
+        && t != JWT_TYPE
+    {
+        return Err(err(
+            "invalid_request",
+            format!("requested_token_type must be {ACCESS_TOKEN_TYPE}"),
+        ));
     }
     if p("actor_token").is_some() {
-        return Err(err("invalid_request", "delegation (actor_token) is not supported"));
+        return Err(err(
+            "invalid_request",
+            "delegation (actor_token) is not supported",
+        ));
     }
     for target in ["audience", "resource"] {
         if let Some(t) = p(target) {
-            let ours = t == ctx.tokens.audience() || t.trim_end_matches('/') == ctx.tokens.issuer().trim_end_matches('/');
+            let ours = t == ctx.tokens.audience()
+                || t.trim_end_matches('/') == ctx.tokens.issuer().trim_end_matches('/');
             if !ours {
-                return Err(err("invalid_target", format!("{target} {t:.120} is not served by this broker")));
+                return Err(err(
+                    "invalid_target",
+                    format!("{target} {t:.120} is not served by this broker"),
+                ));
             }
         }
     }
@@ -120,11 +140,20 @@ pub async fn exchange(
         None => None,
         Some(v) => match v.parse::<u64>() {
             Ok(n) if n >= 1 => Some(n),
-            _ => return Err(err("invalid_request", "requested_ttl must be a positive integer of seconds")),
+            _ => {
+                return Err(err(
+                    "invalid_request",
+                    "requested_ttl must be a positive integer of seconds",
+                ));
+            }
         },
     };
 
-    let workload = ctx.identity.verify(subject_token).await.map_err(identity_error)?;
+    let workload = ctx
+        .identity
+        .verify(subject_token)
+        .await
+        .map_err(identity_error)?;
     let binding = ctx
         .policy
         .binding_for(&WorkloadRef {
@@ -218,7 +247,10 @@ fn narrow_scope(scope: Option<&str>, allowed: &[String]) -> Result<Vec<String>, 
     let mut out: Vec<String> = Vec::new();
     for m in s.split(' ').filter(|m| !m.is_empty()) {
         if !allowed.iter().any(|a| a == m) {
-            return Err(err("invalid_scope", format!("model {m:.120} is not granted to this workload")));
+            return Err(err(
+                "invalid_scope",
+                format!("model {m:.120} is not granted to this workload"),
+            ));
         }
         if !out.iter().any(|o| o == m) {
             out.push(m.to_owned());
@@ -247,7 +279,10 @@ mod tests {
         assert_eq!(narrow_scope(None, &allowed).unwrap(), allowed);
         assert_eq!(narrow_scope(Some("b b"), &allowed).unwrap(), vec!["b"]);
         assert_eq!(narrow_scope(Some("  "), &allowed).unwrap(), allowed);
-        assert_eq!(narrow_scope(Some("a c"), &allowed).unwrap_err().code, "invalid_scope");
+        assert_eq!(
+            narrow_scope(Some("a c"), &allowed).unwrap_err().code,
+            "invalid_scope"
+        );
     }
 
     #[test]

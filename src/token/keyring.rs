@@ -107,7 +107,12 @@ impl Keyring {
         self.reload().await
     }
 
-    async fn create(&self, generation: i64, sign_from: i64, rotate_ms: i64) -> Result<(), KeyringError> {
+    async fn create(
+        &self,
+        generation: i64,
+        sign_from: i64,
+        rotate_ms: i64,
+    ) -> Result<(), KeyringError> {
         let k = keys::generate(self.alg)?;
         let sealed = self.kek.seal(&k.kid, &k.pkcs8)?;
         let sign_until = sign_from + rotate_ms;
@@ -125,7 +130,10 @@ impl Keyring {
         if self.store.insert_signing_key(&rec).await? {
             tracing::info!(kid = %k.kid, generation, "created signing key");
         } else {
-            tracing::debug!(generation, "another replica created this signing key generation");
+            tracing::debug!(
+                generation,
+                "another replica created this signing key generation"
+            );
         }
         Ok(())
     }
@@ -142,7 +150,10 @@ impl Keyring {
                 tracing::warn!(kid = %r.kid, algorithm = %r.algorithm, "skipping signing key with unknown algorithm");
                 continue;
             };
-            verifiers.insert(r.kid.clone(), (alg, keys::decoding_key(&r.kid, &r.public_jwk)?));
+            verifiers.insert(
+                r.kid.clone(),
+                (alg, keys::decoding_key(&r.kid, &r.public_jwk)?),
+            );
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.public_jwk) {
                 jwks.push(v);
             }
@@ -156,7 +167,8 @@ impl Keyring {
             Some(r) => match &old.signer {
                 Some(s) if s.kid == r.kid => Some(Arc::clone(s)),
                 _ => {
-                    let alg = keys::algorithm_from_name(&r.algorithm).ok_or(KeyringError::NoSigningKey)?;
+                    let alg = keys::algorithm_from_name(&r.algorithm)
+                        .ok_or(KeyringError::NoSigningKey)?;
                     let der = self.kek.open(&r.kid, &r.sealed_private_key)?;
                     Some(Arc::new(Signer {
                         kid: r.kid.clone(),
@@ -204,7 +216,11 @@ impl Keyring {
     }
 
     /// Keep the keyring current until cancelled.
-    pub fn spawn_maintainer(self: Arc<Self>, every: Duration, cancel: CancellationToken) -> JoinHandle<()> {
+    pub fn spawn_maintainer(
+        self: Arc<Self>,
+        every: Duration,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;

@@ -100,7 +100,9 @@ impl Kek {
 
     /// Open a blob made by [`Kek::seal`] for the same `kid`.
     pub fn open(&self, kid: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
-        let fail = || KeyError::Unseal { kid: kid.to_owned() };
+        let fail = || KeyError::Unseal {
+            kid: kid.to_owned(),
+        };
         if sealed.len() < 1 + NONCE_LEN + 16 || sealed[0] != SEAL_VERSION {
             return Err(fail());
         }
@@ -137,7 +139,8 @@ pub fn generate(alg: SigningAlgorithm) -> Result<NewKey, KeyError> {
     let rng = SystemRandom::new();
     let (pkcs8, jwk_core, algorithm) = match alg {
         SigningAlgorithm::EdDSA => {
-            let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Crypto("ed25519"))?;
+            let doc =
+                Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Crypto("ed25519"))?;
             let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref())
                 .map_err(|_| KeyError::Crypto("ed25519"))?;
             let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
@@ -256,7 +259,10 @@ mod tests {
             v.required_spec_claims.clear();
             let data = jsonwebtoken::decode::<serde_json::Value>(&token, &dec, &v).unwrap();
             assert_eq!(data.claims["sub"], "x");
-            assert!(!k.public_jwk.contains("\"d\""), "public JWK carries no private part");
+            assert!(
+                !k.public_jwk.contains("\"d\""),
+                "public JWK carries no private part"
+            );
         }
     }
 }

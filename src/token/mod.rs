@@ -91,7 +91,12 @@ impl TokenService {
     }
 
     /// Mint a token for `subject` with `grant`, valid `ttl` (capped at 15 minutes).
-    pub async fn mint(&self, subject: &str, grant: Grant, ttl: Duration) -> Result<Minted, TokenError> {
+    pub async fn mint(
+        &self,
+        subject: &str,
+        grant: Grant,
+        ttl: Duration,
+    ) -> Result<Minted, TokenError> {
         let signer = match self.keyring.signer() {
             Some(s) => s,
             None => {
@@ -100,7 +105,9 @@ impl TokenService {
             }
         };
         let iat = now_secs();
-        let ttl = i64::try_from(ttl.as_secs()).unwrap_or(MAX_TTL_SECS).clamp(1, MAX_TTL_SECS);
+        let ttl = i64::try_from(ttl.as_secs())
+            .unwrap_or(MAX_TTL_SECS)
+            .clamp(1, MAX_TTL_SECS);
         let claims = Claims {
             iss: self.issuer.clone(),
             sub: subject.to_owned(),
@@ -114,7 +121,8 @@ impl TokenService {
         let mut header = Header::new(signer.alg);
         header.kid = Some(signer.kid.clone());
         header.typ = Some(TOKEN_TYPE.to_owned());
-        let jwt = jsonwebtoken::encode(&header, &claims, &signer.key).map_err(|_| TokenError::NoSigningKey)?;
+        let jwt = jsonwebtoken::encode(&header, &claims, &signer.key)
+            .map_err(|_| TokenError::NoSigningKey)?;
         Ok(Minted {
             token: SecretString::from(jwt),
             jti: claims.jti,
@@ -130,7 +138,13 @@ impl TokenService {
             return Err(TokenError::Malformed);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if header.typ.as_deref().map(str::to_ascii_lowercase).as_deref() != Some(TOKEN_TYPE) {
+        if header
+            .typ
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+            != Some(TOKEN_TYPE)
+        {
             return Err(TokenError::WrongType);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
@@ -139,7 +153,8 @@ impl TokenService {
             Some(k) => k,
             None => {
                 if self.keyring.reload_if_stale(Duration::from_secs(5)).await {
-                    self.lookup(&kid, header.alg).ok_or(TokenError::UnknownKey)?
+                    self.lookup(&kid, header.alg)
+                        .ok_or(TokenError::UnknownKey)?
                 } else {
                     return Err(TokenError::UnknownKey);
                 }
@@ -171,7 +186,11 @@ impl TokenService {
         Ok(c)
     }
 
-    fn lookup(&self, kid: &str, alg: jsonwebtoken::Algorithm) -> Option<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey)> {
+    fn lookup(
+        &self,
+        kid: &str,
+        alg: jsonwebtoken::Algorithm,
+    ) -> Option<(jsonwebtoken::Algorithm, jsonwebtoken::DecodingKey)> {
         let set = self.keyring.set.load();
         let (key_alg, key) = set.verifiers.get(kid)?;
         // The key decides the algorithm; a header claiming another one is refused.

@@ -133,7 +133,9 @@ pub async fn spawn_app_with(kind: TestDbKind, opts: Options) -> TestApp {
         &opts.extra_config,
     );
     let config = Config::from_toml_str(&config).unwrap();
-    let app = Application::build(config).await.expect("application builds");
+    let app = Application::build(config)
+        .await
+        .expect("application builds");
     let addr = app.local_addr().unwrap();
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

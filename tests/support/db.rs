@@ -30,23 +30,33 @@ impl TestDb {
             TestDbKind::Sqlite => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("tollgate.db").display());
-                TestDb { url, _dir: Some(dir) }
+                TestDb {
+                    url,
+                    _dir: Some(dir),
+                }
             }
             TestDbKind::Postgres => {
                 let server = std::env::var("TOLLGATE_TEST_DATABASE_URL").unwrap_or_else(|_| {
                     panic!("PostgreSQL tests need TOLLGATE_TEST_DATABASE_URL: run scripts/test")
                 });
                 let name = format!("tollgate_test_{}", uuid::Uuid::new_v4().simple());
-                let mut conn = sqlx::PgConnection::connect(&server).await.unwrap_or_else(|e| {
-                    panic!("cannot reach the test PostgreSQL at TOLLGATE_TEST_DATABASE_URL: {e}")
-                });
+                let mut conn = sqlx::PgConnection::connect(&server)
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot reach the test PostgreSQL at TOLLGATE_TEST_DATABASE_URL: {e}"
+                        )
+                    });
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut conn)
                     .await
                     .unwrap();
                 conn.close().await.unwrap();
                 let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-                TestDb { url: format!("{base}/{name}"), _dir: None }
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
             }
         }
     }

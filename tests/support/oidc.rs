@@ -35,7 +35,8 @@ struct EcKey {
 }
 
 fn ec_key(kid: &str) -> EcKey {
-    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+        .unwrap();
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref()).unwrap();
     let p = pair.public_key().as_ref();
     EcKey {
@@ -77,12 +78,19 @@ impl TestIssuer {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        TestIssuer { url, shared, rsa: EncodingKey::from_rsa_pem(RSA_PRIVATE_PEM.as_bytes()).unwrap() }
+        TestIssuer {
+            url,
+            shared,
+            rsa: EncodingKey::from_rsa_pem(RSA_PRIVATE_PEM.as_bytes()).unwrap(),
+        }
     }
 
     /// Claims of a projected service-account token, valid for 10 minutes.
     pub fn claims(&self, namespace: &str, sa: &str) -> Value {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         json!({
             "iss": self.url,
             "sub": format!("system:serviceaccount:{namespace}:{sa}"),
@@ -105,14 +113,20 @@ impl TestIssuer {
 
     /// RS256 with kid rsa-1.
     pub fn sign(&self, claims: &Value) -> String {
-        self.sign_with_header(&json!({"alg": "RS256", "kid": RSA_KID, "typ": "JWT"}), claims, KeyChoice::Rsa)
+        self.sign_with_header(
+            &json!({"alg": "RS256", "kid": RSA_KID, "typ": "JWT"}),
+            claims,
+            KeyChoice::Rsa,
+        )
     }
 
     /// Any header, signed by the chosen key with the algorithm that key uses.
     pub fn sign_with_header(&self, header: &Value, claims: &Value, key: KeyChoice) -> String {
         let msg = format!("{}.{}", b64(header), b64(claims));
         let sig = match key {
-            KeyChoice::Rsa => jsonwebtoken::crypto::sign(msg.as_bytes(), &self.rsa, Algorithm::RS256).unwrap(),
+            KeyChoice::Rsa => {
+                jsonwebtoken::crypto::sign(msg.as_bytes(), &self.rsa, Algorithm::RS256).unwrap()
+            }
             KeyChoice::Ec => {
                 let ec = self.shared.ec.lock();
                 jsonwebtoken::crypto::sign(msg.as_bytes(), &ec[0].key, Algorithm::ES256).unwrap()
@@ -124,17 +138,29 @@ impl TestIssuer {
     /// ES256 with the first EC key.
     pub fn sign_es256(&self, claims: &Value) -> String {
         let kid = self.shared.ec.lock()[0].kid.clone();
-        self.sign_with_header(&json!({"alg": "ES256", "kid": kid, "typ": "JWT"}), claims, KeyChoice::Ec)
+        self.sign_with_header(
+            &json!({"alg": "ES256", "kid": kid, "typ": "JWT"}),
+            claims,
+            KeyChoice::Ec,
+        )
     }
 
     /// `alg: none` in any spelling, no signature.
     pub fn unsigned(&self, claims: &Value, alg_spelling: &str) -> String {
-        format!("{}.{}.", b64(&json!({"alg": alg_spelling, "typ": "JWT"})), b64(claims))
+        format!(
+            "{}.{}.",
+            b64(&json!({"alg": alg_spelling, "typ": "JWT"})),
+            b64(claims)
+        )
     }
 
     /// The key-confusion attack: HS256 keyed with the issuer's public RSA key.
     pub fn hs256_with_public_key(&self, claims: &Value) -> String {
-        let msg = format!("{}.{}", b64(&json!({"alg": "HS256", "kid": RSA_KID, "typ": "JWT"})), b64(claims));
+        let msg = format!(
+            "{}.{}",
+            b64(&json!({"alg": "HS256", "kid": RSA_KID, "typ": "JWT"})),
+            b64(claims)
+        );
         let key = EncodingKey::from_secret(RSA_PUBLIC_PEM.as_bytes());
         let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
         format!("{msg}.{sig}")
@@ -175,7 +201,9 @@ async fn discovery(State(s): State<Arc<Shared>>) -> axum::Json<Value> {
 
 async fn jwks(State(s): State<Arc<Shared>>) -> axum::Json<Value> {
     s.jwks_hits.fetch_add(1, Ordering::SeqCst);
-    let mut keys = vec![json!({"kty": "RSA", "kid": RSA_KID, "use": "sig", "alg": "RS256", "n": RSA_N, "e": "AQAB"})];
+    let mut keys = vec![
+        json!({"kty": "RSA", "kid": RSA_KID, "use": "sig", "alg": "RS256", "n": RSA_N, "e": "AQAB"}),
+    ];
     keys.extend(s.ec.lock().iter().map(|k| k.jwk.clone()));
     axum::Json(json!({ "keys": keys }))
 }
