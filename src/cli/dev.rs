@@ -216,9 +216,9 @@ export TOKEN=$(curl -s {base}/v1/token \
 
 # 3. Call a model with curl (OpenAI and Anthropic wire formats):
 curl -s {base}/v1/chat/completions -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-  -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello, Tollgate"}}]}}'
+  -d '{{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "Hello, Tollgate"}}]}}'; echo
 curl -s {base}/v1/messages -H "x-api-key: $TOKEN" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
-  -d '{{"model": "claude-haiku-4-5", "max_tokens": 100, "messages": [{{"role": "user", "content": "Hello"}}]}}'
+  -d '{{"model": "claude-haiku-4-5", "max_tokens": 100, "messages": [{{"role": "user", "content": "Hello"}}]}}'; echo
 
 # 4. Or with the official OpenAI Python SDK (pip install openai):
 python3 -c 'import os; from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key=os.environ["TOKEN"]); print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)'

@@ -70,3 +70,37 @@ fn database_password_is_not_in_debug_output() {
     let c = Config::from_toml_str(&text).unwrap();
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+#[test]
+fn environment_overrides_the_file_and_descends_into_tables() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("tollgate.toml", MINIMAL)?;
+        jail.set_env("TOLLGATE_DATABASE_URL", "postgres://tollgate@db/tollgate");
+        jail.set_env("TOLLGATE_SIGNING__ROTATE_EVERY", "48h");
+        jail.set_env("TOLLGATE_TOKEN__AUDIENCE", "broker");
+        let c = Config::load(std::path::Path::new("tollgate.toml")).map_err(|e| e.to_string())?;
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&c.database_url),
+            "postgres://tollgate@db/tollgate"
+        );
+        assert_eq!(
+            c.signing.rotate_every,
+            std::time::Duration::from_secs(48 * 3600)
+        );
+        assert_eq!(c.token.audience, "broker");
+        jail.set_env("TOLLGATE_SIGNING__ROTATE_EVERY", "5m");
+        let err = Config::load(std::path::Path::new("tollgate.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("signing.rotate_every"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let err = Config::load(std::path::Path::new("/nonexistent/tollgate.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/tollgate.toml"), "{err}");
+}

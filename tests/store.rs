@@ -1,0 +1,207 @@
+//! The store suite, run against SQLite and PostgreSQL alike, each test on a fresh database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use support::db::{TestDb, kinds};
+use tollgate::store::{
+    IssuedTokenRecord, NewRevocation, RevocationKind, SigningKeyRecord, SpendRecord, Store,
+};
+
+async fn each_store<F, Fut>(f: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for kind in kinds() {
+        eprintln!("--- store backend: {kind:?}");
+        let db = TestDb::new(kind).await;
+        let store = Store::connect(&db.url, 4).await.unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap(); // idempotent
+        f(store.clone()).await;
+        store.close().await;
+    }
+}
+
+fn key(generation: i64, kid: &str) -> SigningKeyRecord {
+    SigningKeyRecord {
+        kid: kid.into(),
+        generation,
+        algorithm: "EdDSA".into(),
+        public_jwk: "{}".into(),
+        sealed_private_key: vec![1, 2, 3, 0, 255],
+        created_at: 10,
+        sign_from: 100,
+        sign_until: 200,
+        publish_until: 300,
+    }
+}
+
+fn spend(id: &str, pool: &str, at: i64, cost: i64) -> SpendRecord {
+    SpendRecord {
+        request_id: id.into(),
+        at,
+        jti: "j".into(),
+        subject: "system:serviceaccount:a:b".into(),
+        team: "a".into(),
+        pool: pool.into(),
+        billing_owner: "platform".into(),
+        provider: "openai".into(),
+        provider_key_id: "k1".into(),
+        model: "gpt".into(),
+        upstream_model: "gpt-up".into(),
+        endpoint: "/v1/chat/completions".into(),
+        stream: true,
+        input_tokens: 11,
+        output_tokens: 22,
+        cached_input_tokens: 3,
+        cost_micro_usd: cost,
+        status: 200,
+        latency_ms: 42,
+    }
+}
+
+#[tokio::test]
+async fn replicas_racing_for_a_signing_key_generation_get_exactly_one() {
+    each_store(|s| async move {
+        assert!(s.insert_signing_key(&key(1, "a")).await.unwrap());
+        assert!(
+            !s.insert_signing_key(&key(1, "b")).await.unwrap(),
+            "same generation"
+        );
+        assert!(
+            !s.insert_signing_key(&key(2, "a")).await.unwrap(),
+            "same kid"
+        );
+        let mut k2 = key(2, "c");
+        k2.publish_until = 1_000;
+        assert!(s.insert_signing_key(&k2).await.unwrap());
+        let published = s.signing_keys(299).await.unwrap();
+        assert_eq!(
+            published,
+            vec![key(1, "a"), k2.clone()],
+            "round trip, by generation"
+        );
+        assert_eq!(s.signing_keys(300).await.unwrap(), vec![k2]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn issued_tokens_are_idempotent_and_listed_by_subject() {
+    each_store(|s| async move {
+        let t = |jti: &str, exp: i64| IssuedTokenRecord {
+            jti: jti.into(),
+            subject: "sub".into(),
+            issuer: "k8s".into(),
+            team: "a".into(),
+            pool: "p".into(),
+            binding: "b".into(),
+            models: vec!["m1".into(), "m2".into()],
+            issued_at: 1,
+            expires_at: exp,
+            pod_uid: Some("pod".into()),
+        };
+        let rows = vec![t("1", 100), t("2", 50)];
+        assert_eq!(s.insert_issued_tokens(&rows).await.unwrap(), 2);
+        assert_eq!(s.insert_issued_tokens(&rows).await.unwrap(), 0, "replay");
+        assert_eq!(
+            s.issued_tokens_for_subject("sub", 60).await.unwrap(),
+            vec![t("1", 100)]
+        );
+        assert!(
+            s.issued_tokens_for_subject("other", 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn revocations_expire_and_can_be_lifted() {
+    each_store(|s| async move {
+        let r = |kind, value: &str, expires_at| NewRevocation {
+            kind,
+            value: value.into(),
+            reason: "leak".into(),
+            created_at: 1_000,
+            expires_at,
+            created_by: "alice".into(),
+        };
+        let a = s
+            .insert_revocation(&r(RevocationKind::Jti, "j1", None))
+            .await
+            .unwrap();
+        let b = s
+            .insert_revocation(&r(RevocationKind::Team, "t", Some(2_000)))
+            .await
+            .unwrap();
+        let c = s
+            .insert_revocation(&r(RevocationKind::PodUid, "p", None))
+            .await
+            .unwrap();
+        assert!(a.id < b.id && b.id < c.id);
+        assert_eq!(
+            s.active_revocations(1_500).await.unwrap(),
+            vec![a.clone(), b, c.clone()]
+        );
+        assert_eq!(
+            s.active_revocations(2_000).await.unwrap(),
+            vec![a, c.clone()]
+        );
+        assert!(s.delete_revocation(c.id).await.unwrap());
+        assert!(!s.delete_revocation(c.id).await.unwrap());
+        assert_eq!(s.active_revocations(2_000).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spend_batches_are_idempotent_and_summed_per_pool_and_window() {
+    each_store(|s| async move {
+        let rows = vec![
+            spend("r1", "p", 1_000, 5),
+            spend("r2", "p", 2_000, 7),
+            spend("r3", "q", 2_000, 100),
+        ];
+        assert_eq!(s.insert_spend(&rows).await.unwrap(), 3);
+        assert_eq!(s.insert_spend(&rows).await.unwrap(), 0, "a replayed batch");
+        assert_eq!(
+            s.spend_since("p", 0).await.unwrap(),
+            12,
+            "never double counted"
+        );
+        assert_eq!(
+            s.spend_since("p", 2_000).await.unwrap(),
+            7,
+            "window start is inclusive"
+        );
+        assert_eq!(s.spend_since("p", 2_001).await.unwrap(), 0);
+        assert_eq!(s.spend_since("none", 0).await.unwrap(), 0);
+        assert_eq!(
+            s.spend_by_pool_since(0).await.unwrap(),
+            vec![("p".to_owned(), 12), ("q".to_owned(), 100)]
+        );
+        assert_eq!(s.spend_record("r3").await.unwrap(), Some(rows[2].clone()));
+        assert_eq!(s.spend_record("nope").await.unwrap(), None);
+        let recent = s.recent_spend(2).await.unwrap();
+        assert_eq!(recent.len(), 2);
+        assert!(recent[0].at >= recent[1].at);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_large_batch_is_written_in_one_call() {
+    each_store(|s| async move {
+        let rows: Vec<SpendRecord> = (0..5_000)
+            .map(|i| spend(&format!("r{i}"), "p", i, 1))
+            .collect();
+        assert_eq!(s.insert_spend(&rows).await.unwrap(), 5_000);
+        assert_eq!(s.spend_since("p", 0).await.unwrap(), 5_000);
+    })
+    .await;
+}
