@@ -21,5 +21,6 @@ pub mod revocation;
 pub mod secrets;
 pub mod spend;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod token;

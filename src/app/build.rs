@@ -370,14 +370,8 @@ fn issued_sink(store: Store) -> Sink<IssuedTokenRecord> {
 fn spawn_token_gc(quota: Arc<Quota>, cancel: CancellationToken) -> JoinHandle<()> {
     // Per-token counters are forgotten once idle for longer than a rate window: a bucket
     // untouched for two minutes is full again, so dropping it changes nothing.
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tick.tick() => quota.forget_idle_tokens(Duration::from_secs(120)),
-            }
-        }
+    crate::tasks::every(Duration::from_secs(60), cancel, move || {
+        quota.forget_idle_tokens(Duration::from_secs(120));
+        std::future::ready(())
     })
 }

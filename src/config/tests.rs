@@ -72,6 +72,7 @@ fn database_password_is_not_in_debug_output() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // figment's Jail API fixes the closure's error type
 fn environment_overrides_the_file_and_descends_into_tables() {
     figment::Jail::expect_with(|jail| {
         jail.create_file("tollgate.toml", MINIMAL)?;

@@ -180,18 +180,12 @@ impl IdentityVerifier {
         every: Duration,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => {
-                        for k in self.by_iss.values() {
-                            if let Err(e) = k.refresh().await {
-                                tracing::warn!(issuer = %k.cfg.name, error = %e, "issuer key refresh failed; keeping cached keys");
-                            }
-                        }
+        crate::tasks::every(every, cancel, move || {
+            let this = Arc::clone(&self);
+            async move {
+                for k in this.by_iss.values() {
+                    if let Err(e) = k.refresh().await {
+                        tracing::warn!(issuer = %k.cfg.name, error = %e, "issuer key refresh failed; keeping cached keys");
                     }
                 }
             }

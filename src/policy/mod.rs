@@ -150,15 +150,9 @@ impl PolicyStore {
         interval: Duration,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => self.poll(),
-                }
-            }
+        crate::tasks::every(interval, cancel, move || {
+            let this = Arc::clone(&self);
+            async move { this.poll() }
         })
     }
 

@@ -140,17 +140,11 @@ impl RevocationSet {
         every: Duration,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = self.sync().await {
-                            tracing::warn!(error = %e, "revocation re-sync failed; enforcing the last known set");
-                        }
-                    }
+        crate::tasks::every(every, cancel, move || {
+            let this = Arc::clone(&self);
+            async move {
+                if let Err(e) = this.sync().await {
+                    tracing::warn!(error = %e, "revocation re-sync failed; enforcing the last known set");
                 }
             }
         })

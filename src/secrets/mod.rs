@@ -179,17 +179,11 @@ impl KeyCache {
         every: Duration,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = self.refresh().await {
-                            tracing::warn!(error = %e, "provider key refresh failed; serving cached keys");
-                        }
-                    }
+        crate::tasks::every(every, cancel, move || {
+            let this = Arc::clone(&self);
+            async move {
+                if let Err(e) = this.refresh().await {
+                    tracing::warn!(error = %e, "provider key refresh failed; serving cached keys");
                 }
             }
         })

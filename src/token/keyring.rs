@@ -221,17 +221,11 @@ impl Keyring {
         every: Duration,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tick.tick() => {
-                        if let Err(e) = self.maintain().await {
-                            tracing::warn!(error = %e, "signing key maintenance failed; keeping current keys");
-                        }
-                    }
+        crate::tasks::every(every, cancel, move || {
+            let this = Arc::clone(&self);
+            async move {
+                if let Err(e) = this.maintain().await {
+                    tracing::warn!(error = %e, "signing key maintenance failed; keeping current keys");
                 }
             }
         })
