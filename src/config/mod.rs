@@ -64,7 +64,11 @@ impl Config {
     }
 
     fn from_figment(base: Figment) -> Result<Config, ConfigError> {
-        let figment = base.merge(Env::prefixed("TOLLGATE_").split("__"));
+        let figment = base.merge(
+            Env::prefixed("TOLLGATE_")
+                .filter(|k| is_config_key(k.as_str()))
+                .split("__"),
+        );
         let config: Config = figment
             .extract()
             .map_err(|e| ConfigError::Parse(flatten_figment_error(e)))?;
@@ -127,6 +131,34 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Top-level fields of [`Config`]. `TOLLGATE_*` variables naming anything else
+/// (`TOLLGATE_CONFIG`, the CLI's own; `TOLLGATE_TEST_*` of the test suite) are not config.
+const TOP_LEVEL: &[&str] = &[
+    "listen",
+    "public_url",
+    "database_url",
+    "database_max_connections",
+    "migrate_on_start",
+    "policy_dir",
+    "policy_reload_interval",
+    "log_format",
+    "token",
+    "signing",
+    "issuers",
+    "providers",
+    "secrets",
+    "upstream",
+    "limits",
+    "spend",
+    "drain_timeout",
+    "revocation_sync_interval",
+];
+
+fn is_config_key(key: &str) -> bool {
+    let first = key.split("__").next().unwrap_or(key).to_ascii_lowercase();
+    TOP_LEVEL.contains(&first.as_str())
 }
 
 /// figment's errors can chain; show them all, each with the key it concerns.

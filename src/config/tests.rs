@@ -79,6 +79,9 @@ fn environment_overrides_the_file_and_descends_into_tables() {
         jail.set_env("TOLLGATE_DATABASE_URL", "postgres://tollgate@db/tollgate");
         jail.set_env("TOLLGATE_SIGNING__ROTATE_EVERY", "48h");
         jail.set_env("TOLLGATE_TOKEN__AUDIENCE", "broker");
+        // Not configuration: the CLI's own variable and the test suite's.
+        jail.set_env("TOLLGATE_CONFIG", "elsewhere.toml");
+        jail.set_env("TOLLGATE_TEST_DATABASE_URL", "postgres://x");
         let c = Config::load(std::path::Path::new("tollgate.toml")).map_err(|e| e.to_string())?;
         assert_eq!(
             secrecy::ExposeSecret::expose_secret(&c.database_url),

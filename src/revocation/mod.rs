@@ -53,8 +53,9 @@ impl std::fmt::Display for Revoked {
 #[derive(Default)]
 struct Snapshot {
     jtis: HashSet<String>,
-    /// (kind, value) -> latest revocation time in unix seconds.
-    cutoffs: HashMap<(RevocationKind, String), i64>,
+    /// kind -> value -> latest revocation time in unix seconds (looked up by `&str`: no
+    /// allocation per request).
+    cutoffs: HashMap<RevocationKind, HashMap<String, i64>>,
     provider_keys: HashSet<String>,
 }
 
@@ -120,7 +121,7 @@ impl RevocationSet {
         ];
         for (kind, value) in probes {
             let Some(v) = value else { continue };
-            if let Some(&cut) = snap.cutoffs.get(&(kind, v.to_owned()))
+            if let Some(&cut) = snap.cutoffs.get(&kind).and_then(|m| m.get(v))
                 && p.issued_at <= cut
             {
                 return Err(Revoked { kind });
@@ -163,7 +164,12 @@ fn build(rows: Vec<RevocationRecord>) -> Snapshot {
             }
             kind => {
                 let at = r.created_at.div_euclid(1000);
-                let e = s.cutoffs.entry((kind, r.value)).or_insert(at);
+                let e = s
+                    .cutoffs
+                    .entry(kind)
+                    .or_default()
+                    .entry(r.value)
+                    .or_insert(at);
                 *e = (*e).max(at);
             }
         }
