@@ -157,3 +157,41 @@ async fn rotation_publishes_the_successor_first_and_keeps_the_old_key_verifying(
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_tokens_are_cached_until_they_expire() {
+    let db = TestDb::new(kinds()[0]).await;
+    let store = Store::connect(&db.url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    let ring = Keyring::start(
+        store,
+        Kek::from_base64(KEK).unwrap(),
+        SigningAlgorithm::EdDSA,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let s = TokenService::new(
+        ring,
+        "https://tollgate.test".into(),
+        "tollgate".into(),
+        Duration::ZERO,
+    );
+    let t = s
+        .mint("sub", grant(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let token = secrecy::ExposeSecret::expose_secret(&t.token).to_owned();
+    let first = s.verify(&token).await.unwrap();
+    let second = s.verify(&token).await.unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &second),
+        "second check answered from the cache"
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(
+        s.verify(&token).await.unwrap_err(),
+        tollgate::token::TokenError::Expired,
+        "a cached token is still refused once expired"
+    );
+}

@@ -49,6 +49,16 @@ enum DevCommand {
         /// Lifetime of the token.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Issuer URL to put in `iss` (default: the one of the dev broker using this data dir).
+        #[arg(long)]
+        issuer_url: Option<String>,
+    },
+    /// Print the dev issuer's JWKS, for a `tollgate serve` that trusts the dev issuer through
+    /// `[[issuers]] jwks_file` (benchmarks, air-gapped rehearsals).
+    IssuerJwks {
+        /// The data directory holding the dev issuer key.
+        #[arg(long, default_value = ".tollgate-dev")]
+        data_dir: PathBuf,
     },
 }
 
@@ -63,9 +73,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             audience,
             data_dir,
             ttl,
+            issuer_url,
         }) => {
             let issuer = DevIssuer::load_or_create(&data_dir).context("dev issuer key")?;
-            let issuer_url = read_issuer_url(&data_dir);
+            let issuer_url = issuer_url.unwrap_or_else(|| read_issuer_url(&data_dir));
             let token = issuer
                 .mint_service_account_token(
                     &issuer_url,
@@ -77,6 +88,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                 .context("minting the workload token")?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{token}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(DevCommand::IssuerJwks { data_dir }) => {
+            let issuer = DevIssuer::load_or_create(&data_dir).context("dev issuer key")?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", issuer.jwks())?;
             Ok(ExitCode::SUCCESS)
         }
         None => serve(args).await,

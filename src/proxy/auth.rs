@@ -7,6 +7,7 @@ use crate::providers::Family;
 use crate::revocation::Principal;
 use crate::token::Claims;
 use axum::http::HeaderMap;
+use std::sync::Arc;
 
 /// The bearer credential, from `Authorization: Bearer` (both families) or `x-api-key`
 /// (Anthropic SDKs send their key there).
@@ -35,7 +36,7 @@ pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     family: Family,
-) -> Result<Claims, ApiError> {
+) -> Result<Arc<Claims>, ApiError> {
     let token = presented_token(headers, family).ok_or_else(|| {
         let how = match family {
             Family::OpenAi => "Authorization: Bearer <tollgate token>",

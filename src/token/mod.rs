@@ -44,12 +44,21 @@ pub enum TokenError {
     NoSigningKey,
 }
 
+/// Most verified tokens remembered at once; past it, expired entries are dropped first and
+/// the cache is cleared if that is not enough (a flood of fresh tokens only costs
+/// re-verification, never memory).
+const MAX_CACHED_TOKENS: usize = 100_000;
+
 /// Mints and verifies Tollgate tokens.
 pub struct TokenService {
     keyring: Arc<Keyring>,
     issuer: String,
     audience: String,
     leeway: Duration,
+    /// Tokens whose signature and claims were verified, by the exact token text. A signature
+    /// check costs tens of µs; a token is typically presented many times in its 15 minutes.
+    /// Expiry is re-checked on every hit; revocation is checked by the caller every time.
+    verified: parking_lot::RwLock<std::collections::HashMap<Box<str>, Arc<Claims>>>,
 }
 
 /// A freshly minted token.
@@ -72,6 +81,7 @@ impl TokenService {
             issuer,
             audience,
             leeway,
+            verified: parking_lot::RwLock::new(std::collections::HashMap::new()),
         }
     }
 
@@ -132,8 +142,31 @@ impl TokenService {
     }
 
     /// Verify a presented token. No I/O unless the `kid` is unknown (then one rate-limited
-    /// keyring reload: another replica may have just published a key).
-    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// keyring reload: another replica may have just published a key). A token verified before
+    /// is answered from memory until it expires.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let now = now_secs();
+        if let Some(c) = self.verified.read().get(token) {
+            return if now <= c.exp + self.leeway.as_secs() as i64 {
+                Ok(Arc::clone(c))
+            } else {
+                Err(TokenError::Expired)
+            };
+        }
+        let claims = Arc::new(self.verify_uncached(token).await?);
+        let mut cache = self.verified.write();
+        if cache.len() >= MAX_CACHED_TOKENS {
+            let leeway = self.leeway.as_secs() as i64;
+            cache.retain(|_, c| now <= c.exp + leeway);
+            if cache.len() >= MAX_CACHED_TOKENS {
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), Arc::clone(&claims));
+        Ok(claims)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Claims, TokenError> {
         if token.len() > MAX_TOKEN_BYTES || token.split('.').count() != 3 {
             return Err(TokenError::Malformed);
         }
