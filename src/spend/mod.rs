@@ -106,45 +106,53 @@ async fn run<T: Send + 'static>(
     let mut batch: Vec<T> = Vec::with_capacity(cfg.batch_size);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let closing = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => true,
-            got = rx.recv() => match got {
-                Some(row) => { batch.push(row); false }
-                None => true,
-            },
-            _ = tokio::time::sleep(cfg.flush_interval), if !batch.is_empty() => false,
-        };
-        // Take whatever else is already queued, up to a batch.
+        // Wait for the first row of a batch, then gather more until the batch is full or
+        // `flush_interval` has passed since that first row: one write per interval under
+        // load, not one per request.
+        if batch.is_empty() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                got = rx.recv() => match got {
+                    Some(row) => batch.push(row),
+                    None => break,
+                },
+            }
+        }
+        let deadline = tokio::time::Instant::now() + cfg.flush_interval;
+        let mut closing = false;
         while batch.len() < cfg.batch_size {
-            match rx.try_recv() {
-                Ok(row) => batch.push(row),
-                Err(_) => break,
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => { closing = true; break; }
+                got = rx.recv() => match got {
+                    Some(row) => batch.push(row),
+                    None => { closing = true; break; }
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
             }
         }
         if closing {
-            rx.close();
-            while let Some(row) = rx.recv().await {
-                batch.push(row);
-            }
-            flush_all(name, &sink, batch, cfg).await;
-            return;
+            break;
         }
-        if batch.len() >= cfg.batch_size || rx.is_empty() {
-            match (sink)(std::mem::take(&mut batch)).await {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err((rows, why)) => {
-                    tracing::warn!(writer = name, rows = rows.len(), error = %why, "store write failed; will retry");
-                    batch = rows;
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+        match (sink)(std::mem::take(&mut batch)).await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err((rows, why)) => {
+                tracing::warn!(writer = name, rows = rows.len(), error = %why, "store write failed; will retry");
+                batch = rows;
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
+    rx.close();
+    while let Some(row) = rx.recv().await {
+        batch.push(row);
+    }
+    flush_all(name, &sink, batch, cfg).await;
 }
 
 async fn flush_all<T: Send + 'static>(
