@@ -278,20 +278,12 @@ fn provider_routes(config: &Config) -> HashMap<String, ProviderRoute> {
     for (id, kind, url) in defaults {
         out.insert(
             id.to_owned(),
-            ProviderRoute {
-                id: id.to_owned(),
-                kind,
-                base_url: Url::parse(url).ok(),
-            },
+            ProviderRoute::new(id, kind, Url::parse(url).ok()),
         );
     }
     out.insert(
         "mock".to_owned(),
-        ProviderRoute {
-            id: "mock".into(),
-            kind: ProviderKind::Mock,
-            base_url: None,
-        },
+        ProviderRoute::new("mock", ProviderKind::Mock, None),
     );
     for (id, p) in &config.providers {
         let kind = match p.kind {
@@ -304,14 +296,7 @@ fn provider_routes(config: &Config) -> HashMap<String, ProviderRoute> {
             .base_url
             .clone()
             .or_else(|| out.get(id).and_then(|r| r.base_url.clone()));
-        out.insert(
-            id.clone(),
-            ProviderRoute {
-                id: id.clone(),
-                kind,
-                base_url,
-            },
-        );
+        out.insert(id.clone(), ProviderRoute::new(id.clone(), kind, base_url));
     }
     out
 }

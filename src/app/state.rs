@@ -3,7 +3,7 @@
 use crate::config::{LimitsConfig, UpstreamConfig};
 use crate::identity::{DevIssuer, IdentityVerifier};
 use crate::policy::PolicyStore;
-use crate::providers::ProviderKind;
+use crate::providers::{Api, ProviderKind};
 use crate::quota::Quota;
 use crate::revocation::RevocationSet;
 use crate::secrets::KeyCache;
@@ -24,6 +24,36 @@ pub struct ProviderRoute {
     pub kind: ProviderKind,
     /// Base URL (none for the mock).
     pub base_url: Option<Url>,
+    /// The upstream URL of every API, joined once here rather than on every request.
+    endpoints: Vec<(Api, Url)>,
+}
+
+impl ProviderRoute {
+    /// A route to `base_url` (none for the mock).
+    pub fn new(id: impl Into<String>, kind: ProviderKind, base_url: Option<Url>) -> Self {
+        let endpoints = base_url
+            .as_ref()
+            .map(|b| {
+                Api::ALL
+                    .iter()
+                    .map(|&api| (api, crate::providers::upstream_url(b, api)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            id: id.into(),
+            kind,
+            base_url,
+            endpoints,
+        }
+    }
+
+    /// Where `api` is served upstream.
+    pub fn endpoint(&self, api: Api) -> Option<&Url> {
+        self.endpoints
+            .iter()
+            .find_map(|(a, u)| (*a == api).then_some(u))
+    }
 }
 
 /// The development issuer, when running `tollgate dev`.

@@ -101,7 +101,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
-    telemetry::init(LogFormat::Pretty, "info,tollgate=info");
+    let _log = telemetry::init(LogFormat::Pretty, "info,tollgate=info");
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let issuer = DevIssuer::load_or_create(&args.data_dir).context("dev issuer key")?;

@@ -97,7 +97,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("configuration and policies are valid");
                 return Ok(ExitCode::SUCCESS);
             }
-            telemetry::init(log_format(cfg.log_format), "info");
+            let _log = telemetry::init(log_format(cfg.log_format), "info");
             let app = Application::build(cfg).await?;
             tracing::info!(addr = %app.local_addr()?, "tollgate serving");
             app.run_until(shutdown_signal()).await?;
@@ -105,7 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dev(args) => dev::run(args).await,
         Command::Migrate { config } => {
-            telemetry::init(LogFormat::Pretty, "info");
+            let _log = telemetry::init(LogFormat::Pretty, "info");
             let cfg = Config::load(&config)?;
             let store = crate::store::Store::connect(
                 secrecy::ExposeSecret::expose_secret(&cfg.database_url),

@@ -40,6 +40,15 @@ pub enum Family {
 }
 
 impl Api {
+    /// Every endpoint.
+    pub const ALL: [Api; 5] = [
+        Api::ChatCompletions,
+        Api::Completions,
+        Api::Embeddings,
+        Api::Responses,
+        Api::Messages,
+    ];
+
     /// The family whose wire format this endpoint speaks.
     pub fn family(self) -> Family {
         match self {

@@ -95,12 +95,11 @@ async fn send(
     state: &AppState,
     out: &Outbound<'_>,
 ) -> Result<(StatusCode, HeaderMap, ByteStream), ApiError> {
-    let base = out
+    let url = out
         .route
-        .base_url
-        .as_ref()
-        .ok_or_else(|| ApiError::new(Code::NoProviderKey, "provider has no base URL"))?;
-    let url = providers::upstream_url(base, out.api);
+        .endpoint(out.api)
+        .ok_or_else(|| ApiError::new(Code::NoProviderKey, "provider has no base URL"))?
+        .clone();
     let mut headers = HeaderMap::new();
     for name in providers::forwardable_headers(out.api.family()) {
         if let Some(v) = out.client_headers.get(*name)

@@ -24,7 +24,7 @@ pub enum Charge {
 /// A request on its way to being settled.
 pub struct Settlement {
     admission: Option<Admission>,
-    record: SpendRecord,
+    record: Option<SpendRecord>,
     prices: Prices,
     reserved_input: u64,
     writer: Writer<SpendRecord>,
@@ -43,7 +43,7 @@ impl Settlement {
     ) -> Self {
         Settlement {
             admission: Some(admission),
-            record,
+            record: Some(record),
             prices,
             reserved_input,
             writer,
@@ -53,7 +53,7 @@ impl Settlement {
 
     /// Settle now (later calls do nothing).
     pub fn finish(&mut self, status: u16, charge: Charge) {
-        let Some(admission) = self.admission.take() else {
+        let (Some(admission), Some(mut rec)) = (self.admission.take(), self.record.take()) else {
             return;
         };
         let (reserved_tokens, reserved_cost) = admission.reserved();
@@ -77,7 +77,6 @@ impl Settlement {
             ),
         };
         admission.settle(tokens.input + tokens.output, cost);
-        let mut rec = self.record.clone();
         rec.input_tokens = i64::try_from(tokens.input).unwrap_or(i64::MAX);
         rec.output_tokens = i64::try_from(tokens.output).unwrap_or(i64::MAX);
         rec.cached_input_tokens = i64::try_from(tokens.cached_input).unwrap_or(i64::MAX);
