@@ -82,3 +82,42 @@ fn dev_workload_token_is_a_kubernetes_shaped_jwt() {
     assert_eq!(claims["aud"][0], "tollgate");
     assert_eq!(claims["kubernetes.io"]["namespace"], "demo");
 }
+
+#[test]
+fn admin_keys_lists_the_inventory_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(
+        &keys,
+        "keys:\n  - id: openai-team-a\n    provider: openai\n    api_key: sk-cli-secret-1\n    billing_owner: team-a\n    allowed_models: [gpt-4o-mini]\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "public_url = \"https://t\"\ndatabase_url = \"sqlite://{}\"\n[signing]\nkey_encryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n[secrets]\npath = \"{}\"\n",
+            dir.path().join("t.db").display(),
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let (code, out, err) = tollgate(&["admin", "keys", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no provider keys recorded yet"), "{out}");
+    let (code, out, err) = tollgate(&["admin", "keys", "--config", c, "--refresh"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ID"), "{out}");
+    assert!(
+        out.contains("openai-team-a") && out.contains("team-a") && out.contains("active"),
+        "{out}"
+    );
+    let (code, out, _) = tollgate(&["admin", "keys", "--config", c, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["id"], "openai-team-a");
+    assert_eq!(v[0]["versions"][0]["stage"], "current");
+    assert_eq!(v[0]["allowed_models"], "gpt-4o-mini");
+    assert!(!out.contains("sk-cli-secret-1") && !err.contains("sk-cli-secret-1"));
+}

@@ -7,7 +7,7 @@ use crate::policy::PolicyStore;
 use crate::providers::ProviderKind;
 use crate::quota::{Quota, window_start};
 use crate::revocation::RevocationSet;
-use crate::secrets::{FileStore, KeyCache, SecretStore};
+use crate::secrets::KeyCache;
 use crate::spend::{Sink, Writer, WriterConfig};
 use crate::store::{IssuedTokenRecord, SpendRecord, Store};
 use crate::token::keys::Kek;
@@ -121,11 +121,12 @@ impl Application {
             )
         ));
         let revocations = tryc!("revocations", RevocationSet::load(store.clone()).await);
-        let secret_store: Arc<dyn SecretStore> = Arc::new(FileStore::new(
-            config.secrets.path.clone(),
-            config.secrets.from_env,
+        let secret_store = tryc!("secrets", super::keys::open_store(&config.secrets).await);
+        let keys = Arc::new(tryc!(
+            "secrets",
+            KeyCache::load(secret_store, config.secrets.max_staleness).await
         ));
-        let keys = Arc::new(tryc!("secrets", KeyCache::load(secret_store).await));
+        super::keys::sync_inventory(&keys, &store).await;
         let http = tryc!(
             "upstream http client",
             reqwest::Client::builder()
@@ -166,10 +167,12 @@ impl Application {
             Arc::clone(&revocations)
                 .spawn_sync(config.revocation_sync_interval, cancel.child_token()),
         );
-        tasks.push(
-            Arc::clone(&keys)
-                .spawn_refresher(config.secrets.refresh_interval, cancel.child_token()),
-        );
+        tasks.push(super::keys::spawn_refresher(
+            Arc::clone(&keys),
+            store.clone(),
+            config.secrets.refresh_interval,
+            cancel.child_token(),
+        ));
         tasks.push(
             Arc::clone(&identity).spawn_refresher(Duration::from_secs(600), cancel.child_token()),
         );

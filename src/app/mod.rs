@@ -3,10 +3,12 @@
 //! requests and streams finish up to the drain timeout, flush the writers).
 
 mod build;
+mod keys;
 mod routes;
 mod state;
 
 pub use build::{Application, DevOptions, StartError};
+pub use keys::{open_store, sync_inventory};
 pub use state::{AppState, DevIdentity, Inner, ProviderRoute};
 
 use axum::Router;

@@ -98,8 +98,10 @@ async fn healthz() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
-/// Ready when a signing key is available and the store answers; a store outage shorter than
-/// the revocation freshness bound still counts as ready (we serve from memory).
+/// Ready when a signing key is available, the store answers (or an outage is shorter than
+/// the revocation freshness bound: we serve from memory) and the provider keys are within
+/// `secrets.max_staleness`. Serving from cache during a store outage is `degraded`: still
+/// ready (200), so load balancers keep sending traffic, but visible.
 async fn readyz(State(state): State<AppState>) -> Response {
     let store_ok = matches!(
         tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await,
@@ -107,12 +109,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
     );
     let fresh = state.revocations.last_sync_age() < Duration::from_secs(60);
     let signing = state.tokens.keyring().can_sign();
-    let ready = signing && (store_ok || fresh);
+    let keys = state.keys.health();
+    let ready = signing && (store_ok || fresh) && !keys.stale;
+    let degraded = !store_ok || keys.degraded;
     let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
+        "status": match (ready, degraded) {
+            (false, _) => "not_ready",
+            (true, true) => "degraded",
+            (true, false) => "ready",
+        },
         "store": if store_ok { "ok" } else { "unreachable" },
         "revocations_fresh": fresh,
         "signing_key": signing,
+        "secret_store": {
+            "backend": keys.store,
+            "status": if keys.stale { "stale" } else if keys.degraded { "serving_from_cache" } else { "ok" },
+            "age_s": keys.age.as_secs(),
+            "error": keys.error,
+        },
     });
     let status = if ready {
         StatusCode::OK

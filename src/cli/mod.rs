@@ -1,6 +1,7 @@
 //! The `tollgate` command line. Parses arguments and calls into the library; `anyhow` is
 //! used here, at the edge, and nowhere else.
 
+mod admin;
 mod dev;
 
 use crate::app::Application;
@@ -41,6 +42,11 @@ enum Command {
         /// The configuration file (for `database_url`).
         #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
         config: PathBuf,
+    },
+    /// Operator commands (provider-key inventory, …).
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
     },
     /// Policy tools.
     Policy {
@@ -116,6 +122,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             store.migrate().await.context("migrations")?;
             eprintln!("migrations applied");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin { command } => {
+            let _log = telemetry::init(LogFormat::Pretty, "warn");
+            admin::run(command).await
         }
         Command::Policy {
             command: PolicyCommand::Check { dir },

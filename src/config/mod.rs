@@ -3,8 +3,10 @@
 //! descends into a table), validated once at start with errors that name the field.
 //! Defaults are the safe production choice; `tollgate dev` builds its own `Config` in code.
 
+mod secrets;
 mod types;
 
+pub use secrets::{AwsConfig, SecretsBackend, VaultAuthConfig, VaultConfig};
 pub use types::*;
 
 use figment::Figment;

@@ -48,7 +48,7 @@ fn errors_name_the_field() {
                 "[secrets]\npath = \"keys.yaml\"",
                 "[secrets]\nbackend = \"vault\"\npath = \"x\"",
             ),
-            "secrets.backend",
+            "secrets.vault",
         ),
         (
             MINIMAL.replace(
@@ -107,4 +107,81 @@ fn a_missing_file_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("/nonexistent/tollgate.toml"), "{err}");
+}
+
+const BASE: &str = r#"
+public_url = "https://tollgate.example.com"
+database_url = "sqlite://tollgate.db"
+[signing]
+key_encryption_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+"#;
+
+#[test]
+fn secret_store_sections_parse_with_their_defaults() {
+    let c = Config::from_toml_str(&format!(
+        "{BASE}[secrets]\nbackend = \"vault\"\n[secrets.vault]\naddress = \"https://vault:8200\"\n[secrets.vault.auth]\nmethod = \"kubernetes\"\nrole = \"tollgate\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.secrets.backend, SecretsBackend::Vault);
+    assert_eq!(
+        c.secrets.max_staleness,
+        std::time::Duration::from_secs(3600)
+    );
+    let v = c.secrets.vault.unwrap();
+    assert_eq!(
+        (v.mount.as_str(), v.prefix.as_str()),
+        ("secret", "tollgate/providers")
+    );
+    match v.auth {
+        VaultAuthConfig::Kubernetes {
+            mount, jwt_path, ..
+        } => {
+            assert_eq!(mount, "kubernetes");
+            assert!(jwt_path.ends_with("serviceaccount/token"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = Config::from_toml_str(&format!(
+        "{BASE}[secrets]\nbackend = \"aws\"\n[secrets.aws]\nregion = \"eu-west-1\"\n"
+    ))
+    .unwrap();
+    let a = c.secrets.aws.unwrap();
+    assert_eq!(
+        (a.prefix.as_str(), a.max_attempts),
+        ("tollgate/providers/", 5)
+    );
+}
+
+#[test]
+fn secret_store_mistakes_name_the_field() {
+    let cases = [
+        ("[secrets]\nbackend = \"vault\"\n", "secrets.vault"),
+        ("[secrets]\nbackend = \"aws\"\n", "secrets.aws"),
+        ("[secrets]\nbackend = \"file\"\n", "secrets.path"),
+        ("[secrets]\nbackend = \"gcp\"\n", "backend"),
+        (
+            "[secrets]\nbackend = \"vault\"\n[secrets.vault]\naddress = \"https://v\"\n[secrets.vault.auth]\nmethod = \"approle\"\nrole_id = \"r\"\n",
+            "secrets.vault.auth.secret_id",
+        ),
+        (
+            "[secrets]\nbackend = \"vault\"\n[secrets.vault]\naddress = \"https://v\"\n[secrets.vault.auth]\nmethod = \"password\"\n",
+            "method",
+        ),
+        (
+            "[secrets]\npath = \"k.yaml\"\nrefresh_interval = \"1m\"\nmax_staleness = \"10s\"\n",
+            "secrets.max_staleness",
+        ),
+    ];
+    for (text, field) in cases {
+        let e = Config::from_toml_str(&format!("{BASE}{text}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{text}: {e}");
+    }
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let text = include_str!("../../tollgate.example.toml");
+    Config::from_toml_str(text).unwrap();
 }

@@ -2,6 +2,7 @@
 //! mirrors this file.
 
 use super::ConfigError;
+pub use super::secrets::SecretsConfig;
 use crate::identity::IssuerConfig;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -204,52 +205,6 @@ impl ProviderConfig {
     }
 }
 
-/// Secret-store backend selection.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretsConfig {
-    /// `file` (dev, tests) — Vault and AWS Secrets Manager arrive with their own issue.
-    #[serde(default = "default_backend")]
-    pub backend: String,
-    /// For `file`: a YAML or TOML file of provider keys.
-    pub path: Option<PathBuf>,
-    /// For `file`: also take `OPENAI_API_KEY` / `ANTHROPIC_API_KEY` from the environment.
-    #[serde(default)]
-    pub from_env: bool,
-    /// How often the store is re-listed.
-    #[serde(default = "default_secrets_refresh", with = "humantime_serde")]
-    pub refresh_interval: Duration,
-}
-
-impl Default for SecretsConfig {
-    fn default() -> Self {
-        SecretsConfig {
-            backend: default_backend(),
-            path: None,
-            from_env: false,
-            refresh_interval: default_secrets_refresh(),
-        }
-    }
-}
-
-impl SecretsConfig {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.backend != "file" {
-            return Err(ConfigError::invalid(
-                "secrets.backend",
-                format!("unknown backend {:?} (supported: file)", self.backend),
-            ));
-        }
-        if self.path.is_none() && !self.from_env {
-            return Err(ConfigError::invalid(
-                "secrets.path",
-                "the file backend needs a path (or from_env = true)",
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Upstream HTTP client settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -348,12 +303,6 @@ fn default_leeway() -> Duration {
 }
 fn default_rotate_every() -> Duration {
     Duration::from_secs(24 * 3600)
-}
-fn default_backend() -> String {
-    "file".to_owned()
-}
-fn default_secrets_refresh() -> Duration {
-    Duration::from_secs(30)
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)

@@ -177,7 +177,13 @@ async fn upstream_failure(
     match status.as_u16() {
         401 | 403 => {
             // The provider refused *our* key: never pass its message (it may echo the key).
-            tracing::error!(provider = %out.route.id, provider_key = key_id, status = status.as_u16(), "provider rejected Tollgate's key");
+            // The key leaves service until the store holds a new version of it.
+            if let Some(k) = &out.key
+                && state.keys.quarantine(k)
+            {
+                tracing::error!(provider = %out.route.id, provider_key = key_id, version = %k.version, status = status.as_u16(),
+                    "provider rejected Tollgate's key; key quarantined until the secret store has a new version");
+            }
             Err(ApiError::new(
                 Code::UpstreamError,
                 format!(

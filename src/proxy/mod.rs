@@ -12,6 +12,7 @@ use crate::error::{ApiError, Code, Shape};
 use crate::pricing::{self, Prices, Tokens, Usd};
 use crate::providers::{self, Api, Family, ProviderKind};
 use crate::quota::{Ask, BudgetSpec, Denied, Limits, RateInfo};
+use crate::secrets::NoKey;
 use crate::store::SpendRecord;
 use axum::Router;
 use axum::body::Body;
@@ -146,14 +147,51 @@ async fn pipeline(
         .param("model"));
     }
 
+    // The key is chosen before anything is reserved: without one there is nothing to do.
+    let key = if route.kind == ProviderKind::Mock {
+        None
+    } else {
+        let k = state
+            .keys
+            .select(
+                &model.provider,
+                &model.name,
+                &claims.tollgate.billing_owner,
+                |k| !state.revocations.key_disabled(&k.id),
+            )
+            .map_err(|e| match e {
+                NoKey::NoMatch => ApiError::new(
+                    Code::NoProviderKey,
+                    format!(
+                        "no usable {} key for billing owner {}",
+                        model.provider, claims.tollgate.billing_owner
+                    ),
+                )
+                .retry_after(30),
+                NoKey::Stale { age } => ApiError::new(
+                    Code::NoProviderKey,
+                    format!(
+                        "provider keys are unavailable: the secret store has not answered for {}s",
+                        age.as_secs()
+                    ),
+                )
+                .retry_after(30),
+            })?;
+        Some(k)
+    };
+
     let max_out = if api == Api::Embeddings {
         0
     } else {
+        let default = key
+            .as_ref()
+            .and_then(|k| k.max_tokens_default)
+            .map_or(claims.tollgate.default_max_tokens, |d| {
+                d.min(claims.tollgate.default_max_tokens)
+            });
         let effective = req
             .max_tokens()
-            .map_or(claims.tollgate.default_max_tokens, |n| {
-                n.min(claims.tollgate.max_tokens)
-            });
+            .map_or(default, |n| n.min(claims.tollgate.max_tokens));
         if req.max_tokens() != Some(effective) {
             req.set_max_tokens(effective);
         }
@@ -222,25 +260,6 @@ async fn pipeline(
         .map_err(denied)?;
     let rate = admission.rate_info();
 
-    let key = if route.kind == ProviderKind::Mock {
-        None
-    } else {
-        let k = state
-            .keys
-            .select(&model.provider, &model.name, &claims.tollgate.billing_owner)
-            .filter(|k| !state.revocations.key_disabled(&k.id))
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::NoProviderKey,
-                    format!(
-                        "no usable {} key for billing owner {}",
-                        model.provider, claims.tollgate.billing_owner
-                    ),
-                )
-                .retry_after(30)
-            })?;
-        Some(k)
-    };
     let record = SpendRecord {
         request_id: request_id.to_owned(),
         at: crate::clock::now_ms(),

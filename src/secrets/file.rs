@@ -11,7 +11,7 @@
 //!     allowed_models: "gpt-4o-mini gpt-4o"   # or a list, or "*" (default)
 //! ```
 
-use super::{AllowedModels, ProviderKey, SHARED_OWNER, SecretStore, SecretStoreError};
+use super::{AllowedModels, Listing, ProviderKey, SHARED_OWNER, SecretStore, SecretStoreError};
 use async_trait::async_trait;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -112,14 +112,10 @@ impl FileStore {
                 Some(ModelsField::Text(t)) => AllowedModels::parse(&t),
                 Some(ModelsField::List(l)) => AllowedModels::parse(&l.join(" ")),
             };
-            out.push(ProviderKey {
-                id: e.id,
-                provider: e.provider,
-                billing_owner: e.billing_owner,
-                allowed_models,
-                secret,
-                version: "1".into(),
-            });
+            let mut k = ProviderKey::new(e.id, e.provider, secret, "1");
+            k.billing_owner = e.billing_owner;
+            k.allowed_models = allowed_models;
+            out.push(k);
         }
         Ok(out)
     }
@@ -131,24 +127,25 @@ impl SecretStore for FileStore {
         "file"
     }
 
-    async fn list(&self) -> Result<Vec<ProviderKey>, SecretStoreError> {
+    async fn list(&self) -> Result<Listing, SecretStoreError> {
         let mut keys = self.read_file()?;
         if self.from_env {
             for (var, provider) in ENV_KEYS {
                 if let Ok(v) = std::env::var(var)
                     && !v.trim().is_empty()
                 {
-                    keys.push(ProviderKey {
-                        id: format!("env/{var}"),
-                        provider: provider.to_owned(),
-                        billing_owner: SHARED_OWNER.to_owned(),
-                        allowed_models: AllowedModels::All,
-                        secret: SecretString::from(v.trim().to_owned()),
-                        version: "1".into(),
-                    });
+                    keys.push(ProviderKey::new(
+                        format!("env/{var}"),
+                        provider,
+                        SecretString::from(v.trim().to_owned()),
+                        "1",
+                    ));
                 }
             }
         }
-        Ok(keys)
+        Ok(Listing {
+            keys,
+            invalid: Vec::new(),
+        })
     }
 }

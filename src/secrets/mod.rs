@@ -1,22 +1,26 @@
-//! Provider keys: where they live (`SecretStore` backends) and the in-memory cache the hot
-//! path selects from. Only this module knows a secret store's API.
+//! Provider keys: where they live (`SecretStore` backends: Vault/OpenBao KV v2, AWS Secrets
+//! Manager, a file for development) and the in-memory cache the hot path selects from. Only
+//! this module knows a secret store's API.
 //!
 //! Invariants: a key's secret is held in a `SecretString` from the moment it is read; it is
 //! never formatted (no `Debug` shows it); the cache is replaced atomically, so a request sees
-//! either the old or the new key list, never a mix; a failed refresh keeps the last good list.
+//! either the old or the new key list, never a mix; a failed refresh keeps the last good list
+//! serving for at most `max_staleness`.
 
+mod aws;
+mod cache;
 mod file;
+mod meta;
+mod vault;
 
+pub use aws::AwsStore;
+pub use cache::{KeyCache, KeysHealth, NoKey};
 pub use file::{ENV_KEYS, FileStore};
+pub use vault::VaultStore;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use secrecy::SecretString;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use std::sync::atomic::AtomicBool;
 
 /// The `billing_owner` value that lets a key serve every owner.
 pub const SHARED_OWNER: &str = "*";
@@ -53,6 +57,37 @@ impl AllowedModels {
     }
 }
 
+/// Where a version of a key stands in its rotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The version Tollgate serves.
+    Current,
+    /// Written after the current one and not yet promoted (rotation will canary it).
+    Pending,
+    /// Served before the current one.
+    Previous,
+}
+
+impl Stage {
+    /// Lower-case name (inventory, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Current => "current",
+            Stage::Pending => "pending",
+            Stage::Previous => "previous",
+        }
+    }
+}
+
+/// One version of a key as the store reports it (KV v2 version number, AWS version id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyVersion {
+    /// The store's version id.
+    pub id: String,
+    /// Its stage.
+    pub stage: Stage,
+}
+
 /// One provider key with its metadata.
 pub struct ProviderKey {
     /// Stable id (the store path / secret name), safe to log and to record in spend rows.
@@ -65,8 +100,51 @@ pub struct ProviderKey {
     pub allowed_models: AllowedModels,
     /// The key itself.
     pub secret: SecretString,
-    /// Store version of the secret (KV version, AWS version id); rotation builds on it.
+    /// Store version of the secret served (KV version, AWS version id); rotation builds on it.
     pub version: String,
+    /// Every live version the store reports, with its stage (the served one is `Current`).
+    pub versions: Vec<KeyVersion>,
+    /// What the key is for (store metadata `purpose`; informational).
+    pub purpose: Option<String>,
+    /// `max_tokens` applied to requests served by this key that name none, when smaller than
+    /// the token's default (store metadata `max_tokens_default`).
+    pub max_tokens_default: Option<u32>,
+    /// Set when the provider refused this key (401/403): it no longer serves until the store
+    /// has a new version of it.
+    quarantined: AtomicBool,
+}
+
+impl ProviderKey {
+    /// A key serving `version`, with every other field at its default (shared owner, all
+    /// models, no other versions).
+    pub fn new(
+        id: impl Into<String>,
+        provider: impl Into<String>,
+        secret: SecretString,
+        version: impl Into<String>,
+    ) -> ProviderKey {
+        let version = version.into();
+        ProviderKey {
+            id: id.into(),
+            provider: provider.into(),
+            billing_owner: SHARED_OWNER.to_owned(),
+            allowed_models: AllowedModels::All,
+            secret,
+            versions: vec![KeyVersion {
+                id: version.clone(),
+                stage: Stage::Current,
+            }],
+            version,
+            purpose: None,
+            max_tokens_default: None,
+            quarantined: AtomicBool::new(false),
+        }
+    }
+
+    /// Has the provider refused this key?
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantined.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl std::fmt::Debug for ProviderKey {
@@ -77,6 +155,8 @@ impl std::fmt::Debug for ProviderKey {
             .field("billing_owner", &self.billing_owner)
             .field("allowed_models", &self.allowed_models)
             .field("version", &self.version)
+            .field("versions", &self.versions)
+            .field("quarantined", &self.is_quarantined())
             .finish_non_exhaustive()
     }
 }
@@ -104,90 +184,37 @@ pub enum SecretStoreError {
     },
 }
 
-/// A place provider keys are read from. Backends list everything under their prefix; the
-/// cache does the selection. Vault and AWS Secrets Manager implement this in their own issue,
-/// reporting versions/stages through [`ProviderKey::version`].
+/// An entry of the store that is not a usable key (bad metadata, no readable version). It
+/// is reported in the inventory so operators see why a key does not serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidKey {
+    /// Entry id (path / secret name).
+    pub id: String,
+    /// Provider, when it could be told.
+    pub provider: String,
+    /// Why it is not used.
+    pub reason: String,
+}
+
+/// What one listing of the store found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Usable keys.
+    pub keys: Vec<ProviderKey>,
+    /// Entries skipped, with the reason.
+    pub invalid: Vec<InvalidKey>,
+}
+
+/// A place provider keys are read from. Backends list everything under their prefix and
+/// report versions and stages; the cache does the selection. A listing either succeeds as a
+/// whole (entries it cannot use land in [`Listing::invalid`]) or fails as a whole (the store
+/// is unreachable), so a partial outage never looks like deleted keys.
 #[async_trait]
 pub trait SecretStore: Send + Sync {
     /// Short name for logs (`file`, `vault`, `aws`).
     fn name(&self) -> &str;
-    /// Every enabled key under the configured prefix, with metadata.
-    async fn list(&self) -> Result<Vec<ProviderKey>, SecretStoreError>;
-}
-
-/// The in-memory key list the hot path selects from.
-pub struct KeyCache {
-    store: Arc<dyn SecretStore>,
-    keys: ArcSwap<Vec<Arc<ProviderKey>>>,
-    next: AtomicUsize,
-}
-
-impl KeyCache {
-    /// Read the store once; a failure here is a start-up error.
-    pub async fn load(store: Arc<dyn SecretStore>) -> Result<KeyCache, SecretStoreError> {
-        let keys = store.list().await?;
-        Ok(KeyCache {
-            store,
-            keys: ArcSwap::from_pointee(keys.into_iter().map(Arc::new).collect()),
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    /// Re-list the store; on failure keep serving the cached keys.
-    pub async fn refresh(&self) -> Result<usize, SecretStoreError> {
-        let keys = self.store.list().await?;
-        let n = keys.len();
-        self.keys
-            .store(Arc::new(keys.into_iter().map(Arc::new).collect()));
-        Ok(n)
-    }
-
-    /// Does any key exist for this provider (whatever its owner)?
-    pub fn has_provider(&self, provider: &str) -> bool {
-        self.keys.load().iter().any(|k| k.provider == provider)
-    }
-
-    /// Pick a key for (provider, model, billing owner), spreading load round-robin over the
-    /// equal candidates. Keys of the owner itself are preferred over shared keys.
-    pub fn select(&self, provider: &str, model: &str, owner: &str) -> Option<Arc<ProviderKey>> {
-        let keys = self.keys.load();
-        let usable =
-            |k: &&Arc<ProviderKey>| k.provider == provider && k.allowed_models.allows(model);
-        let own: Vec<&Arc<ProviderKey>> = keys
-            .iter()
-            .filter(usable)
-            .filter(|k| k.billing_owner == owner)
-            .collect();
-        let candidates = if own.is_empty() {
-            keys.iter()
-                .filter(usable)
-                .filter(|k| k.billing_owner == SHARED_OWNER)
-                .collect()
-        } else {
-            own
-        };
-        if candidates.is_empty() {
-            return None;
-        }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % candidates.len();
-        Some(Arc::clone(candidates[i]))
-    }
-
-    /// Refresh every `every` until cancelled; failures are logged and the cache kept.
-    pub fn spawn_refresher(
-        self: Arc<Self>,
-        every: Duration,
-        cancel: CancellationToken,
-    ) -> JoinHandle<()> {
-        crate::tasks::every(every, cancel, move || {
-            let this = Arc::clone(&self);
-            async move {
-                if let Err(e) = this.refresh().await {
-                    tracing::warn!(error = %e, "provider key refresh failed; serving cached keys");
-                }
-            }
-        })
-    }
+    /// Every key under the configured prefix, with metadata.
+    async fn list(&self) -> Result<Listing, SecretStoreError>;
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 use super::*;
 use secrecy::ExposeSecret;
 use std::io::Write;
+use std::sync::Arc;
 
 fn store_with(yaml: &str) -> (tempfile::NamedTempFile, Arc<dyn SecretStore>) {
     let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
@@ -32,19 +33,30 @@ keys:
 #[tokio::test]
 async fn owner_keys_are_preferred_and_models_respected() {
     let (_f, s) = store_with(KEYS);
-    let cache = KeyCache::load(s).await.unwrap();
+    let cache = KeyCache::load(s, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
     for _ in 0..4 {
-        let k = cache.select("openai", "gpt-4o", "team-a").unwrap();
+        let k = cache
+            .select("openai", "gpt-4o", "team-a", |_| true)
+            .unwrap();
         assert_eq!(k.id, "team-a-openai");
     }
     // team-a key does not allow embeddings: falls to a shared key allowing all models
     let k = cache
-        .select("openai", "text-embedding-3-small", "team-a")
+        .select("openai", "text-embedding-3-small", "team-a", |_| true)
         .unwrap();
     assert_eq!(k.id, "shared-openai-1");
-    assert!(cache.select("anthropic", "claude", "team-a").is_none());
+    assert!(
+        cache
+            .select("anthropic", "claude", "team-a", |_| true)
+            .is_err()
+    );
     assert_eq!(
-        cache.select("anthropic", "claude", "team-b").unwrap().id,
+        cache
+            .select("anthropic", "claude", "team-b", |_| true)
+            .unwrap()
+            .id,
         "anthropic"
     );
 }
@@ -52,10 +64,14 @@ async fn owner_keys_are_preferred_and_models_respected() {
 #[tokio::test]
 async fn equal_keys_share_the_load() {
     let (_f, s) = store_with(KEYS);
-    let cache = KeyCache::load(s).await.unwrap();
+    let cache = KeyCache::load(s, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..10 {
-        let k = cache.select("openai", "gpt-4o-mini", "someone").unwrap();
+        let k = cache
+            .select("openai", "gpt-4o-mini", "someone", |_| true)
+            .unwrap();
         *seen.entry(k.id.clone()).or_insert(0) += 1;
     }
     assert_eq!(seen.get("shared-openai-1"), Some(&5));
@@ -65,10 +81,12 @@ async fn equal_keys_share_the_load() {
 #[tokio::test]
 async fn broken_file_keeps_cached_keys() {
     let (f, s) = store_with(KEYS);
-    let cache = KeyCache::load(s).await.unwrap();
+    let cache = KeyCache::load(s, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
     std::fs::write(f.path(), "keys: [ {id: x} ]").unwrap();
     assert!(cache.refresh().await.is_err());
-    assert!(cache.select("openai", "gpt-4o", "team-a").is_some());
+    assert!(cache.select("openai", "gpt-4o", "team-a", |_| true).is_ok());
 }
 
 #[tokio::test]
@@ -84,7 +102,7 @@ async fn invalid_entries_are_named_without_the_secret() {
 #[tokio::test]
 async fn debug_output_never_shows_the_key() {
     let (_f, s) = store_with(KEYS);
-    let keys = s.list().await.unwrap();
+    let keys = s.list().await.unwrap().keys;
     let dbg = format!("{keys:?}");
     assert!(
         !dbg.contains("sk-team-a") && !dbg.contains("sk-shared"),
@@ -101,4 +119,55 @@ fn allowed_models_parse_commas_spaces_and_star() {
         AllowedModels::parse("a, b  c"),
         AllowedModels::Only(vec!["a".into(), "b".into(), "c".into()])
     );
+}
+
+#[tokio::test]
+async fn a_quarantined_key_stops_serving_until_a_new_version_arrives() {
+    let (f, s) = store_with(KEYS);
+    let cache = KeyCache::load(s, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let k = cache
+        .select("openai", "gpt-4o", "team-a", |_| true)
+        .unwrap();
+    assert!(cache.quarantine(&k), "first quarantine alerts");
+    assert!(!cache.quarantine(&k), "later ones do not");
+    // team-a's own key is out: the shared one serves.
+    let k2 = cache
+        .select("openai", "gpt-4o", "team-a", |_| true)
+        .unwrap();
+    assert_eq!(k2.id, "shared-openai-1");
+    // A refresh with the same version keeps the quarantine.
+    cache.refresh().await.unwrap();
+    let k3 = cache
+        .select("openai", "gpt-4o", "team-a", |_| true)
+        .unwrap();
+    assert_ne!(k3.id, "team-a-openai");
+    // The file store reports version "1" always; a predicate still lets callers exclude keys.
+    drop(f);
+    assert!(matches!(
+        cache.select("openai", "gpt-4o", "team-a", |k| k.id == "nope"),
+        Err(super::cache::NoKey::NoMatch)
+    ));
+}
+
+#[tokio::test]
+async fn cached_keys_stop_serving_past_max_staleness() {
+    let (f, s) = store_with(KEYS);
+    let cache = KeyCache::load(s, std::time::Duration::from_millis(1))
+        .await
+        .unwrap();
+    std::fs::write(f.path(), "not: [valid").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(cache.refresh().await.is_err());
+    let h = cache.health();
+    assert!(h.degraded && h.stale, "{h:?}");
+    assert!(matches!(
+        cache.select("openai", "gpt-4o", "team-a", |_| true),
+        Err(super::cache::NoKey::Stale { .. })
+    ));
+    std::fs::write(f.path(), KEYS).unwrap();
+    cache.refresh().await.unwrap();
+    assert!(!cache.health().degraded);
+    assert!(cache.select("openai", "gpt-4o", "team-a", |_| true).is_ok());
 }

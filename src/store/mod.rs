@@ -4,9 +4,11 @@
 //! micro-dollars. Statements use `$n` placeholders, which both backends accept, so each query
 //! is written once; [`on_db!`] runs it on whichever pool is configured.
 
+mod keys;
 mod records;
 mod spend;
 
+pub use keys::{ProviderKeyInventory, ProviderKeyRecord};
 pub use records::*;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -99,6 +99,8 @@ pub struct Options {
     /// Extra TOML appended to the config (top-level keys must come before any table, so
     /// this is appended as-is after the `[[issuers]]` table: use tables here).
     pub extra_config: String,
+    /// Replace the `[secrets]` section (default: a file of keys for team-a and a shared one).
+    pub secrets: Option<String>,
 }
 
 pub async fn spawn_app(kind: TestDbKind) -> TestApp {
@@ -131,6 +133,7 @@ pub async fn spawn_app_with(kind: TestDbKind, opts: Options) -> TestApp {
         policy_dir.path().to_path_buf(),
         &keys_file,
         &opts.extra_config,
+        opts.secrets.as_deref(),
     );
     let config = Config::from_toml_str(&config).unwrap();
     let app = Application::build(config)
@@ -171,7 +174,12 @@ fn config_text(
     policy_dir: PathBuf,
     keys: &Path,
     extra: &str,
+    secrets: Option<&str>,
 ) -> String {
+    let secrets = secrets.map_or_else(
+        || format!("[secrets]\npath = \"{}\"\n", keys.display()),
+        str::to_owned,
+    );
     format!(
         r#"
 listen = "127.0.0.1:0"
@@ -186,9 +194,7 @@ drain_timeout = "5s"
 [signing]
 key_encryption_key = "3q2+78r+ur7erb7v3q2+78r+ur7erb7v3q2+78r+ur4="
 
-[secrets]
-path = "{keys}"
-
+{secrets}
 [providers.openai]
 kind = "openai"
 base_url = "{upstream}"
@@ -210,7 +216,6 @@ issuer = "{issuer}"
 {extra}
 "#,
         policy = policy_dir.display(),
-        keys = keys.display(),
     )
 }
 

@@ -5,4 +5,5 @@
 pub mod app;
 pub mod db;
 pub mod oidc;
+pub mod peers;
 pub mod upstream;

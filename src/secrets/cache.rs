@@ -1,0 +1,255 @@
+//! The in-memory key list the hot path selects from, refreshed in the background. A failed
+//! refresh keeps the last good list serving until it is `max_staleness` old; a key the
+//! provider refused is quarantined until the store holds a new version of it.
+
+use super::{InvalidKey, ProviderKey, SHARED_OWNER, SecretStore, SecretStoreError};
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why no key was selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoKey {
+    /// No enabled key matches (provider, model, owner).
+    NoMatch,
+    /// The store has not answered for longer than `max_staleness`; cached keys are not used.
+    Stale {
+        /// Time since the last successful listing.
+        age: Duration,
+    },
+}
+
+/// How fresh the cached keys are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysHealth {
+    /// Backend name.
+    pub store: String,
+    /// Time since the last successful listing.
+    pub age: Duration,
+    /// The last refresh failed (serving from cache).
+    pub degraded: bool,
+    /// Older than `max_staleness`: keys no longer serve.
+    pub stale: bool,
+    /// The last refresh error, if the last refresh failed.
+    pub error: Option<String>,
+}
+
+/// The cache.
+pub struct KeyCache {
+    store: Arc<dyn SecretStore>,
+    keys: ArcSwap<Vec<Arc<ProviderKey>>>,
+    invalid: ArcSwap<Vec<InvalidKey>>,
+    next: AtomicUsize,
+    last_ok_ms: AtomicI64,
+    last_error: Mutex<Option<String>>,
+    max_staleness: Duration,
+}
+
+impl KeyCache {
+    /// Read the store once; a failure here is a start-up error (no key could be served).
+    pub async fn load(
+        store: Arc<dyn SecretStore>,
+        max_staleness: Duration,
+    ) -> Result<KeyCache, SecretStoreError> {
+        let listing = store.list().await?;
+        warn_invalid(store.name(), &listing.invalid);
+        Ok(KeyCache {
+            keys: ArcSwap::from_pointee(listing.keys.into_iter().map(Arc::new).collect()),
+            invalid: ArcSwap::from_pointee(listing.invalid),
+            store,
+            next: AtomicUsize::new(0),
+            last_ok_ms: AtomicI64::new(crate::clock::now_ms()),
+            last_error: Mutex::new(None),
+            max_staleness,
+        })
+    }
+
+    /// Re-list the store. On failure the cached keys keep serving (until `max_staleness`).
+    pub async fn refresh(&self) -> Result<usize, SecretStoreError> {
+        let listing = match self.store.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                *self.last_error.lock() = Some(e.to_string());
+                return Err(e);
+            }
+        };
+        let old = self.keys.load();
+        let keys: Vec<Arc<ProviderKey>> = listing
+            .keys
+            .into_iter()
+            .map(|k| {
+                // A quarantine holds until the store has a new version of the key.
+                if old
+                    .iter()
+                    .any(|o| o.id == k.id && o.version == k.version && o.is_quarantined())
+                {
+                    k.quarantined.store(true, Ordering::Relaxed);
+                }
+                Arc::new(k)
+            })
+            .collect();
+        let n = keys.len();
+        let new_invalid: Vec<&InvalidKey> = {
+            let before = self.invalid.load();
+            listing
+                .invalid
+                .iter()
+                .filter(|i| !before.contains(i))
+                .collect()
+        };
+        if !new_invalid.is_empty() {
+            warn_invalid(
+                self.store.name(),
+                &new_invalid.into_iter().cloned().collect::<Vec<_>>(),
+            );
+        }
+        self.keys.store(Arc::new(keys));
+        self.invalid.store(Arc::new(listing.invalid));
+        self.last_ok_ms
+            .store(crate::clock::now_ms(), Ordering::Relaxed);
+        if self.last_error.lock().take().is_some() {
+            tracing::info!(
+                store = self.store.name(),
+                keys = n,
+                "secret store reachable again; provider keys refreshed"
+            );
+        }
+        Ok(n)
+    }
+
+    /// Does any key exist for this provider (whatever its owner)?
+    pub fn has_provider(&self, provider: &str) -> bool {
+        self.keys.load().iter().any(|k| k.provider == provider)
+    }
+
+    /// Pick a key for (provider, model, billing owner) among those `usable` accepts,
+    /// spreading load round-robin over the equal candidates. Keys of the owner itself are
+    /// preferred over shared keys; quarantined keys never serve.
+    pub fn select(
+        &self,
+        provider: &str,
+        model: &str,
+        owner: &str,
+        usable: impl Fn(&ProviderKey) -> bool,
+    ) -> Result<Arc<ProviderKey>, NoKey> {
+        let age = self.age();
+        if age > self.max_staleness {
+            return Err(NoKey::Stale { age });
+        }
+        let keys = self.keys.load();
+        let fits = |k: &&Arc<ProviderKey>| {
+            k.provider == provider
+                && k.allowed_models.allows(model)
+                && !k.is_quarantined()
+                && usable(k)
+        };
+        let pick = |wanted: &str| -> Option<Arc<ProviderKey>> {
+            let n = keys
+                .iter()
+                .filter(fits)
+                .filter(|k| k.billing_owner == wanted)
+                .count();
+            if n == 0 {
+                return None;
+            }
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            keys.iter()
+                .filter(fits)
+                .filter(|k| k.billing_owner == wanted)
+                .nth(i)
+                .map(Arc::clone)
+        };
+        pick(owner)
+            .or_else(|| pick(SHARED_OWNER))
+            .ok_or(NoKey::NoMatch)
+    }
+
+    /// Take a key out of service because the provider refused it. Returns `true` the first
+    /// time (the caller alerts once).
+    pub fn quarantine(&self, key: &ProviderKey) -> bool {
+        let first = !key.quarantined.swap(true, Ordering::Relaxed);
+        // The listing may have been refreshed since `key` was selected: flag its twin too.
+        for k in self
+            .keys
+            .load()
+            .iter()
+            .filter(|k| k.id == key.id && k.version == key.version)
+        {
+            k.quarantined.store(true, Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// The keys and the invalid entries of the last good listing (inventory).
+    pub fn snapshot(&self) -> (Arc<Vec<Arc<ProviderKey>>>, Arc<Vec<InvalidKey>>) {
+        (self.keys.load_full(), self.invalid.load_full())
+    }
+
+    /// Time since the last successful listing.
+    pub fn age(&self) -> Duration {
+        let ms = crate::clock::now_ms() - self.last_ok_ms.load(Ordering::Relaxed);
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Freshness, for `/readyz`.
+    pub fn health(&self) -> KeysHealth {
+        let error = self.last_error.lock().clone();
+        let age = self.age();
+        KeysHealth {
+            store: self.store.name().to_owned(),
+            age,
+            degraded: error.is_some(),
+            stale: age > self.max_staleness,
+            error,
+        }
+    }
+
+    /// Refresh every `every` until cancelled, then call `after` with the outcome (the
+    /// inventory is written there). Failures are logged and the cache kept.
+    pub fn spawn_refresher<F, Fut>(
+        self: Arc<Self>,
+        every: Duration,
+        cancel: CancellationToken,
+        after: F,
+    ) -> JoinHandle<()>
+    where
+        F: Fn(Arc<KeyCache>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let after = Arc::new(after);
+        crate::tasks::every(every, cancel, move || {
+            let this = Arc::clone(&self);
+            let after = Arc::clone(&after);
+            async move {
+                if let Err(e) = this.refresh().await {
+                    let age = this.age();
+                    if age > this.max_staleness {
+                        tracing::error!(store = this.store.name(), error = %e, age_s = age.as_secs(),
+                            "secret store unreachable past secrets.max_staleness; provider keys no longer serve");
+                    } else {
+                        tracing::warn!(store = this.store.name(), error = %e, age_s = age.as_secs(),
+                            "provider key refresh failed; serving cached keys");
+                    }
+                    return;
+                }
+                after(this).await;
+            }
+        })
+    }
+}
+
+fn warn_invalid(store: &str, invalid: &[InvalidKey]) {
+    for i in invalid {
+        tracing::warn!(
+            store,
+            key = %i.id,
+            provider = %i.provider,
+            reason = %i.reason,
+            "secret store entry is not a usable provider key; it is ignored"
+        );
+    }
+}

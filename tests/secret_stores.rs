@@ -1,0 +1,572 @@
+//! Provider keys from real secret stores: OpenBao (Vault KV v2) and AWS Secrets Manager
+//! (moto). Listing with metadata, versions and stages; logins; Tollgate serving traffic with
+//! the store's key; outages served from cache; deletions; quarantine; the inventory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use secrecy::ExposeSecret;
+use serde_json::json;
+use std::sync::Arc;
+use support::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, TestApp, spawn_app_with};
+use support::db::TestDbKind;
+use support::peers::{Bao, Moto, unique_prefix};
+use tollgate::config::{AwsConfig, VaultAuthConfig, VaultConfig};
+use tollgate::secrets::{AwsStore, KeyCache, SecretStore, Stage, VaultStore};
+
+fn vault_config(bao: &Bao, prefix: &str, auth: VaultAuthConfig) -> VaultConfig {
+    VaultConfig {
+        address: bao.addr.parse().unwrap(),
+        mount: "secret".into(),
+        prefix: prefix.into(),
+        namespace: None,
+        ca_cert: None,
+        timeout: std::time::Duration::from_secs(5),
+        auth,
+    }
+}
+
+fn token_auth(bao: &Bao) -> VaultAuthConfig {
+    VaultAuthConfig::Token {
+        token: Some(bao.token.clone().into()),
+        token_file: None,
+    }
+}
+
+fn aws_config(moto: &Moto, prefix: &str) -> AwsConfig {
+    AwsConfig {
+        region: Some("us-east-1".into()),
+        prefix: prefix.into(),
+        endpoint_url: Some(moto.endpoint.parse().unwrap()),
+        timeout: std::time::Duration::from_secs(5),
+        max_attempts: 2,
+    }
+}
+
+// ---- Vault / OpenBao -------------------------------------------------------------------
+
+#[tokio::test]
+async fn vault_keys_are_listed_with_metadata_versions_and_the_pin() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/team-a"),
+        "sk-team-a-1",
+        &[
+            ("billing_owner", "team-a"),
+            ("allowed_models", "gpt-test, embed-test"),
+            ("purpose", "chat"),
+            ("max_tokens_default", "128"),
+        ],
+    )
+    .await;
+    bao.put_key_with(
+        &format!("{p}/anthropic/shared"),
+        "sk-ant-shared",
+        &[("billing_owner", "*")],
+    )
+    .await;
+    bao.put_key_with(&format!("{p}/openai/ownerless"), "sk-x", &[])
+        .await;
+
+    let store = VaultStore::connect(vault_config(&bao, &p, token_auth(&bao)))
+        .await
+        .unwrap();
+    let l = store.list().await.unwrap();
+    let mut ids: Vec<&str> = l.keys.iter().map(|k| k.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [
+            format!("{p}/anthropic/shared"),
+            format!("{p}/openai/team-a")
+        ]
+    );
+    let k = l.keys.iter().find(|k| k.id.ends_with("team-a")).unwrap();
+    assert_eq!(k.provider, "openai");
+    assert_eq!(k.billing_owner, "team-a");
+    assert_eq!(k.secret.expose_secret(), "sk-team-a-1");
+    assert_eq!(k.purpose.as_deref(), Some("chat"));
+    assert_eq!(k.max_tokens_default, Some(128));
+    assert_eq!(k.version, "1");
+    assert_eq!(l.invalid.len(), 1, "{:?}", l.invalid);
+    assert!(l.invalid[0].reason.contains("billing_owner"));
+
+    // A new version with no pin is served at once; the old one becomes previous.
+    bao.put_key(&format!("{p}/openai/team-a"), "sk-team-a-2")
+        .await;
+    let l = store.list().await.unwrap();
+    let k = l.keys.iter().find(|k| k.id.ends_with("team-a")).unwrap();
+    assert_eq!(
+        (k.version.as_str(), k.secret.expose_secret()),
+        ("2", "sk-team-a-2")
+    );
+    assert_eq!(
+        k.versions.iter().map(|v| v.stage).collect::<Vec<_>>(),
+        [Stage::Previous, Stage::Current]
+    );
+
+    // Pinned to 2 (what rotation writes), a version 3 is pending and never served.
+    bao.put_metadata(
+        &format!("{p}/openai/team-a"),
+        &[("billing_owner", "team-a"), ("tollgate_version", "2")],
+    )
+    .await;
+    bao.put_key(&format!("{p}/openai/team-a"), "sk-team-a-3")
+        .await;
+    let l = store.list().await.unwrap();
+    let k = l.keys.iter().find(|k| k.id.ends_with("team-a")).unwrap();
+    assert_eq!(
+        (k.version.as_str(), k.secret.expose_secret()),
+        ("2", "sk-team-a-2")
+    );
+    assert_eq!(
+        k.versions
+            .iter()
+            .map(|v| (v.id.as_str(), v.stage))
+            .collect::<Vec<_>>(),
+        [
+            ("1", Stage::Previous),
+            ("2", Stage::Current),
+            ("3", Stage::Pending)
+        ]
+    );
+}
+
+/// The policy README tells operators to give Tollgate: read + list under its prefix.
+const VAULT_POLICY: &str = r#"
+path "secret/metadata/tollgate-test/*" { capabilities = ["read", "list"] }
+path "secret/data/tollgate-test/*"     { capabilities = ["read"] }
+"#;
+
+#[tokio::test]
+async fn vault_approle_login_works_with_the_documented_least_privilege_policy() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/k1"),
+        "sk-approle",
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let name = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
+    let (role_id, secret_id) = bao.approle(&name, VAULT_POLICY).await;
+    let store = VaultStore::connect(vault_config(
+        &bao,
+        &p,
+        VaultAuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(secret_id.into()),
+            secret_id_file: None,
+        },
+    ))
+    .await
+    .unwrap();
+    let l = store.list().await.unwrap();
+    assert_eq!(l.keys.len(), 1);
+    assert_eq!(l.keys[0].secret.expose_secret(), "sk-approle");
+}
+
+#[tokio::test]
+async fn vault_bad_credentials_fail_start_with_a_clear_error_that_hides_them() {
+    let bao = Bao::shared();
+    let err = VaultStore::connect(vault_config(
+        &bao,
+        "tollgate-test/none",
+        VaultAuthConfig::Token {
+            token: Some("s.not-a-real-token-4242".to_owned().into()),
+            token_file: None,
+        },
+    ))
+    .await
+    .err()
+    .expect("a bad token is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("403") || msg.contains("permission denied"),
+        "{msg}"
+    );
+    assert!(!msg.contains("not-a-real-token-4242"), "{msg}");
+
+    let err = VaultStore::connect(vault_config(
+        &bao,
+        "tollgate-test/none",
+        VaultAuthConfig::Approle {
+            mount: "approle".into(),
+            role_id: "no-such-role".into(),
+            secret_id: Some("secret-id-4242".to_owned().into()),
+            secret_id_file: None,
+        },
+    ))
+    .await
+    .err()
+    .expect("a bad AppRole login is refused");
+    assert!(!err.to_string().contains("secret-id-4242"), "{err}");
+}
+
+#[tokio::test]
+async fn an_empty_vault_prefix_lists_nothing() {
+    let bao = Bao::shared();
+    let store = VaultStore::connect(vault_config(&bao, &unique_prefix(), token_auth(&bao)))
+        .await
+        .unwrap();
+    let l = store.list().await.unwrap();
+    assert!(l.keys.is_empty() && l.invalid.is_empty());
+}
+
+// ---- AWS Secrets Manager -----------------------------------------------------------------
+
+#[tokio::test]
+async fn aws_secrets_are_listed_with_tags_and_staging_labels() {
+    let moto = Moto::shared();
+    let p = format!("{}/", unique_prefix());
+    moto.create(
+        &format!("{p}openai/team-a"),
+        r#"{"api_key": "sk-aws-team-a"}"#,
+        &[
+            ("billing_owner", "team-a"),
+            ("allowed_models", "gpt-test embed-test"),
+        ],
+    )
+    .await;
+    moto.create(
+        &format!("{p}anthropic-main"),
+        "sk-aws-plain",
+        &[("billing_owner", "*"), ("provider", "anthropic")],
+    )
+    .await;
+    moto.create(&format!("{p}openai/untagged"), "sk-x", &[])
+        .await;
+    // Outside the prefix: never listed.
+    moto.create(
+        &format!("elsewhere-{}/openai/k", uuid::Uuid::new_v4().simple()),
+        "sk-y",
+        &[("billing_owner", "*")],
+    )
+    .await;
+
+    let store = AwsStore::connect(aws_config(&moto, &p)).await.unwrap();
+    let l = store.list().await.unwrap();
+    let mut ids: Vec<&str> = l.keys.iter().map(|k| k.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [format!("{p}anthropic-main"), format!("{p}openai/team-a")]
+    );
+    let k = l.keys.iter().find(|k| k.id.ends_with("team-a")).unwrap();
+    assert_eq!(k.provider, "openai");
+    assert_eq!(k.secret.expose_secret(), "sk-aws-team-a");
+    let plain = l
+        .keys
+        .iter()
+        .find(|k| k.id.ends_with("anthropic-main"))
+        .unwrap();
+    assert_eq!(plain.secret.expose_secret(), "sk-aws-plain");
+    assert_eq!(l.invalid.len(), 1, "{:?}", l.invalid);
+    assert!(l.invalid[0].reason.contains("billing_owner"));
+
+    // A pending version (what rotation stages) is reported and not served.
+    let sm = moto.client();
+    sm.put_secret_value()
+        .secret_id(format!("{p}openai/team-a"))
+        .secret_string(r#"{"api_key": "sk-aws-team-a-next"}"#)
+        .version_stages("AWSPENDING")
+        .send()
+        .await
+        .unwrap();
+    let l = store.list().await.unwrap();
+    let k = l.keys.iter().find(|k| k.id.ends_with("team-a")).unwrap();
+    assert_eq!(k.secret.expose_secret(), "sk-aws-team-a");
+    let stages: Vec<Stage> = k.versions.iter().map(|v| v.stage).collect();
+    assert_eq!(stages, [Stage::Current, Stage::Pending]);
+
+    // A new current version (put without stages) is served; the old one is previous.
+    sm.put_secret_value()
+        .secret_id(format!("{p}openai/team-a"))
+        .secret_string(r#"{"api_key": "sk-aws-team-a-2"}"#)
+        .send()
+        .await
+        .unwrap();
+    let l = store.list().await.unwrap();
+    let k = l.keys.iter().find(|k| k.id.ends_with("team-a")).unwrap();
+    assert_eq!(k.secret.expose_secret(), "sk-aws-team-a-2");
+    assert!(k.versions.iter().any(|v| v.stage == Stage::Previous));
+
+    // Deleted secrets leave the listing.
+    sm.delete_secret()
+        .secret_id(format!("{p}anthropic-main"))
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let l = store.list().await.unwrap();
+    assert!(!l.keys.iter().any(|k| k.id.ends_with("anthropic-main")));
+}
+
+#[tokio::test]
+async fn an_unreachable_aws_endpoint_is_a_clear_error() {
+    let mut moto = Moto::spawn().await;
+    let endpoint = moto.endpoint.clone();
+    moto.kill();
+    let cfg = AwsConfig {
+        endpoint_url: Some(endpoint.parse().unwrap()),
+        ..aws_config(&Moto::shared(), "tollgate-test/x/")
+    };
+    let store = AwsStore::connect(cfg).await.unwrap();
+    let err = store.list().await.expect_err("nothing listens there");
+    assert!(err.to_string().contains("aws"), "{err}");
+}
+
+// ---- end to end --------------------------------------------------------------------------
+
+async fn app_with_secrets(secrets: String) -> TestApp {
+    spawn_app_with(
+        TestDbKind::Sqlite,
+        Options {
+            secrets: Some(secrets),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+async fn call(app: &TestApp, token: &str) -> reqwest::Response {
+    app.post(
+        "/v1/chat/completions",
+        token,
+        &TestApp::chat("gpt-test", "hello from a pod"),
+    )
+    .await
+}
+
+fn last_key_seen(app: &TestApp) -> Option<String> {
+    app.upstream
+        .requests()
+        .last()
+        .and_then(|r| r.header("authorization"))
+}
+
+#[tokio::test]
+async fn tollgate_serves_with_the_vault_key_and_rides_out_a_vault_outage() {
+    let mut bao = Bao::spawn().await;
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/team-a"),
+        OPENAI_KEY,
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    bao.put_key_with(
+        &format!("{p}/anthropic/team-a"),
+        ANTHROPIC_KEY,
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let app = app_with_secrets(bao.secrets_toml(&p)).await;
+    let token = app.token_for("team-a").await;
+    let r = call(&app, &token).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(last_key_seen(&app), Some(format!("Bearer {OPENAI_KEY}")));
+
+    bao.kill();
+    assert!(app.state.keys.refresh().await.is_err());
+    let ready: serde_json::Value = app
+        .http
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["secret_store"]["status"], "serving_from_cache");
+    let r = call(&app, &token).await;
+    assert_eq!(r.status(), 200, "traffic continues from the cache");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tollgate_serves_with_the_aws_key_and_rides_out_an_aws_outage() {
+    let mut moto = Moto::spawn().await;
+    let p = format!("{}/", unique_prefix());
+    moto.create(
+        &format!("{p}openai/team-a"),
+        &json!({"api_key": OPENAI_KEY}).to_string(),
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let app = app_with_secrets(moto.secrets_toml(&p)).await;
+    let token = app.token_for("team-a").await;
+    assert_eq!(call(&app, &token).await.status(), 200);
+    assert_eq!(last_key_seen(&app), Some(format!("Bearer {OPENAI_KEY}")));
+
+    moto.kill();
+    assert!(app.state.keys.refresh().await.is_err());
+    assert_eq!(call(&app, &token).await.status(), 200);
+    assert!(app.state.keys.health().degraded);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_key_stops_serving_at_the_next_refresh() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let path = format!("{p}/openai/team-a");
+    bao.put_key_with(&path, OPENAI_KEY, &[("billing_owner", "team-a")])
+        .await;
+    let app = app_with_secrets(bao.secrets_toml(&p)).await;
+    let token = app.token_for("team-a").await;
+    assert_eq!(call(&app, &token).await.status(), 200);
+
+    bao.delete_key(&path).await;
+    app.state.keys.refresh().await.unwrap();
+    let r = call(&app, &token).await;
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "no_provider_key", "{v}");
+
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await; // spend flush
+    tollgate::app::sync_inventory(&app.state.keys, app.store()).await;
+    let inv = app.store().provider_keys().await.unwrap();
+    let row = inv.iter().find(|r| r.key.id == path).unwrap();
+    assert_eq!(row.key.state, "missing");
+    assert_eq!(row.requests, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_the_provider_refuses_is_quarantined_until_a_new_version_arrives() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let path = format!("{p}/openai/team-a");
+    bao.put_key_with(
+        &path,
+        "sk-revoked-at-openai",
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let app = app_with_secrets(bao.secrets_toml(&p)).await;
+    let token = app.token_for("team-a").await;
+
+    let r = call(&app, &token).await;
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("sk-revoked-at-openai"), "{body}");
+    // Quarantined: Tollgate does not send the refused key again.
+    let before = app.upstream.requests().len();
+    assert_eq!(call(&app, &token).await.status(), 503);
+    assert_eq!(app.upstream.requests().len(), before);
+    app.state.keys.refresh().await.unwrap();
+    assert_eq!(
+        call(&app, &token).await.status(),
+        503,
+        "same version: still out"
+    );
+    tollgate::app::sync_inventory(&app.state.keys, app.store()).await;
+    let inv = app.store().provider_keys().await.unwrap();
+    assert_eq!(
+        inv.iter().find(|r| r.key.id == path).unwrap().key.state,
+        "quarantined"
+    );
+
+    // Security writes a new version: it serves.
+    bao.put_key(&path, OPENAI_KEY).await;
+    app.state.keys.refresh().await.unwrap();
+    assert_eq!(call(&app, &token).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_inventory_mirrors_the_store_with_spend_and_never_the_secret() {
+    for kind in support::db::kinds() {
+        let bao = Bao::shared();
+        let p = unique_prefix();
+        bao.put_key_with(
+            &format!("{p}/openai/team-a"),
+            OPENAI_KEY,
+            &[("billing_owner", "team-a"), ("allowed_models", "gpt-test")],
+        )
+        .await;
+        bao.put_key_with(&format!("{p}/openai/broken"), "sk-x", &[])
+            .await;
+        let app = spawn_app_with(
+            kind,
+            Options {
+                secrets: Some(bao.secrets_toml(&p)),
+                ..Options::default()
+            },
+        )
+        .await;
+        let token = app.token_for("team-a").await;
+        assert_eq!(call(&app, &token).await.status(), 200);
+        // Spend rows are flushed every 50 ms in tests.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tollgate::app::sync_inventory(&app.state.keys, app.store()).await;
+        let inv = app.store().provider_keys().await.unwrap();
+        let ok = inv
+            .iter()
+            .find(|r| r.key.id == format!("{p}/openai/team-a"))
+            .unwrap();
+        assert_eq!(
+            (
+                ok.key.state.as_str(),
+                ok.key.provider.as_str(),
+                ok.key.billing_owner.as_str()
+            ),
+            ("active", "openai", "team-a")
+        );
+        assert_eq!(ok.key.allowed_models, "gpt-test");
+        assert_eq!(ok.requests, 1, "{kind:?}");
+        assert!(ok.spend_micro_usd > 0 && ok.last_used.is_some());
+        let versions: serde_json::Value = serde_json::from_str(&ok.key.versions).unwrap();
+        assert_eq!(versions, json!([{"id": "1", "stage": "current"}]));
+        let bad = inv
+            .iter()
+            .find(|r| r.key.id == format!("{p}/openai/broken"))
+            .unwrap();
+        assert_eq!(bad.key.state, "invalid");
+        assert!(
+            bad.key
+                .reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("billing_owner")
+        );
+        let dump = format!("{inv:?}");
+        assert!(!dump.contains(OPENAI_KEY) && !dump.contains("sk-x\""));
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_cache_over_a_real_store_refreshes_changes_without_a_restart() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let store: Arc<dyn SecretStore> = Arc::new(
+        VaultStore::connect(vault_config(&bao, &p, token_auth(&bao)))
+            .await
+            .unwrap(),
+    );
+    let cache = KeyCache::load(store, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(
+        cache
+            .select("openai", "gpt-test", "team-a", |_| true)
+            .is_err()
+    );
+    bao.put_key_with(
+        &format!("{p}/openai/new"),
+        "sk-new",
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    assert_eq!(cache.refresh().await.unwrap(), 1);
+    let k = cache
+        .select("openai", "gpt-test", "team-a", |_| true)
+        .unwrap();
+    assert_eq!(k.secret.expose_secret(), "sk-new");
+}
