@@ -170,6 +170,86 @@ async fn vault_approle_login_works_with_the_documented_least_privilege_policy() 
 }
 
 #[tokio::test]
+async fn vault_jwt_login_with_the_pods_service_account_token() {
+    // OpenBao verifies Tollgate's own service-account token against the cluster's OIDC
+    // issuer (here the loopback test issuer), as JWT auth does in a real cluster.
+    let issuer = support::oidc::TestIssuer::start().await;
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/k1"),
+        "sk-via-jwt",
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let mount = format!("jwt-{}", uuid::Uuid::new_v4().simple());
+    let policy = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
+    bao.api(
+        reqwest::Method::POST,
+        &format!("sys/auth/{mount}"),
+        Some(json!({"type": "jwt"})),
+    )
+    .await;
+    bao.api(
+        reqwest::Method::POST,
+        &format!("auth/{mount}/config"),
+        Some(json!({"jwks_url": format!("{}/jwks.json", issuer.url), "bound_issuer": issuer.url})),
+    )
+    .await;
+    bao.api(
+        reqwest::Method::PUT,
+        &format!("sys/policies/acl/{policy}"),
+        Some(json!({"policy": VAULT_POLICY})),
+    )
+    .await;
+    bao.api(
+        reqwest::Method::POST,
+        &format!("auth/{mount}/role/tollgate"),
+        Some(json!({
+            "role_type": "jwt",
+            "bound_audiences": ["tollgate"],
+            "user_claim": "sub",
+            "bound_subject": "system:serviceaccount:tollgate:tollgate",
+            "token_policies": [policy],
+            "token_ttl": "2m",
+        })),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_path = dir.path().join("token");
+    let auth = |jwt_path: std::path::PathBuf| VaultAuthConfig::Jwt {
+        mount: mount.clone(),
+        role: "tollgate".into(),
+        jwt_path,
+    };
+
+    std::fs::write(
+        &jwt_path,
+        issuer.service_account_token("tollgate", "tollgate"),
+    )
+    .unwrap();
+    let store = VaultStore::connect(vault_config(&bao, &p, auth(jwt_path.clone())))
+        .await
+        .unwrap();
+    let l = store.list().await.unwrap();
+    assert_eq!(l.keys[0].secret.expose_secret(), "sk-via-jwt");
+
+    // Another workload's token is not Tollgate's: Vault refuses the login.
+    std::fs::write(&jwt_path, issuer.service_account_token("team-a", "app")).unwrap();
+    let err = VaultStore::connect(vault_config(&bao, &p, auth(jwt_path.clone())))
+        .await
+        .err()
+        .expect("a token for another service account is refused");
+    assert!(err.to_string().contains(&format!("auth/{mount}")), "{err}");
+    let missing = dir.path().join("absent");
+    let err = VaultStore::connect(vault_config(&bao, &p, auth(missing)))
+        .await
+        .err()
+        .expect("no token file");
+    assert!(err.to_string().contains("absent"), "{err}");
+}
+
+#[tokio::test]
 async fn vault_bad_credentials_fail_start_with_a_clear_error_that_hides_them() {
     let bao = Bao::shared();
     let err = VaultStore::connect(vault_config(

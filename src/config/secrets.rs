@@ -107,6 +107,18 @@ pub enum VaultAuthConfig {
         /// A file holding the secret id.
         secret_id_file: Option<PathBuf>,
     },
+    /// JWT auth with the pod's projected service-account token, verified by Vault against the
+    /// cluster's OIDC issuer (no TokenReview call to the Kubernetes API).
+    Jwt {
+        /// Auth mount.
+        #[serde(default = "default_jwt_mount")]
+        mount: String,
+        /// The Vault role bound to Tollgate's service account.
+        role: String,
+        /// The token file (re-read at every login: kubelet rotates it).
+        #[serde(default = "default_sa_token_path")]
+        jwt_path: PathBuf,
+    },
     /// Kubernetes auth with the pod's service-account token.
     Kubernetes {
         /// Auth mount.
@@ -243,6 +255,9 @@ fn default_store_timeout() -> Duration {
 }
 fn default_approle_mount() -> String {
     "approle".to_owned()
+}
+fn default_jwt_mount() -> String {
+    "jwt".to_owned()
 }
 fn default_kubernetes_mount() -> String {
     "kubernetes".to_owned()

@@ -8,8 +8,9 @@
 //! when its served version changes, so a refresh of an unchanged store costs one `LIST` per
 //! folder and one metadata read per key.
 //!
-//! Logging in: a static token (dev), AppRole, or Kubernetes auth with the pod's
-//! service-account token. Login tokens are renewed at half their lease and replaced by a new
+//! Logging in: a static token (dev), AppRole, or the pod's service-account token through
+//! Kubernetes auth (Vault asks the API server) or JWT auth (Vault checks the token against the
+//! cluster's OIDC issuer). Login tokens are renewed at half their lease and replaced by a new
 //! login when renewal fails or the lease nears its end; a `403` triggers one re-login.
 
 use super::meta::{self, KeyMeta};
@@ -136,6 +137,17 @@ impl VaultStore {
                     self.unavailable(format!("service-account token {}: {e}", jwt_path.display()))
                 })?;
                 vaultrs::auth::kubernetes::login(&st.client, mount, role, &jwt).await
+            }
+            VaultAuthConfig::Jwt {
+                mount: m,
+                role,
+                jwt_path,
+            } => {
+                mount = m;
+                let jwt = read_trimmed(jwt_path).map_err(|e| {
+                    self.unavailable(format!("service-account token {}: {e}", jwt_path.display()))
+                })?;
+                vaultrs::auth::oidc::login(&st.client, mount, &jwt, Some(role.clone())).await
             }
         };
         let info =
