@@ -170,6 +170,37 @@ async fn vault_approle_login_works_with_the_documented_least_privilege_policy() 
 }
 
 #[tokio::test]
+async fn an_expired_vault_login_is_replaced_without_an_outage() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/k1"),
+        "sk-short-lease",
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let name = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
+    let (role_id, secret_id) = bao.approle_with_ttl(&name, VAULT_POLICY, "2s", "2s").await;
+    let store = VaultStore::connect(vault_config(
+        &bao,
+        &p,
+        VaultAuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(secret_id.into()),
+            secret_id_file: None,
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(store.list().await.unwrap().keys.len(), 1);
+    // The 2 s lease cannot be renewed past its maximum: Tollgate logs in again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let l = store.list().await.unwrap();
+    assert_eq!(l.keys[0].secret.expose_secret(), "sk-short-lease");
+}
+
+#[tokio::test]
 async fn vault_jwt_login_with_the_pods_service_account_token() {
     // OpenBao verifies Tollgate's own service-account token against the cluster's OIDC
     // issuer (here the loopback test issuer), as JWT auth does in a real cluster.

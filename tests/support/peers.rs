@@ -167,6 +167,17 @@ impl Bao {
     /// Enable AppRole (once per server), write `policy` as `name`, and create a role using it;
     /// returns (role_id, secret_id).
     pub async fn approle(&self, name: &str, policy: &str) -> (String, String) {
+        self.approle_with_ttl(name, policy, "2m", "10m").await
+    }
+
+    /// [`Bao::approle`] with the login token's TTL and maximum TTL.
+    pub async fn approle_with_ttl(
+        &self,
+        name: &str,
+        policy: &str,
+        ttl: &str,
+        max_ttl: &str,
+    ) -> (String, String) {
         let mounts = self.api(reqwest::Method::GET, "sys/auth", None).await;
         if mounts["data"].get("approle/").is_none() && mounts.get("approle/").is_none() {
             self.api(
@@ -185,7 +196,7 @@ impl Bao {
         self.api(
             reqwest::Method::POST,
             &format!("auth/approle/role/{name}"),
-            Some(json!({"token_policies": [name], "token_ttl": "2m", "token_max_ttl": "10m"})),
+            Some(json!({"token_policies": [name], "token_ttl": ttl, "token_max_ttl": max_ttl})),
         )
         .await;
         let role = self
