@@ -318,6 +318,57 @@ async fn vault_bad_credentials_fail_start_with_a_clear_error_that_hides_them() {
 }
 
 #[tokio::test]
+async fn vault_over_tls_with_a_custom_ca_and_a_namespace() {
+    let mut bao = Bao::spawn_tls().await;
+    bao.api(
+        reqwest::Method::POST,
+        "sys/namespaces/team-ns",
+        Some(json!({})),
+    )
+    .await;
+    bao.namespace = Some("team-ns".into());
+    bao.api(
+        reqwest::Method::POST,
+        "sys/mounts/secret",
+        Some(json!({"type": "kv", "options": {"version": "2"}})),
+    )
+    .await;
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/k1"),
+        "sk-in-namespace",
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+
+    let mut cfg = vault_config(&bao, &p, token_auth(&bao));
+    cfg.ca_cert = bao.ca_cert.clone();
+    cfg.namespace = Some("team-ns".into());
+    let store = VaultStore::connect(cfg.clone()).await.unwrap();
+    let l = store.list().await.unwrap();
+    assert_eq!(l.keys[0].secret.expose_secret(), "sk-in-namespace");
+
+    // The root namespace does not hold it.
+    let root = VaultStore::connect(VaultConfig {
+        namespace: None,
+        ..cfg.clone()
+    })
+    .await
+    .unwrap();
+    assert!(root.list().await.unwrap().keys.is_empty());
+
+    // Without the CA, the server's certificate is not trusted: a clear start-up error.
+    let err = VaultStore::connect(VaultConfig {
+        ca_cert: None,
+        ..cfg
+    })
+    .await
+    .err()
+    .expect("an untrusted certificate is refused");
+    assert!(err.to_string().contains("cannot reach Vault"), "{err}");
+}
+
+#[tokio::test]
 async fn an_empty_vault_prefix_lists_nothing() {
     let bao = Bao::shared();
     let store = VaultStore::connect(vault_config(&bao, &unique_prefix(), token_auth(&bao)))

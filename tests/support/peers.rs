@@ -52,8 +52,13 @@ pub fn unique_prefix() -> String {
 pub struct Bao {
     pub addr: String,
     pub token: String,
+    /// The CA of a TLS server (`spawn_tls`).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Namespace sent with API calls (`X-Vault-Namespace`), if any.
+    pub namespace: Option<String>,
     child: Option<Child>,
     http: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Bao {
@@ -62,34 +67,85 @@ impl Bao {
         Bao {
             addr: env_or_fail("TOLLGATE_TEST_VAULT_ADDR"),
             token: env_or_fail("TOLLGATE_TEST_VAULT_TOKEN"),
+            ca_cert: None,
+            namespace: None,
             child: None,
             http: reqwest::Client::new(),
+            _dir: None,
         }
     }
 
     /// A dev server of this test's own (it may be stopped).
     pub async fn spawn() -> Bao {
+        Self::spawn_with(false).await
+    }
+
+    /// A dev server of this test's own serving TLS with a CA it generated (`ca_cert`).
+    pub async fn spawn_tls() -> Bao {
+        Self::spawn_with(true).await
+    }
+
+    async fn spawn_with(tls: bool) -> Bao {
         let port = free_port();
         let token = format!("root-{}", uuid::Uuid::new_v4().simple());
         let bin = std::env::var("TOLLGATE_TEST_BAO_BIN").unwrap_or_else(|_| venv_bin("bao"));
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            format!("-dev-root-token-id={token}"),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+        ];
+        if tls {
+            args.push("-dev-tls".to_owned());
+            args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
+        }
         let child = Command::new(&bin)
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={token}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin} (OpenBao): {e}; run scripts/test"));
-        let addr = format!("http://127.0.0.1:{port}");
-        wait_http(&format!("{addr}/v1/sys/health")).await;
+        let (addr, ca_cert, http) = if tls {
+            let ca = dir.path().join("vault-ca.pem");
+            for _ in 0..200 {
+                if ca.exists() && std::fs::metadata(&ca).is_ok_and(|m| m.len() > 0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let pem = std::fs::read(&ca).unwrap();
+            let http = reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+                .build()
+                .unwrap();
+            (format!("https://127.0.0.1:{port}"), Some(ca), http)
+        } else {
+            (
+                format!("http://127.0.0.1:{port}"),
+                None,
+                reqwest::Client::new(),
+            )
+        };
+        for _ in 0..200 {
+            if http
+                .get(format!("{addr}/v1/sys/health"))
+                .send()
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Bao {
             addr,
             token,
+            ca_cert,
+            namespace: None,
             child: Some(child),
-            http: reqwest::Client::new(),
+            http,
+            _dir: Some(dir),
         }
     }
 
@@ -107,6 +163,9 @@ impl Bao {
             .http
             .request(method.clone(), format!("{}/v1/{path}", self.addr))
             .header("X-Vault-Token", &self.token);
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
