@@ -128,3 +128,63 @@ fn new_calendar_window_starts_clean_once() {
     b.settle(1, Usd(10));
     assert_eq!(q.spent("p"), Usd(20), "no second reset within the window");
 }
+
+mod ledger_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One step of a random schedule.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Admit a request with this worst case.
+        Admit(i64),
+        /// Settle the n-th open admission (mod open count) at this fraction of its worst case.
+        Settle(usize, u8),
+        /// Drop the n-th open admission unsettled (a vanished client).
+        Drop(usize),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1i64..400).prop_map(Step::Admit),
+            (any::<usize>(), 0u8..=100).prop_map(|(i, f)| Step::Settle(i, f)),
+            any::<usize>().prop_map(Step::Drop),
+        ]
+    }
+
+    proptest! {
+        /// Any interleaving of admissions, settlements and drops keeps `spent + reserved`
+        /// within the cap and conserves money: the pool's spend is exactly what was charged
+        /// (the actual cost when settled, the reserved worst case when dropped).
+        #[test]
+        fn the_cap_holds_and_money_is_conserved(cap in 1i64..5_000, steps in proptest::collection::vec(step(), 1..200)) {
+            let q = Quota::new();
+            let mut open: Vec<(Admission, i64)> = Vec::new();
+            let mut charged = 0i64;
+            for s in steps {
+                match s {
+                    Step::Admit(worst) => {
+                        if let Ok(a) = q.admit(&ask("t", worst, Some(cap))) {
+                            open.push((a, worst));
+                        }
+                    }
+                    Step::Settle(i, f) if !open.is_empty() => {
+                        let (a, worst) = open.remove(i % open.len());
+                        let actual = worst * i64::from(f) / 100;
+                        a.settle(10, Usd(actual));
+                        charged += actual;
+                    }
+                    Step::Drop(i) if !open.is_empty() => {
+                        let (a, worst) = open.remove(i % open.len());
+                        drop(a);
+                        charged += worst;
+                    }
+                    _ => {}
+                }
+                let reserved: i64 = open.iter().map(|(_, w)| w).sum();
+                prop_assert!(q.spent("p").micros() + reserved <= cap);
+                prop_assert_eq!(q.spent("p").micros(), charged);
+            }
+        }
+    }
+}
