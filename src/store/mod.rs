@@ -4,10 +4,12 @@
 //! micro-dollars. Statements use `$n` placeholders, which both backends accept, so each query
 //! is written once; [`on_db!`] runs it on whichever pool is configured.
 
+mod budget;
 mod keys;
 mod records;
 mod spend;
 
+pub use budget::{DAY_MS, LeaseRecord, LeaseReport};
 pub use keys::{ProviderKeyInventory, ProviderKeyRecord};
 pub use records::*;
 

@@ -1,0 +1,209 @@
+//! Fleet-wide budget leases (DESIGN.md "Quotas across replicas"): replicas acquire money for a
+//! pool-day with one atomic statement, return what they do not need, report what they hold at
+//! every heartbeat, and reclaim what a dead replica promised not to use. Every statement keeps
+//! `Σ granted over a window ≤ cap` whatever the interleaving.
+
+use super::{Backend, Db, Store, StoreError, on_db};
+
+/// Milliseconds per UTC day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// What a replica reports for one of its leases at a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseReport {
+    /// Pool.
+    pub pool: String,
+    /// Unix day of the lease.
+    pub day: i64,
+    /// Money neither reserved nor spent.
+    pub available: i64,
+    /// The most the replica may newly reserve before its next heartbeat.
+    pub allowance: i64,
+}
+
+/// A lease row (tests, admin).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct LeaseRecord {
+    /// Pool.
+    pub pool: String,
+    /// Unix day.
+    pub day: i64,
+    /// Replica id.
+    pub replica: String,
+    /// Money granted to it.
+    pub granted_micro_usd: i64,
+    /// Last reported available.
+    pub available_micro_usd: i64,
+    /// Last reported allowance.
+    pub allowance_micro_usd: i64,
+}
+
+impl Store {
+    /// Acquire up to `want` for `pool` on `day`, where the window spans `first_day..=day` and
+    /// may hold `cap` in all. Returns what was granted (0 when the window is exhausted). The
+    /// day's row starts from the spend already recorded that day, so turning leases on never
+    /// forgets earlier spend.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn acquire_budget(
+        &self,
+        replica: &str,
+        pool: &str,
+        first_day: i64,
+        day: i64,
+        cap: i64,
+        want: i64,
+        now: i64,
+    ) -> Result<i64, StoreError> {
+        let pg = self.backend() == Backend::Postgres;
+        let seed = "INSERT INTO budget_days (pool, day, granted_micro_usd, last_grant_micro_usd) \
+                    SELECT $1, $2, CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT), 0 FROM spend \
+                    WHERE pool = $1 AND at >= $3 AND at < $4 \
+                    ON CONFLICT (pool, day) DO NOTHING";
+        // One statement decides and records the grant from the row's own values (the row lock
+        // serialises concurrent acquires); earlier days of the window only ever shrink
+        // (returns, reclaims), so reading them unlocked can only under-grant.
+        let (least, greatest) = if pg {
+            ("LEAST", "GREATEST")
+        } else {
+            ("MIN", "MAX")
+        };
+        let grant = format!(
+            "UPDATE budget_days SET \
+               last_grant_micro_usd = {least}($3, {greatest}(0, $4 - granted_micro_usd - \
+                 (SELECT CAST(COALESCE(SUM(o.granted_micro_usd), 0) AS BIGINT) FROM budget_days o \
+                  WHERE o.pool = $1 AND o.day >= $5 AND o.day < $2))), \
+               granted_micro_usd = granted_micro_usd + {least}($3, {greatest}(0, $4 - granted_micro_usd - \
+                 (SELECT CAST(COALESCE(SUM(o.granted_micro_usd), 0) AS BIGINT) FROM budget_days o \
+                  WHERE o.pool = $1 AND o.day >= $5 AND o.day < $2))) \
+             WHERE pool = $1 AND day = $2 RETURNING last_grant_micro_usd"
+        );
+        let lease = "INSERT INTO budget_leases (pool, day, replica, granted_micro_usd, available_micro_usd, allowance_micro_usd, reported_at) \
+                     VALUES ($1, $2, $3, $4, $4, 0, $5) \
+                     ON CONFLICT (pool, day, replica) DO UPDATE SET \
+                       granted_micro_usd = budget_leases.granted_micro_usd + excluded.granted_micro_usd, \
+                       available_micro_usd = budget_leases.available_micro_usd + excluded.granted_micro_usd";
+        let got = on_db!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(seed).bind(pool).bind(day).bind(day * DAY_MS).bind((day + 1) * DAY_MS)
+                .execute(&mut *tx).await?;
+            let got: i64 = sqlx::query_scalar(&grant)
+                .bind(pool).bind(day).bind(want.max(0)).bind(cap).bind(first_day)
+                .fetch_one(&mut *tx).await?;
+            if got > 0 {
+                sqlx::query(lease).bind(pool).bind(day).bind(replica).bind(got).bind(now)
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            got
+        });
+        Ok(got)
+    }
+
+    /// Give `amount` of a replica's lease back to the pool-day (never more than it holds).
+    pub async fn return_budget(
+        &self,
+        replica: &str,
+        pool: &str,
+        day: i64,
+        amount: i64,
+    ) -> Result<i64, StoreError> {
+        let held = "SELECT granted_micro_usd FROM budget_leases WHERE pool = $1 AND day = $2 AND replica = $3";
+        let lease = "UPDATE budget_leases SET granted_micro_usd = granted_micro_usd - $4, \
+                     available_micro_usd = CASE WHEN available_micro_usd > $4 THEN available_micro_usd - $4 ELSE 0 END \
+                     WHERE pool = $1 AND day = $2 AND replica = $3";
+        let days = "UPDATE budget_days SET granted_micro_usd = granted_micro_usd - $3 WHERE pool = $1 AND day = $2";
+        let back = on_db!(self, p => {
+            let mut tx = p.begin().await?;
+            // A no-op write first takes SQLite's write lock before the read.
+            sqlx::query(days).bind(pool).bind(day).bind(0_i64).execute(&mut *tx).await?;
+            let held: Option<i64> = sqlx::query_scalar(held).bind(pool).bind(day).bind(replica)
+                .fetch_optional(&mut *tx).await?;
+            let back = amount.clamp(0, held.unwrap_or(0));
+            if back > 0 {
+                sqlx::query(lease).bind(pool).bind(day).bind(replica).bind(back).execute(&mut *tx).await?;
+                sqlx::query(days).bind(pool).bind(day).bind(back).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            back
+        });
+        Ok(back)
+    }
+
+    /// Record a heartbeat: the replica is alive at `now` and reports its leases.
+    pub async fn heartbeat(
+        &self,
+        replica: &str,
+        now: i64,
+        reports: &[LeaseReport],
+    ) -> Result<(), StoreError> {
+        let alive = "INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at";
+        let report = "UPDATE budget_leases SET available_micro_usd = $4, allowance_micro_usd = $5, reported_at = $6 \
+                      WHERE pool = $1 AND day = $2 AND replica = $3";
+        on_db!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(alive).bind(replica).bind(now).execute(&mut *tx).await?;
+            for r in reports {
+                sqlx::query(report).bind(&r.pool).bind(r.day).bind(replica)
+                    .bind(r.available.max(0)).bind(r.allowance.max(0)).bind(now)
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Reclaim, from every replica whose heartbeat is older than `expired_before`, the money it
+    /// reported as available beyond its allowance. Idempotent: a reclaimed lease reports
+    /// `available = allowance`. Returns the total reclaimed.
+    pub async fn reclaim_expired(&self, expired_before: i64) -> Result<i64, StoreError> {
+        let pg = self.backend() == Backend::Postgres;
+        let select = format!(
+            "SELECT l.pool, l.day, l.replica, l.available_micro_usd - l.allowance_micro_usd \
+             FROM budget_leases l JOIN replicas r ON r.id = l.replica \
+             WHERE r.heartbeat_at < $1 AND l.available_micro_usd > l.allowance_micro_usd{}",
+            if pg { " FOR UPDATE OF l" } else { "" }
+        );
+        let lease = "UPDATE budget_leases SET granted_micro_usd = granted_micro_usd - $4, \
+                     available_micro_usd = available_micro_usd - $4 \
+                     WHERE pool = $1 AND day = $2 AND replica = $3";
+        let days = "UPDATE budget_days SET granted_micro_usd = granted_micro_usd - $3 WHERE pool = $1 AND day = $2";
+        let total = on_db!(self, p => {
+            let mut tx = p.begin().await?;
+            // Take SQLite's write lock first (no-op write), so the read below is not stale.
+            sqlx::query("UPDATE replicas SET heartbeat_at = heartbeat_at WHERE id = ''").execute(&mut *tx).await?;
+            let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(&select).bind(expired_before)
+                .fetch_all(&mut *tx).await?;
+            let mut total = 0;
+            for (pool, day, replica, amount) in rows {
+                sqlx::query(lease).bind(&pool).bind(day).bind(&replica).bind(amount).execute(&mut *tx).await?;
+                sqlx::query(days).bind(&pool).bind(day).bind(amount).execute(&mut *tx).await?;
+                total += amount;
+            }
+            tx.commit().await?;
+            total
+        });
+        Ok(total)
+    }
+
+    /// Total granted for `pool` over `first_day..=last_day`.
+    pub async fn budget_granted(
+        &self,
+        pool: &str,
+        first_day: i64,
+        last_day: i64,
+    ) -> Result<i64, StoreError> {
+        let sql = "SELECT CAST(COALESCE(SUM(granted_micro_usd), 0) AS BIGINT) FROM budget_days \
+                   WHERE pool = $1 AND day >= $2 AND day <= $3";
+        Ok(
+            on_db!(self, p => sqlx::query_scalar::<_, i64>(sql).bind(pool).bind(first_day).bind(last_day).fetch_one(p).await?),
+        )
+    }
+
+    /// A pool's lease rows (tests, admin).
+    pub async fn budget_leases(&self, pool: &str) -> Result<Vec<LeaseRecord>, StoreError> {
+        let sql = "SELECT pool, day, replica, granted_micro_usd, available_micro_usd, allowance_micro_usd \
+                   FROM budget_leases WHERE pool = $1 ORDER BY day, replica";
+        Ok(on_db!(self, p => sqlx::query_as::<_, LeaseRecord>(sql).bind(pool).fetch_all(p).await?))
+    }
+}

@@ -1,0 +1,214 @@
+//! The fleet-wide budget lease statements, against SQLite and PostgreSQL: concurrent acquires
+//! never grant past the cap, earlier days of a window count, returns and reclaims give money
+//! back exactly once, and spend recorded before leases existed is not forgotten.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use support::db::{TestDb, kinds};
+use tollgate::store::{DAY_MS, LeaseReport, SpendRecord, Store};
+
+const DAY: i64 = 20_400;
+
+async fn each_store<F, Fut>(f: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for kind in kinds() {
+        eprintln!("--- store backend: {kind:?}");
+        let db = TestDb::new(kind).await;
+        let store = Store::connect(&db.url, 8).await.unwrap();
+        store.migrate().await.unwrap();
+        f(store.clone()).await;
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_acquires_never_grant_past_the_cap() {
+    each_store(|store| async move {
+        let tasks: Vec<_> = (0..24)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let replica = format!("r{}", i % 3);
+                    let mut got = 0;
+                    for _ in 0..5 {
+                        got += store
+                            .acquire_budget(&replica, "p", DAY, DAY, 1_000, 37, 1)
+                            .await
+                            .unwrap();
+                    }
+                    got
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        assert_eq!(
+            total, 1_000,
+            "every micro-dollar granted once, none past the cap"
+        );
+        assert_eq!(store.budget_granted("p", DAY, DAY).await.unwrap(), 1_000);
+        let leases = store.budget_leases("p").await.unwrap();
+        assert_eq!(
+            leases.iter().map(|l| l.granted_micro_usd).sum::<i64>(),
+            1_000
+        );
+        assert_eq!(
+            store
+                .acquire_budget("r0", "p", DAY, DAY, 1_000, 10, 1)
+                .await
+                .unwrap(),
+            0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn earlier_days_of_the_window_count_and_a_new_window_starts_clean() {
+    each_store(|store| async move {
+        assert_eq!(
+            store
+                .acquire_budget("r", "p", DAY, DAY, 100, 60, 1)
+                .await
+                .unwrap(),
+            60
+        );
+        // Next day, same (weekly, say) window: 40 left.
+        assert_eq!(
+            store
+                .acquire_budget("r", "p", DAY, DAY + 1, 100, 100, 2)
+                .await
+                .unwrap(),
+            40
+        );
+        // A window starting on DAY + 2 does not see the earlier days.
+        assert_eq!(
+            store
+                .acquire_budget("r", "p", DAY + 2, DAY + 2, 100, 100, 3)
+                .await
+                .unwrap(),
+            100
+        );
+        // Another pool is independent.
+        assert_eq!(
+            store
+                .acquire_budget("r", "q", DAY, DAY, 5, 100, 1)
+                .await
+                .unwrap(),
+            5
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn returns_give_back_at_most_what_is_held() {
+    each_store(|store| async move {
+        store
+            .acquire_budget("a", "p", DAY, DAY, 100, 70, 1)
+            .await
+            .unwrap();
+        assert_eq!(store.return_budget("a", "p", DAY, 30).await.unwrap(), 30);
+        assert_eq!(
+            store.return_budget("a", "p", DAY, 1_000).await.unwrap(),
+            40,
+            "never more than the lease"
+        );
+        assert_eq!(store.return_budget("b", "p", DAY, 10).await.unwrap(), 0);
+        assert_eq!(store.budget_granted("p", DAY, DAY).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .acquire_budget("b", "p", DAY, DAY, 100, 100, 2)
+                .await
+                .unwrap(),
+            100
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_replicas_promised_money_is_reclaimed_once() {
+    each_store(|store| async move {
+        store
+            .acquire_budget("dead", "p", DAY, DAY, 100, 80, 1)
+            .await
+            .unwrap();
+        store
+            .heartbeat(
+                "dead",
+                1_000,
+                &[LeaseReport {
+                    pool: "p".into(),
+                    day: DAY,
+                    available: 50,
+                    allowance: 15,
+                }],
+            )
+            .await
+            .unwrap();
+        store.heartbeat("alive", 9_000, &[]).await.unwrap();
+        // Not expired yet.
+        assert_eq!(store.reclaim_expired(500).await.unwrap(), 0);
+        assert_eq!(store.reclaim_expired(5_000).await.unwrap(), 35);
+        assert_eq!(store.reclaim_expired(5_000).await.unwrap(), 0, "idempotent");
+        assert_eq!(store.budget_granted("p", DAY, DAY).await.unwrap(), 45);
+        assert_eq!(
+            store
+                .acquire_budget("alive", "p", DAY, DAY, 100, 100, 9_000)
+                .await
+                .unwrap(),
+            55
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spend_recorded_before_leases_is_not_forgotten() {
+    each_store(|store| async move {
+        let row = |id: &str, cost: i64, at: i64| SpendRecord {
+            request_id: id.into(),
+            at,
+            jti: "j".into(),
+            subject: "s".into(),
+            team: "t".into(),
+            pool: "p".into(),
+            billing_owner: "o".into(),
+            provider: "openai".into(),
+            provider_key_id: "k".into(),
+            model: "m".into(),
+            upstream_model: "m".into(),
+            endpoint: "/v1/chat/completions".into(),
+            stream: false,
+            input_tokens: 1,
+            output_tokens: 1,
+            cached_input_tokens: 0,
+            cost_micro_usd: cost,
+            status: 200,
+            latency_ms: 1,
+        };
+        store
+            .insert_spend(&[
+                row("a", 50, DAY * DAY_MS + 10),
+                row("b", 20, DAY * DAY_MS + 20),
+                row("yesterday", 999, DAY * DAY_MS - 1),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .acquire_budget("r", "p", DAY, DAY, 100, 100, 1)
+                .await
+                .unwrap(),
+            30
+        );
+    })
+    .await;
+}
