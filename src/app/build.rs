@@ -5,7 +5,7 @@ use crate::config::{Config, ProviderKindConfig};
 use crate::identity::IdentityVerifier;
 use crate::policy::PolicyStore;
 use crate::providers::ProviderKind;
-use crate::quota::{Quota, window_start};
+use crate::quota::Quota;
 use crate::revocation::RevocationSet;
 use crate::secrets::KeyCache;
 use crate::spend::{Sink, Writer, WriterConfig};
@@ -136,7 +136,11 @@ impl Application {
                 .build()
         );
         let quota = Quota::new();
-        seed_budgets(&store, &policy, &quota).await;
+        let leases = super::budget::Leases::new(store.clone(), Arc::clone(&quota));
+        // Register this replica at once, so its first leases are never mistaken for a dead one's.
+        if let Err(e) = leases.tick().await {
+            tracing::warn!(error = %e, "budget leases: first heartbeat failed; retried every second");
+        }
 
         let wcfg = WriterConfig {
             batch_size: config.spend.batch_size,
@@ -177,6 +181,7 @@ impl Application {
             Arc::clone(&identity).spawn_refresher(Duration::from_secs(600), cancel.child_token()),
         );
         tasks.push(spawn_token_gc(Arc::clone(&quota), cancel.child_token()));
+        tasks.push(Arc::clone(&leases).spawn(cancel.child_token()));
 
         let listener = match dev.listener {
             Some(l) => l,
@@ -193,6 +198,7 @@ impl Application {
             revocations,
             keys,
             quota,
+            leases,
             providers: provider_routes(&config),
             http,
             upstream: config.upstream.clone(),
@@ -241,6 +247,8 @@ impl Application {
                 tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
             }
         }
+        // In-flight requests are settled: hand the unreserved budget back for the fleet.
+        self.state.leases.release_all().await;
         drop(self.state);
         self.cancel.cancel();
         for t in self.tasks {
@@ -312,21 +320,6 @@ fn warn_about_policy_references(config: &Config, policy: &PolicyStore) {
                 issuer,
                 "a policy binding names an issuer that is not configured; it will never match"
             );
-        }
-    }
-}
-
-async fn seed_budgets(store: &Store, policy: &PolicyStore, quota: &Quota) {
-    let now = crate::clock::now_ms();
-    for model_pool in policy.current().pools() {
-        if let Some(b) = &model_pool.budget {
-            let start = window_start(&b.window, now);
-            match store.spend_since(&model_pool.name, start).await {
-                Ok(spent) => quota.seed_spend(&model_pool.name, start, crate::pricing::Usd(spent)),
-                Err(e) => {
-                    tracing::warn!(pool = %model_pool.name, error = %e, "could not read pool spend; budget starts from zero")
-                }
-            }
         }
     }
 }

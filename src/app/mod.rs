@@ -2,6 +2,7 @@
 //! in tests), own every background task, and drain on shutdown (stop accepting, let in-flight
 //! requests and streams finish up to the drain timeout, flush the writers).
 
+pub mod budget;
 mod build;
 mod keys;
 mod routes;

@@ -84,6 +84,8 @@ pub struct Inner {
     pub keys: Arc<KeyCache>,
     /// Limits and budgets.
     pub quota: Arc<Quota>,
+    /// This replica's budget leases in the store.
+    pub leases: Arc<super::budget::Leases>,
     /// Providers by id.
     pub providers: HashMap<String, ProviderRoute>,
     /// Pooled upstream client.

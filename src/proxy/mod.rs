@@ -234,30 +234,28 @@ async fn pipeline(
             ),
         )
     })?;
-    let admission = state
-        .quota
-        .admit(&Ask {
-            jti: &claims.jti,
-            token_limits: Limits {
-                rpm: claims.tollgate.rpm,
-                tpm: claims.tollgate.tpm,
-                concurrency: claims.tollgate.concurrency,
-            },
-            pool: &pool.name,
-            pool_limits: Limits {
-                rpm: pool.limits.rpm,
-                tpm: pool.limits.tpm,
-                concurrency: pool.limits.concurrency,
-            },
-            budget: pool.budget.as_ref().map(|b| BudgetSpec {
-                cap: Usd(i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX)),
-                window: b.window.clone(),
-            }),
-            worst_tokens: input_estimate + u64::from(max_out),
-            worst_cost,
-            now_ms: crate::clock::now_ms(),
-        })
-        .map_err(denied)?;
+    let ask = Ask {
+        jti: &claims.jti,
+        token_limits: Limits {
+            rpm: claims.tollgate.rpm,
+            tpm: claims.tollgate.tpm,
+            concurrency: claims.tollgate.concurrency,
+        },
+        pool: &pool.name,
+        pool_limits: Limits {
+            rpm: pool.limits.rpm,
+            tpm: pool.limits.tpm,
+            concurrency: pool.limits.concurrency,
+        },
+        budget: pool.budget.as_ref().map(|b| BudgetSpec {
+            cap: Usd(i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX)),
+            window: b.window.clone(),
+        }),
+        worst_tokens: input_estimate + u64::from(max_out),
+        worst_cost,
+        now_ms: crate::clock::now_ms(),
+    };
+    let admission = admit(state, &ask).await?;
     let rate = admission.rate_info();
 
     let record = SpendRecord {
@@ -373,6 +371,48 @@ async fn read_body(
     }
 }
 
+/// Admit `ask`, topping up this replica's budget lease from the store when it is short (the
+/// uncommon path: a background task keeps leases topped up).
+async fn admit(state: &AppState, ask: &Ask<'_>) -> Result<crate::quota::Admission, ApiError> {
+    use crate::app::budget::Need;
+    let unavailable = |e: &dyn std::fmt::Display| {
+        tracing::warn!(pool = ask.pool, error = %e, "budget lease could not be topped up");
+        ApiError::new(
+            Code::Unavailable,
+            format!(
+                "the budget of pool {} cannot be checked right now; retry shortly",
+                ask.pool
+            ),
+        )
+        .retry_after(1)
+    };
+    for _ in 0..3 {
+        let need = match state.quota.admit(ask) {
+            Ok(a) => return Ok(a),
+            Err(Denied::NeedsBudget { want, .. }) => Need::Money(want),
+            Err(Denied::NeedsReport { .. }) => Need::Report,
+            Err(d) => return Err(denied(d)),
+        };
+        match state.leases.refill(ask.pool, need).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(denied(Denied::Budget {
+                    pool: ask.pool.to_owned(),
+                    cap: ask.budget.as_ref().map_or(Usd::ZERO, |b| b.cap),
+                    worst: ask.worst_cost,
+                }));
+            }
+            Err(e) => return Err(unavailable(&e)),
+        }
+    }
+    // Other requests took what was topped up three times in a row: the window is nearly spent.
+    Err(denied(Denied::Budget {
+        pool: ask.pool.to_owned(),
+        cap: ask.budget.as_ref().map_or(Usd::ZERO, |b| b.cap),
+        worst: ask.worst_cost,
+    }))
+}
+
 fn denied(d: Denied) -> ApiError {
     match &d {
         Denied::Rate { retry_after, .. } => {
@@ -383,6 +423,9 @@ fn denied(d: Denied) -> ApiError {
         }
         Denied::TooLarge { .. } => ApiError::new(Code::RequestTooLarge, d.to_string()),
         Denied::Budget { .. } => ApiError::new(Code::BudgetExceeded, d.to_string()),
+        Denied::NeedsBudget { .. } | Denied::NeedsReport { .. } => {
+            ApiError::new(Code::Unavailable, d.to_string()).retry_after(1)
+        }
     }
 }
 

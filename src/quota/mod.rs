@@ -2,18 +2,23 @@
 //!
 //! A request is *admitted* with its worst case (estimated input + `max_tokens`, priced) and
 //! *settled* with its actual usage; the difference is returned. Limits apply per token (from
-//! its claims) and per pool (from policy). This is the single-replica ledger: the fleet-wide
-//! lease protocol of DESIGN.md "Quotas across replicas" replaces the budget part in its own
-//! issue; until then each replica enforces its pools' budgets from the spend it has seen
-//! (seeded from the store at start).
+//! its claims) and per pool (from policy).
 //!
-//! Invariant: on one replica, a pool's `spent + reserved` never exceeds its cap at admission,
-//! so the cap holds under any concurrency as long as actual cost ≤ reserved worst case.
+//! Budgets are fleet-wide: a request reserves from this replica's [`lease::Lease`] on the
+//! pool's current UTC day, money the store granted under the window's cap (DESIGN.md "Quotas
+//! across replicas"). When the lease is short, admission says so ([`Denied::NeedsBudget`],
+//! [`Denied::NeedsReport`]) and the caller tops it up through the store and asks again; a
+//! background task keeps leases topped up so that this is rare.
+//!
+//! Invariant: a replica never reserves more than its lease holds, and the store never grants
+//! past the cap, so the fleet's `spent + reserved` stays within the cap under any concurrency
+//! as long as actual cost ≤ reserved worst case.
 
+pub mod lease;
 mod rate;
 mod window;
 
-pub use window::window_start;
+pub use window::{first_day, window_start};
 
 use crate::policy::BudgetWindow;
 use crate::pricing::Usd;
@@ -101,17 +106,29 @@ pub enum Denied {
     },
     /// The pool's budget for this window cannot cover the worst case.
     #[error(
-        "budget of pool {pool} exhausted: {spent} spent of {cap} this window, request may cost up to {worst}"
+        "budget of pool {pool} exhausted: its cap of {cap} this window cannot cover a request that may cost up to {worst}"
     )]
     Budget {
         /// Pool name.
         pool: String,
-        /// Spent + reserved.
-        spent: Usd,
         /// The cap.
         cap: Usd,
         /// The request's worst case.
         worst: Usd,
+    },
+    /// This replica's lease is short of money: acquire at least `want` and ask again.
+    #[error("budget lease of pool {pool} needs {want} more")]
+    NeedsBudget {
+        /// Pool name.
+        pool: String,
+        /// Missing money, micro-dollars.
+        want: i64,
+    },
+    /// This replica must report its lease (heartbeat) before reserving more.
+    #[error("budget lease of pool {pool} must be reported before more is reserved")]
+    NeedsReport {
+        /// Pool name.
+        pool: String,
     },
 }
 
@@ -222,16 +239,42 @@ fn sync_bucket(slot: &mut Option<Bucket>, limit: Option<u64>, now: Instant) {
 }
 
 #[derive(Default)]
-struct BudgetState {
-    window_start: i64,
-    spent: i64,
-    reserved: i64,
-}
-
-#[derive(Default)]
 struct PoolState {
     counters: Counters,
-    budget: BudgetState,
+    /// The cap of the pool's budget as of the last admission.
+    cap: i64,
+    /// Leases by UTC day (today's, and earlier ones until their reservations settle).
+    leases: std::collections::BTreeMap<i64, lease::Lease>,
+}
+
+/// A lease the background task should act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseState {
+    /// Pool.
+    pub pool: String,
+    /// UTC day of the lease.
+    pub day: i64,
+    /// First day of the pool's window.
+    pub first_day: i64,
+    /// The pool's cap.
+    pub cap: i64,
+    /// Available.
+    pub available: i64,
+    /// Reserved.
+    pub reserved: i64,
+}
+
+/// A lease report to store, with what to confirm once stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingReport {
+    /// Pool.
+    pub pool: String,
+    /// Day.
+    pub day: i64,
+    /// Available at the time of the report.
+    pub available: i64,
+    /// The new allowance.
+    pub allowance: i64,
 }
 
 /// The in-memory ledger of one replica.
@@ -247,14 +290,6 @@ impl Quota {
         Arc::new(Quota::default())
     }
 
-    /// Seed a pool's spend in the current window (from the store, at start).
-    pub fn seed_spend(&self, pool: &str, window_start: i64, spent: Usd) {
-        let mut pools = self.pools.lock();
-        let st = pools.entry(pool.to_owned()).or_default();
-        st.budget.window_start = window_start;
-        st.budget.spent = spent.micros();
-    }
-
     /// Admit a request or say why not. Nothing is taken unless every check passes.
     pub fn admit(self: &Arc<Self>, ask: &Ask<'_>) -> Result<Admission, Denied> {
         let now = Instant::now();
@@ -267,27 +302,29 @@ impl Quota {
         tc.check("token", &ask.token_limits, ask.worst_tokens, now)?;
         ps.counters
             .check("pool", &ask.pool_limits, ask.worst_tokens, now)?;
+        let mut lease_day = None;
         if let Some(b) = &ask.budget {
-            let start = window::window_start(&b.window, ask.now_ms);
-            if window::is_calendar(&b.window) && start > ps.budget.window_start {
-                // A new calendar window starts clean, exactly once: later requests see the
-                // same start and do not reset again.
-                ps.budget.window_start = start;
-                ps.budget.spent = 0;
-            }
-            let committed = ps.budget.spent + ps.budget.reserved;
-            if committed.saturating_add(ask.worst_cost.micros()) > b.cap.micros() {
-                return Err(Denied::Budget {
-                    pool: ask.pool.to_owned(),
-                    spent: Usd(committed),
-                    cap: b.cap,
-                    worst: ask.worst_cost,
-                });
+            let day = ask.now_ms.div_euclid(window::DAY_MS);
+            ps.cap = b.cap.micros();
+            let lease = ps.leases.entry(day).or_default();
+            lease.first_day = window::first_day(&b.window, ask.now_ms);
+            match lease.reserve(ask.worst_cost.micros()) {
+                Ok(()) => lease_day = Some(day),
+                Err(lease::Short::Money(want)) => {
+                    return Err(Denied::NeedsBudget {
+                        pool: ask.pool.to_owned(),
+                        want,
+                    });
+                }
+                Err(lease::Short::Allowance) => {
+                    return Err(Denied::NeedsReport {
+                        pool: ask.pool.to_owned(),
+                    });
+                }
             }
         }
         tc.take(ask.worst_tokens);
         ps.counters.take(ask.worst_tokens);
-        ps.budget.reserved += ask.worst_cost.micros();
         let info = RateInfo {
             limit_requests: tc.rpm.as_ref().map(Bucket::capacity),
             remaining_requests: tc.rpm.as_ref().map(Bucket::remaining),
@@ -300,17 +337,106 @@ impl Quota {
             pool: ask.pool.to_owned(),
             reserved_tokens: ask.worst_tokens,
             reserved_cost: ask.worst_cost,
+            lease_day,
             rate: info,
             settled: false,
         })
     }
 
-    /// Remaining budget of a pool in its current window (for tests and the admin API).
+    /// What this replica has spent from its leases of a pool (tests, admin).
     pub fn spent(&self, pool: &str) -> Usd {
         self.pools
             .lock()
             .get(pool)
-            .map_or(Usd::ZERO, |p| Usd(p.budget.spent))
+            .map_or(Usd::ZERO, |p| Usd(p.leases.values().map(|l| l.spent).sum()))
+    }
+
+    /// Add money the store granted to this replica's lease of `pool` on `day`.
+    pub fn grant(&self, pool: &str, day: i64, amount: i64) {
+        let mut pools = self.pools.lock();
+        pools
+            .entry(pool.to_owned())
+            .or_default()
+            .leases
+            .entry(day)
+            .or_default()
+            .grant(amount);
+    }
+
+    /// Take up to `amount` of available money out of a lease, to hand back to the store.
+    /// Returns what was taken. A past day's lease with nothing left is forgotten.
+    pub fn take_back(&self, pool: &str, day: i64, amount: i64) -> i64 {
+        let mut pools = self.pools.lock();
+        let Some(ps) = pools.get_mut(pool) else {
+            return 0;
+        };
+        let Some(l) = ps.leases.get_mut(&day) else {
+            return 0;
+        };
+        let x = amount.clamp(0, l.available.max(0));
+        l.give_back(x);
+        x
+    }
+
+    /// Forget leases of days before `today` that hold nothing and reserve nothing.
+    pub fn forget_spent_leases(&self, today: i64) {
+        for ps in self.pools.lock().values_mut() {
+            ps.leases
+                .retain(|day, l| *day >= today || l.reserved > 0 || l.available > 0);
+        }
+    }
+
+    /// Every lease, for the background task.
+    pub fn leases(&self) -> Vec<LeaseState> {
+        let pools = self.pools.lock();
+        let mut out = Vec::new();
+        for (pool, ps) in pools.iter() {
+            for (day, l) in &ps.leases {
+                out.push(LeaseState {
+                    pool: pool.clone(),
+                    day: *day,
+                    first_day: l.first_day,
+                    cap: ps.cap,
+                    available: l.available,
+                    reserved: l.reserved,
+                });
+            }
+        }
+        out
+    }
+
+    /// Reports of every lease for the next heartbeat; `min_allowance` sizes the allowance
+    /// of a pool (given its cap). Their promises apply at once; confirm with
+    /// [`Quota::reported`] once stored.
+    pub fn pending_reports(&self, min_allowance: impl Fn(i64) -> i64) -> Vec<PendingReport> {
+        let mut pools = self.pools.lock();
+        let mut out = Vec::new();
+        for (pool, ps) in pools.iter_mut() {
+            let min = min_allowance(ps.cap);
+            for (day, l) in ps.leases.iter_mut() {
+                let (available, allowance) = l.begin_report(min);
+                out.push(PendingReport {
+                    pool: pool.clone(),
+                    day: *day,
+                    available,
+                    allowance,
+                });
+            }
+        }
+        out
+    }
+
+    /// The reports were stored: their allowances are now in force.
+    pub fn reported(&self, reports: &[PendingReport]) {
+        let mut pools = self.pools.lock();
+        for r in reports {
+            if let Some(l) = pools
+                .get_mut(&r.pool)
+                .and_then(|ps| ps.leases.get_mut(&r.day))
+            {
+                l.confirm_report(r.available, r.allowance);
+            }
+        }
     }
 
     /// Forget per-token counters idle for longer than `idle` (called periodically).
@@ -327,8 +453,9 @@ impl Quota {
         }
         if let Some(ps) = self.pools.lock().get_mut(&a.pool) {
             ps.counters.settle(a.reserved_tokens, tokens);
-            ps.budget.reserved -= a.reserved_cost.micros();
-            ps.budget.spent += cost.micros();
+            if let Some(l) = a.lease_day.and_then(|d| ps.leases.get_mut(&d)) {
+                l.settle(a.reserved_cost.micros(), cost.micros());
+            }
         }
     }
 }
@@ -341,6 +468,7 @@ pub struct Admission {
     pool: String,
     reserved_tokens: u64,
     reserved_cost: Usd,
+    lease_day: Option<i64>,
     rate: RateInfo,
     settled: bool,
 }

@@ -17,13 +17,23 @@ fn ask<'a>(jti: &'a str, worst_cost: i64, budget: Option<i64>) -> Ask<'a> {
         }),
         worst_tokens: 100,
         worst_cost: Usd(worst_cost),
-        now_ms: 1_795_487_580_000,
+        now_ms: NOW,
     }
+}
+
+const NOW: i64 = 1_795_487_580_000;
+const TODAY: i64 = NOW / window::DAY_MS;
+
+/// A ledger holding `amount` of pool "p"'s budget today, as the store would grant it.
+fn with_lease(amount: i64) -> Arc<Quota> {
+    let q = Quota::new();
+    q.grant("p", TODAY, amount);
+    q
 }
 
 #[test]
 fn hard_cap_holds_under_parallel_admissions() {
-    let q = Quota::new();
+    let q = with_lease(1_000);
     let barrier = Arc::new(Barrier::new(8));
     let handles: Vec<_> = (0..8)
         .map(|i| {
@@ -49,24 +59,24 @@ fn hard_cap_holds_under_parallel_admissions() {
 }
 
 #[test]
-fn budget_denial_names_pool_and_reservation_counts() {
-    let q = Quota::new();
+fn a_short_lease_asks_for_what_is_missing_and_reservations_count() {
+    let q = with_lease(1_000);
     let held = q.admit(&ask("a", 600, Some(1_000))).unwrap();
     let err = q.admit(&ask("b", 600, Some(1_000))).unwrap_err();
     assert!(
-        matches!(err, Denied::Budget { ref pool, .. } if pool == "p"),
+        matches!(err, Denied::NeedsBudget { ref pool, want: 200 } if pool == "p"),
         "{err}"
     );
     held.settle(10, Usd(100));
-    assert!(
-        q.admit(&ask("b", 600, Some(1_000))).is_ok(),
-        "settled lower frees budget"
-    );
+    let again = q.admit(&ask("b", 600, Some(1_000)));
+    assert!(again.is_ok(), "settled lower frees budget");
+    again.unwrap().settle(10, Usd(50));
+    assert_eq!(q.spent("p"), Usd(150));
 }
 
 #[test]
 fn dropped_admission_charges_worst_case() {
-    let q = Quota::new();
+    let q = with_lease(1_000);
     drop(q.admit(&ask("a", 300, Some(1_000))).unwrap());
     assert_eq!(q.spent("p"), Usd(300));
 }
@@ -117,16 +127,32 @@ fn rpm_limit_denies_with_retry_after_and_request_over_tpm_is_too_large() {
 }
 
 #[test]
-fn new_calendar_window_starts_clean_once() {
-    let q = Quota::new();
-    q.seed_spend("p", 0, Usd(1_000));
-    // the seeded window is long gone: today's window starts at zero
-    let a = q.admit(&ask("a", 10, Some(1_000))).unwrap();
-    a.settle(1, Usd(10));
+fn each_day_has_its_own_lease_and_the_allowance_is_kept() {
+    let q = with_lease(1_000);
+    q.admit(&ask("a", 10, Some(1_000)))
+        .unwrap()
+        .settle(1, Usd(10));
+    let mut tomorrow = ask("a", 10, Some(1_000));
+    tomorrow.now_ms = NOW + window::DAY_MS;
+    assert!(
+        matches!(
+            q.admit(&tomorrow),
+            Err(Denied::NeedsBudget { want: 10, .. })
+        ),
+        "a new day needs a new lease"
+    );
+    // Two reports (the first sized by the recent pace): past the allowance, the replica must
+    // report again before reserving.
+    q.reported(&q.pending_reports(|_| 5));
+    let reports = q.pending_reports(|_| 5);
+    q.reported(&reports);
+    let today = reports.iter().find(|r| r.day == TODAY).unwrap();
+    assert_eq!((today.available, today.allowance), (990, 5));
+    assert!(matches!(
+        q.admit(&ask("a", 10, Some(1_000))),
+        Err(Denied::NeedsReport { .. })
+    ));
     assert_eq!(q.spent("p"), Usd(10));
-    let b = q.admit(&ask("a", 10, Some(1_000))).unwrap();
-    b.settle(1, Usd(10));
-    assert_eq!(q.spent("p"), Usd(20), "no second reset within the window");
 }
 
 mod ledger_properties {
@@ -158,7 +184,7 @@ mod ledger_properties {
         /// (the actual cost when settled, the reserved worst case when dropped).
         #[test]
         fn the_cap_holds_and_money_is_conserved(cap in 1i64..5_000, steps in proptest::collection::vec(step(), 1..200)) {
-            let q = Quota::new();
+            let q = with_lease(cap);
             let mut open: Vec<(Admission, i64)> = Vec::new();
             let mut charged = 0i64;
             for s in steps {

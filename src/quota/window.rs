@@ -2,7 +2,8 @@
 
 use crate::policy::BudgetWindow;
 
-const DAY_MS: i64 = 86_400_000;
+/// Milliseconds per UTC day.
+pub const DAY_MS: i64 = 86_400_000;
 
 /// Start (unix ms) of the window containing `now_ms`.
 pub fn window_start(w: &BudgetWindow, now_ms: i64) -> i64 {
@@ -19,9 +20,13 @@ pub fn window_start(w: &BudgetWindow, now_ms: i64) -> i64 {
     }
 }
 
-/// Is the window calendar-aligned (one start for a whole period) rather than rolling?
-pub fn is_calendar(w: &BudgetWindow) -> bool {
-    !matches!(w, BudgetWindow::Rolling { .. })
+/// The first UTC day (unix day number) of the window containing `now_ms`: budgets are
+/// leased per day, and a window is the range of its days.
+pub fn first_day(w: &BudgetWindow, now_ms: i64) -> i64 {
+    match w {
+        BudgetWindow::Rolling { days } => now_ms.div_euclid(DAY_MS) - i64::from(*days).max(1) + 1,
+        _ => window_start(w, now_ms).div_euclid(DAY_MS),
+    }
 }
 
 // Howard Hinnant's civil-calendar algorithms (public domain), proleptic Gregorian.
