@@ -101,6 +101,8 @@ pub struct Options {
     pub extra_config: String,
     /// Replace the `[secrets]` section (default: a file of keys for team-a and a shared one).
     pub secrets: Option<String>,
+    /// Share this database (another replica's) instead of a fresh one.
+    pub database_url: Option<String>,
 }
 
 pub async fn spawn_app(kind: TestDbKind) -> TestApp {
@@ -110,7 +112,10 @@ pub async fn spawn_app(kind: TestDbKind) -> TestApp {
 pub async fn spawn_app_with(kind: TestDbKind, opts: Options) -> TestApp {
     let issuer = TestIssuer::start().await;
     let upstream = TestUpstream::start(OPENAI_KEY, ANTHROPIC_KEY).await;
-    let db = TestDb::new(kind).await;
+    let db = match &opts.database_url {
+        Some(url) => TestDb::existing(url),
+        None => TestDb::new(kind).await,
+    };
     let policy_dir = tempfile::tempdir().unwrap();
     std::fs::write(
         policy_dir.path().join("policy.yaml"),

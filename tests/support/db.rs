@@ -25,6 +25,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database another test value created (replicas sharing one store).
+    pub fn existing(url: &str) -> TestDb {
+        TestDb {
+            url: url.to_owned(),
+            _dir: None,
+        }
+    }
+
     pub async fn new(kind: TestDbKind) -> TestDb {
         match kind {
             TestDbKind::Sqlite => {
