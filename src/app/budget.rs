@@ -21,9 +21,10 @@ pub fn slice(cap: i64) -> i64 {
     (cap / 20).max(1)
 }
 
-/// The smallest allowance a replica reports (its budget for bursts between heartbeats).
+/// The smallest allowance a replica reports: what it may still reserve if the database
+/// becomes unreachable (and what is lost for the window if it dies).
 fn allowance_floor(cap: i64) -> i64 {
-    slice(cap) / 2
+    slice(cap)
 }
 
 /// What the hot path needs from the store.
