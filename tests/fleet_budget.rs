@@ -111,7 +111,15 @@ async fn three_replicas_never_spend_past_a_hard_cap_and_reach_it() {
         spent >= CAP_MICRO_USD - slack,
         "spent {spent} leaves more than {slack} of the cap unused"
     );
+    // Replicas that shut down hand back every unreserved micro-dollar: what stays granted
+    // is exactly what was spent.
+    let db = apps[0].db.url.clone();
     for app in apps {
         app.stop().await;
     }
+    let store = tollgate::store::Store::connect(&db, 2).await.unwrap();
+    assert_eq!(
+        store.budget_granted("capped", day, day).await.unwrap(),
+        store.spend_since("capped", 0).await.unwrap()
+    );
 }
