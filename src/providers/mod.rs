@@ -3,6 +3,7 @@
 //! [`parse_request`], asks for the upstream body, injects the key with [`apply_auth`], and lets
 //! a [`StreamObserver`] read usage from a stream while it passes through.
 
+mod meter;
 pub mod mock;
 mod request;
 mod tokens;

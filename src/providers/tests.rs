@@ -357,3 +357,39 @@ fn mock_replies_carry_real_token_counts_in_every_format() {
     assert_eq!(e.len(), 8);
     assert!((e.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-3);
 }
+
+#[test]
+fn metered_streams_are_cut_with_each_apis_own_ending() {
+    let delta = |api: Api, i: usize| match api {
+        Api::Responses => format!(
+            "event: response.output_text.delta\ndata: {}\n\n",
+            serde_json::json!({"type": "response.output_text.delta", "delta": format!("word{i} ")})
+        ),
+        _ => format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "cmpl-1", "object": "text_completion", "model": "m",
+                "choices": [{"index": 0, "text": format!("word{i} ")}]})
+        ),
+    };
+    for (api, ending) in [
+        (Api::Responses, "response.incomplete"),
+        (Api::Completions, "\"finish_reason\":\"length\""),
+    ] {
+        let mut o = StreamObserver::new(api, false).with_output_limit(10, "gpt-4o");
+        let mut out = Vec::new();
+        for i in 0..100 {
+            out.extend_from_slice(&o.feed(delta(api, i).as_bytes()));
+            if o.is_cut() {
+                break;
+            }
+        }
+        assert!(o.is_cut(), "{api:?}");
+        assert!(o.output_counted() > 10 && o.output_counted() < 20);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(ending), "{api:?}: {text}");
+        assert!(
+            o.feed(delta(api, 101).as_bytes()).is_empty(),
+            "nothing after the cut"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Usage: read from plain response bodies, and from SSE streams as they pass through.
 
 use super::Api;
+use super::meter::OutputMeter;
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
@@ -82,6 +83,8 @@ pub struct StreamObserver {
     buf: BytesMut,
     usage: Option<Usage>,
     passthrough: bool,
+    meter: Option<OutputMeter>,
+    cut: bool,
 }
 
 impl StreamObserver {
@@ -93,21 +96,54 @@ impl StreamObserver {
             buf: BytesMut::new(),
             usage: None,
             passthrough: false,
+            meter: None,
+            cut: false,
         }
+    }
+
+    /// Cut the stream off once more than `limit` output tokens went through (`model` picks
+    /// the tokenizer). Events are then relayed whole, so the cut falls between two events.
+    pub fn with_output_limit(mut self, limit: u64, model: &str) -> Self {
+        self.meter = Some(OutputMeter::new(limit, model));
+        self
+    }
+
+    /// Was the stream cut off at its output limit? Then [`StreamObserver::output_counted`]
+    /// is what it produced.
+    pub fn is_cut(&self) -> bool {
+        self.cut
+    }
+
+    /// Output tokens counted by the meter (0 without one).
+    pub fn output_counted(&self) -> u64 {
+        self.meter.as_ref().map_or(0, OutputMeter::counted)
     }
 
     /// Take a chunk from upstream; returns the bytes to send to the client now. Without
     /// stripping, the chunk goes out as is (a copy is parsed); with stripping, complete events
     /// go out and a partial one waits for its end.
     pub fn feed(&mut self, chunk: &[u8]) -> Bytes {
+        if self.cut {
+            return Bytes::new();
+        }
         if self.passthrough {
             return Bytes::copy_from_slice(chunk);
         }
+        let whole_events = self.strip || self.meter.is_some();
         self.buf.extend_from_slice(chunk);
         let mut out = BytesMut::new();
         while let Some(end) = event_end(&self.buf) {
             let event = self.buf.split_to(end);
-            if self.observe(&event) && self.strip {
+            let keep = self.observe(&event);
+            if self.cut {
+                // This event went past the limit: it is not sent; the API's own ending is.
+                self.buf.clear();
+                if let Some(m) = &self.meter {
+                    out.extend_from_slice(m.tail(self.api).as_bytes());
+                }
+                return out.freeze();
+            }
+            if keep && whole_events {
                 out.extend_from_slice(&event);
             }
         }
@@ -115,11 +151,11 @@ impl StreamObserver {
             // Give up parsing rather than buffer without bound.
             self.passthrough = true;
             let pending = self.buf.split();
-            if self.strip {
+            if whole_events {
                 out.extend_from_slice(&pending);
             }
         }
-        if self.strip {
+        if whole_events {
             out.freeze()
         } else {
             Bytes::copy_from_slice(chunk)
@@ -133,7 +169,13 @@ impl StreamObserver {
             return Bytes::new();
         }
         let keep = self.observe(&rest);
-        if self.strip && keep {
+        if self.cut {
+            return self
+                .meter
+                .as_ref()
+                .map_or_else(Bytes::new, |m| Bytes::from(m.tail(self.api)));
+        }
+        if (self.strip || self.meter.is_some()) && keep {
             rest.freeze()
         } else {
             Bytes::new()
@@ -162,6 +204,13 @@ impl StreamObserver {
         let Ok(v) = serde_json::from_str::<Value>(&data) else {
             return true;
         };
+        if let Some(m) = &mut self.meter {
+            m.see(self.api, &v);
+            if m.over() {
+                self.cut = true;
+                return false;
+            }
+        }
         match self.api {
             Api::ChatCompletions | Api::Completions => {
                 if let Some(us) = openai_usage(&v["usage"]) {

@@ -32,6 +32,10 @@ pub struct Outbound<'a> {
     pub key: Option<Arc<ProviderKey>>,
     /// The client's headers (only the allow-listed ones are forwarded).
     pub client_headers: &'a HeaderMap,
+    /// A stream is cut off past this many output tokens (what was reserved for it).
+    pub output_limit: Option<u64>,
+    /// The upstream model (its tokenizer meters the stream).
+    pub upstream_model: &'a str,
 }
 
 /// Send and relay. On error the settlement is finished with the right charge.
@@ -58,7 +62,10 @@ pub async fn forward(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if out.request.stream() && is_sse {
-        let observer = StreamObserver::new(out.api, out.request.strip_usage_chunk());
+        let mut observer = StreamObserver::new(out.api, out.request.strip_usage_chunk());
+        if let Some(limit) = out.output_limit {
+            observer = observer.with_output_limit(limit, out.upstream_model);
+        }
         return Ok(stream_response(
             status,
             body,
@@ -284,6 +291,23 @@ fn stream_response(
             let (status, next) = match tokio::time::timeout(r.idle, r.upstream.next()).await {
                 Ok(Some(Ok(chunk))) => {
                     let out = r.observer.feed(&chunk);
+                    if r.observer.is_cut() {
+                        // Past its reservation: end it here (dropping the upstream body hangs
+                        // up on the provider) and charge what was produced.
+                        r.done = true;
+                        tracing::warn!(
+                            output_tokens = r.observer.output_counted(),
+                            "stream went past its reserved output; cut off"
+                        );
+                        r.settle.finish(
+                            200,
+                            Charge::Cut {
+                                reported: r.observer.usage(),
+                                output: r.observer.output_counted(),
+                            },
+                        );
+                        return Some((Ok(out), r));
+                    }
                     if out.is_empty() {
                         continue;
                     }
@@ -295,9 +319,13 @@ fn stream_response(
             };
             r.done = true;
             let rest = r.observer.finish();
-            let charge = match (r.observer.usage(), status) {
-                (Some(u), _) => Charge::Usage(u),
-                (None, _) => Charge::WorstCase,
+            let charge = match (r.observer.usage(), r.observer.is_cut()) {
+                (reported, true) => Charge::Cut {
+                    reported,
+                    output: r.observer.output_counted(),
+                },
+                (Some(u), false) => Charge::Usage(u),
+                (None, false) => Charge::WorstCase,
             };
             if status != 200 {
                 tracing::warn!(reason = next, "stream ended early");

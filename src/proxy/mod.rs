@@ -198,6 +198,12 @@ async fn pipeline(
         effective
     };
     let input_estimate = req.estimate_input_tokens();
+    // A stream is metered as it runs and cut off past this many output tokens; the margin
+    // over max_tokens absorbs the meter's conservative counting, so a provider that honours
+    // max_tokens is never cut, and it is reserved, so a cut stream stays within the budget.
+    let output_limit = (req.stream() && api != Api::Embeddings)
+        .then(|| u64::from(max_out) + (u64::from(max_out) / 10).max(16));
+    let reserved_out = output_limit.unwrap_or(u64::from(max_out));
     let prices = Prices {
         input: model.price.input_per_mtok_micro_usd,
         output: model.price.output_per_mtok_micro_usd,
@@ -207,7 +213,7 @@ async fn pipeline(
         &prices,
         &Tokens {
             input: input_estimate,
-            output: u64::from(max_out),
+            output: reserved_out,
             cached_input: 0,
         },
     );
@@ -251,7 +257,7 @@ async fn pipeline(
             cap: Usd(i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX)),
             window: b.window.clone(),
         }),
-        worst_tokens: input_estimate + u64::from(max_out),
+        worst_tokens: input_estimate + reserved_out,
         worst_cost,
         now_ms: crate::clock::now_ms(),
     };
@@ -299,6 +305,8 @@ async fn pipeline(
             route,
             key,
             client_headers: headers,
+            output_limit,
+            upstream_model: &model.upstream_model,
         },
         settle,
     )

@@ -19,6 +19,14 @@ pub enum Charge {
     Nothing,
     /// Unknown (interrupted): charge the reservation.
     WorstCase,
+    /// A stream cut off at its output limit: the output it produced, and the input the
+    /// provider reported (else the estimate reserved for it).
+    Cut {
+        /// Usage reported before the cut, if any.
+        reported: Option<Usage>,
+        /// Output tokens counted up to the cut.
+        output: u64,
+    },
 }
 
 /// A request on its way to being settled.
@@ -67,6 +75,14 @@ impl Settlement {
                 (t, pricing::cost(&self.prices, &t))
             }
             Charge::Nothing => (Tokens::default(), Usd::ZERO),
+            Charge::Cut { reported, output } => {
+                let t = Tokens {
+                    input: reported.map_or(self.reserved_input, |u| u.input_tokens),
+                    output: output.max(reported.map_or(0, |u| u.output_tokens)),
+                    cached_input: reported.map_or(0, |u| u.cached_input_tokens),
+                };
+                (t, pricing::cost(&self.prices, &t))
+            }
             Charge::WorstCase => (
                 Tokens {
                     input: self.reserved_input,

@@ -37,6 +37,7 @@ impl RecordedRequest {
 enum Action {
     Fail(u16, Value),
     Delay(Duration),
+    Runaway(usize),
 }
 
 struct Shared {
@@ -88,6 +89,11 @@ impl TestUpstream {
     pub fn delay_next(&self, d: Duration) {
         self.shared.actions.lock().push_back(Action::Delay(d));
     }
+
+    /// The next answer ignores `max_tokens` and runs to `words` words.
+    pub fn runaway_next(&self, words: usize) {
+        self.shared.actions.lock().push_back(Action::Runaway(words));
+    }
 }
 
 fn words(v: &Value, out: &mut u64) {
@@ -132,11 +138,18 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         body: body.clone(),
     });
     let action = s.actions.lock().pop_front();
+    let mut reply = "the upstream says hello back to you".to_owned();
     match action {
         Some(Action::Fail(status, b)) => {
             return (StatusCode::from_u16(status).unwrap(), axum::Json(b)).into_response();
         }
         Some(Action::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Action::Runaway(n)) => {
+            reply = (0..n)
+                .map(|i| format!("word{i}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
         None => {}
     }
     let anthropic = path == "/v1/messages";
@@ -157,7 +170,7 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     }
     let model = body["model"].as_str().unwrap_or("unknown").to_owned();
     let input = prompt_words(&body);
-    let reply = "the upstream says hello back to you";
+    let reply = reply.as_str();
     let output = reply.split_whitespace().count() as u64;
     let stream = body["stream"].as_bool() == Some(true);
     let pieces: Vec<String> = reply.split(' ').map(|w| format!("{w} ")).collect();
