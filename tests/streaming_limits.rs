@@ -102,3 +102,39 @@ async fn a_stream_that_respects_max_tokens_is_never_cut() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_is_charged_for_what_was_produced_not_the_worst_case() {
+    use futures_util::StreamExt;
+    let app = spawn_app(TestDbKind::Sqlite).await;
+    let token = app.token_for("team-a").await;
+    app.upstream.runaway_next(400); // 2 ms per event: the stream lasts about a second
+    let mut body = TestApp::chat("gpt-test", "tell me everything");
+    body["stream"] = json!(true);
+    body["max_tokens"] = json!(256);
+    let r = app.post("/v1/chat/completions", &token, &body).await;
+    let id = request_id(&r);
+    let mut chunks = r.bytes_stream();
+    for _ in 0..3 {
+        chunks.next().await.unwrap().unwrap();
+    }
+    drop(chunks); // the client goes away
+
+    let mut row = None;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Ok(Some(r)) = app.store().spend_record(&id).await {
+            row = Some(r);
+            break;
+        }
+    }
+    let row = row.expect("the interrupted request is recorded");
+    assert_eq!(row.status, 499);
+    // Counted output + a 16-token margin, far below the 256 + 25 reserved.
+    assert!(
+        row.output_tokens < 80,
+        "charged {} output tokens",
+        row.output_tokens
+    );
+    app.stop().await;
+}

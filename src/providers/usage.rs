@@ -114,6 +114,11 @@ impl StreamObserver {
         self.cut
     }
 
+    /// Is the output metered (a limit was set)?
+    pub fn is_metered(&self) -> bool {
+        self.meter.is_some()
+    }
+
     /// Output tokens counted by the meter (0 without one).
     pub fn output_counted(&self) -> u64 {
         self.meter.as_ref().map_or(0, OutputMeter::counted)

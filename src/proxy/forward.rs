@@ -269,6 +269,32 @@ struct Relay {
     done: bool,
 }
 
+/// Tokens a provider may still produce between the last event Tollgate read and noticing
+/// that the connection was dropped; charged on top of what was counted.
+const DISCONNECT_MARGIN: u64 = 16;
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The client went away mid-stream. Dropping the upstream body hangs up on the
+        // provider; charge what it produced as far as the meter saw, plus the few tokens it
+        // may have generated meanwhile. Without a meter, the settlement's own drop charges
+        // the whole reservation.
+        if self.observer.is_metered() {
+            let output = self.observer.output_counted() + DISCONNECT_MARGIN;
+            self.settle.finish(
+                499,
+                Charge::Cut {
+                    reported: self.observer.usage(),
+                    output,
+                },
+            );
+        }
+    }
+}
+
 fn stream_response(
     status: StatusCode,
     upstream: ByteStream,

@@ -76,9 +76,13 @@ impl Settlement {
             }
             Charge::Nothing => (Tokens::default(), Usd::ZERO),
             Charge::Cut { reported, output } => {
+                // Never past the reservation: a cut stream is charged at most what it held.
+                let reserved_output = reserved_tokens.saturating_sub(self.reserved_input);
                 let t = Tokens {
                     input: reported.map_or(self.reserved_input, |u| u.input_tokens),
-                    output: output.max(reported.map_or(0, |u| u.output_tokens)),
+                    output: output
+                        .max(reported.map_or(0, |u| u.output_tokens))
+                        .min(reserved_output),
                     cached_input: reported.map_or(0, |u| u.cached_input_tokens),
                 };
                 (t, pricing::cost(&self.prices, &t))
