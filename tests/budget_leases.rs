@@ -212,3 +212,48 @@ async fn spend_recorded_before_leases_is_not_forgotten() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_month_boundary_starts_a_clean_window_exactly_once_for_every_replica() {
+    use tollgate::policy::BudgetWindow;
+    use tollgate::quota::first_day;
+    // 2026-11-15, 2026-11-30 23:59:59 and 2026-12-01 00:00:01 UTC.
+    let (mid, last, next) = (
+        1_794_744_000_000_i64,
+        1_796_083_199_000_i64,
+        1_796_083_201_000_i64,
+    );
+    let at = |ms: i64| (first_day(&BudgetWindow::Monthly, ms), ms / DAY_MS);
+    each_store(|store| async move {
+        let (first, day) = at(mid);
+        assert_eq!(
+            store
+                .acquire_budget("a", "p", first, day, 100, 60, mid)
+                .await
+                .unwrap(),
+            60
+        );
+        // Later in the same month, another replica sees the month's spend.
+        let (first, day) = at(last);
+        assert_eq!(
+            store
+                .acquire_budget("b", "p", first, day, 100, 100, last)
+                .await
+                .unwrap(),
+            40
+        );
+        // December: one clean window, shared by both replicas (no double reset).
+        let (first, day) = at(next);
+        assert_eq!(first, day, "the window starts on December 1st");
+        let a = store
+            .acquire_budget("a", "p", first, day, 100, 70, next)
+            .await
+            .unwrap();
+        let b = store
+            .acquire_budget("b", "p", first, day, 100, 70, next)
+            .await
+            .unwrap();
+        assert_eq!((a, b), (70, 30));
+    })
+    .await;
+}
