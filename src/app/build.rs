@@ -182,6 +182,13 @@ impl Application {
         );
         tasks.push(spawn_token_gc(Arc::clone(&quota), cancel.child_token()));
         tasks.push(Arc::clone(&leases).spawn(cancel.child_token()));
+        let alerts = crate::alerts::Alerts::new(
+            &config.alerts,
+            store.clone(),
+            Arc::clone(&policy),
+            http.clone(),
+        );
+        tasks.push(Arc::clone(&alerts).spawn(config.alerts.check_interval, cancel.child_token()));
 
         let listener = match dev.listener {
             Some(l) => l,
@@ -198,6 +205,7 @@ impl Application {
             revocations,
             keys,
             quota,
+            alerts,
             leases,
             providers: provider_routes(&config),
             http,

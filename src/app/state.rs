@@ -84,6 +84,8 @@ pub struct Inner {
     pub keys: Arc<KeyCache>,
     /// Limits and budgets.
     pub quota: Arc<Quota>,
+    /// Budget threshold alerts.
+    pub alerts: Arc<crate::alerts::Alerts>,
     /// This replica's budget leases in the store.
     pub leases: Arc<super::budget::Leases>,
     /// Providers by id.

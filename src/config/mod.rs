@@ -119,6 +119,20 @@ impl Config {
             p.validate(&format!("providers.{name}"))?;
         }
         self.secrets.validate()?;
+        for (i, w) in self.alerts.webhooks.iter().enumerate() {
+            if !matches!(w.url.scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    format!("alerts.webhooks[{i}].url"),
+                    "must be an http(s) URL",
+                ));
+            }
+        }
+        if self.alerts.check_interval < std::time::Duration::from_millis(50) {
+            return Err(ConfigError::invalid(
+                "alerts.check_interval",
+                "must be at least 50ms",
+            ));
+        }
         if self.limits.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "limits.max_body_bytes",

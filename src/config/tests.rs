@@ -185,3 +185,20 @@ fn the_example_configuration_is_valid() {
     let text = include_str!("../../tollgate.example.toml");
     Config::from_toml_str(text).unwrap();
 }
+
+#[test]
+fn alert_webhooks_parse_and_bad_ones_name_the_field() {
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}[[alerts.webhooks]]\nurl = \"https://hooks.example.com/a\"\n[[alerts.webhooks]]\nurl = \"https://hooks.slack.com/x\"\nformat = \"slack\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.alerts.webhooks.len(), 2);
+    assert_eq!(c.alerts.webhooks[1].format, WebhookFormat::Slack);
+    assert_eq!(c.alerts.check_interval, std::time::Duration::from_secs(5));
+    let e = Config::from_toml_str(&format!(
+        "{MINIMAL}[[alerts.webhooks]]\nurl = \"ftp://hooks.example.com/a\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("alerts.webhooks[0].url"), "{e}");
+}

@@ -63,6 +63,9 @@ pub struct Config {
     /// The asynchronous spend writer.
     #[serde(default)]
     pub spend: SpendConfig,
+    /// Budget threshold alerts.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
     /// Graceful shutdown.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -336,4 +339,51 @@ fn default_drain() -> Duration {
 }
 fn default_revocation_sync() -> Duration {
     Duration::from_secs(1)
+}
+
+/// `[alerts]`: where budget threshold alerts go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Webhooks that receive every alert.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    /// How often pools' spend is compared with their thresholds.
+    #[serde(default = "default_alert_check", with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            webhooks: Vec::new(),
+            check_interval: default_alert_check(),
+        }
+    }
+}
+
+/// One webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where to POST.
+    pub url: Url,
+    /// `json` (Tollgate's own body, default) or `slack` (an incoming-webhook `text` body).
+    #[serde(default)]
+    pub format: WebhookFormat,
+}
+
+/// A webhook body format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// `{"type": "budget_threshold", …}`.
+    #[default]
+    Json,
+    /// `{"text": "…"}` (Slack and compatible).
+    Slack,
+}
+
+fn default_alert_check() -> Duration {
+    Duration::from_secs(5)
 }

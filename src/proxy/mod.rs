@@ -404,6 +404,7 @@ async fn admit(state: &AppState, ask: &Ask<'_>) -> Result<crate::quota::Admissio
         match state.leases.refill(ask.pool, need).await {
             Ok(true) => {}
             Ok(false) => {
+                state.alerts.reached_cap(ask.pool);
                 return Err(denied(Denied::Budget {
                     pool: ask.pool.to_owned(),
                     cap: ask.budget.as_ref().map_or(Usd::ZERO, |b| b.cap),
@@ -414,6 +415,7 @@ async fn admit(state: &AppState, ask: &Ask<'_>) -> Result<crate::quota::Admissio
         }
     }
     // Other requests took what was topped up three times in a row: the window is nearly spent.
+    state.alerts.reached_cap(ask.pool);
     Err(denied(Denied::Budget {
         pool: ask.pool.to_owned(),
         cap: ask.budget.as_ref().map_or(Usd::ZERO, |b| b.cap),

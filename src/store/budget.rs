@@ -207,3 +207,24 @@ impl Store {
         Ok(on_db!(self, p => sqlx::query_as::<_, LeaseRecord>(sql).bind(pool).fetch_all(p).await?))
     }
 }
+
+impl Store {
+    /// Claim the alert for `threshold` percent of `pool` in the window starting on
+    /// `window_start` (unix day). `true` for exactly one caller across the fleet.
+    pub async fn claim_budget_alert(
+        &self,
+        pool: &str,
+        window_start: i64,
+        threshold: u8,
+        spent: i64,
+        cap: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = "INSERT INTO budget_alerts (pool, window_start, threshold, fired_at, spent_micro_usd, cap_micro_usd) \
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (pool, window_start, threshold) DO NOTHING";
+        let n = on_db!(self, p => sqlx::query(sql)
+            .bind(pool).bind(window_start).bind(i32::from(threshold)).bind(now).bind(spent).bind(cap)
+            .execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,207 @@
+//! Budget threshold alerts: when a pool's spend in its window passes one of its policy
+//! thresholds (default 50/80/100 %), one alert goes to every configured webhook — once per
+//! threshold per window for the whole fleet (the store decides which replica sends it). 100 %
+//! also fires when the pool first refuses a request at its cap, since leases keep the last
+//! few cents of a window from ever being spent.
+
+use crate::config::{AlertsConfig, WebhookConfig, WebhookFormat};
+use crate::policy::{BudgetWindow, PolicyStore};
+use crate::quota::first_day;
+use crate::store::{DAY_MS, Store};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// One alert.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    /// Pool.
+    pub pool: String,
+    /// Threshold crossed, percent.
+    pub threshold: u8,
+    /// Spent in the window, micro-dollars.
+    pub spent: i64,
+    /// The cap, micro-dollars.
+    pub cap: i64,
+    /// The window's first day (unix day).
+    pub window_start: i64,
+    /// The window, as written in policy.
+    pub window: String,
+}
+
+impl Alert {
+    /// The webhook body.
+    pub fn body(&self, format: WebhookFormat) -> Value {
+        let usd = |m: i64| m as f64 / 1e6;
+        let start = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH
+                + Duration::from_millis(u64::try_from(self.window_start * DAY_MS).unwrap_or(0)),
+        )
+        .to_string();
+        match format {
+            WebhookFormat::Json => json!({
+                "type": "budget_threshold",
+                "pool": self.pool,
+                "threshold_percent": self.threshold,
+                "spent_usd": usd(self.spent),
+                "cap_usd": usd(self.cap),
+                "window": {"kind": self.window, "start": start},
+            }),
+            WebhookFormat::Slack => json!({
+                "text": format!(
+                    ":warning: Tollgate: pool *{}* reached {}% of its {} budget (${:.2} of ${:.2}, window from {}).",
+                    self.pool, self.threshold, self.window, usd(self.spent), usd(self.cap), start
+                )
+            }),
+        }
+    }
+}
+
+/// The alert checker.
+pub struct Alerts {
+    store: Store,
+    policy: Arc<PolicyStore>,
+    http: reqwest::Client,
+    webhooks: Vec<WebhookConfig>,
+    at_cap: Mutex<HashSet<String>>,
+}
+
+impl Alerts {
+    /// A checker sending to `config.webhooks`.
+    pub fn new(
+        config: &AlertsConfig,
+        store: Store,
+        policy: Arc<PolicyStore>,
+        http: reqwest::Client,
+    ) -> Arc<Alerts> {
+        Arc::new(Alerts {
+            store,
+            policy,
+            http,
+            webhooks: config.webhooks.clone(),
+            at_cap: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The pool refused a request at its cap (the 100 % alert fires at the next check).
+    pub fn reached_cap(&self, pool: &str) {
+        let mut set = self.at_cap.lock();
+        if !set.contains(pool) {
+            set.insert(pool.to_owned());
+        }
+    }
+
+    /// Compare every budgeted pool with its thresholds; send what fires. Returns the alerts
+    /// this replica sent.
+    pub async fn check(&self) -> Vec<Alert> {
+        let now = crate::clock::now_ms();
+        let at_cap: HashSet<String> = std::mem::take(&mut *self.at_cap.lock());
+        let mut sent = Vec::new();
+        let pools: Vec<_> = self.policy.current().pools().cloned().collect();
+        for pool in pools {
+            let Some(budget) = &pool.budget else {
+                continue;
+            };
+            let cap = i64::try_from(budget.limit_micro_usd).unwrap_or(i64::MAX);
+            let start = first_day(&budget.window, now);
+            let spent = match self.store.spend_since(&pool.name, start * DAY_MS).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, error = %e, "budget alerts: spend not readable; retried at the next check");
+                    continue;
+                }
+            };
+            let pct = if cap > 0 {
+                spent.saturating_mul(100) / cap
+            } else {
+                100
+            };
+            for &t in &pool.alerts {
+                let crossed =
+                    pct >= i64::from(t) || (t == 100 && at_cap.contains(pool.name.as_str()));
+                if !crossed {
+                    continue;
+                }
+                match self
+                    .store
+                    .claim_budget_alert(&pool.name, start, t, spent, cap, now)
+                    .await
+                {
+                    Ok(true) => {
+                        let alert = Alert {
+                            pool: pool.name.clone(),
+                            threshold: t,
+                            spent,
+                            cap,
+                            window_start: start,
+                            window: window_name(&budget.window),
+                        };
+                        tracing::warn!(pool = %alert.pool, threshold = t, spent_micro_usd = spent, cap_micro_usd = cap, "budget threshold reached");
+                        self.deliver(&alert).await;
+                        sent.push(alert);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(pool = %pool.name, error = %e, "budget alerts: not recorded; retried at the next check");
+                    }
+                }
+            }
+        }
+        sent
+    }
+
+    async fn deliver(&self, alert: &Alert) {
+        for w in &self.webhooks {
+            let body = alert.body(w.format);
+            let mut delay = Duration::from_millis(200);
+            let mut ok = false;
+            for _ in 0..3 {
+                match self
+                    .http
+                    .post(w.url.clone())
+                    .timeout(Duration::from_secs(5))
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => {
+                        ok = true;
+                        break;
+                    }
+                    _ => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+            if !ok {
+                // The host only: webhook URLs may carry a secret path (Slack's do).
+                tracing::error!(webhook_host = w.url.host_str().unwrap_or("-"), pool = %alert.pool, threshold = alert.threshold,
+                    "budget alert not delivered after 3 attempts");
+            }
+        }
+    }
+
+    /// Check every `every` until cancelled.
+    pub fn spawn(self: Arc<Self>, every: Duration, cancel: CancellationToken) -> JoinHandle<()> {
+        crate::tasks::every(every, cancel, move || {
+            let this = Arc::clone(&self);
+            async move {
+                this.check().await;
+            }
+        })
+    }
+}
+
+fn window_name(w: &BudgetWindow) -> String {
+    match w {
+        BudgetWindow::Daily => "daily".into(),
+        BudgetWindow::Weekly => "weekly".into(),
+        BudgetWindow::Monthly => "monthly".into(),
+        BudgetWindow::Rolling { days } => format!("rolling:{days}"),
+    }
+}

@@ -1,0 +1,132 @@
+//! Budget threshold alerts: each threshold fires once per window for the whole fleet, to
+//! every webhook, in Tollgate's JSON and in Slack's format.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use parking_lot::Mutex;
+use serde_json::Value;
+use std::sync::Arc;
+use support::app::{Options, TestApp, spawn_app_with};
+use support::db::TestDbKind;
+
+const POLICY: &str = r#"
+models:
+  gpt-test:
+    provider: openai
+    upstream_model: gpt-test-upstream
+    price: { input: 1.00, output: 2.00 }
+pools:
+  capped:
+    budget: { usd: 0.0005, window: daily }
+    alerts: [50, 80, 100]
+bindings:
+  - name: team-a
+    match: { namespace: team-a }
+    team: a
+    pool: capped
+    billing_owner: team-a
+    models: [gpt-test]
+    max_tokens: { default: 16, max: 16 }
+"#;
+
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+async fn receiver() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    async fn hook(
+        State(seen): State<Seen>,
+        axum::extract::Path(kind): axum::extract::Path<String>,
+        axum::Json(v): axum::Json<Value>,
+    ) -> &'static str {
+        seen.lock().push((kind, v));
+        "ok"
+    }
+    let app = Router::new()
+        .route("/hook/{kind}", post(hook))
+        .with_state(Arc::clone(&seen));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn each_threshold_fires_once_per_window_for_the_fleet() {
+    let (hooks, seen) = receiver().await;
+    let alerts = format!(
+        "[alerts]\ncheck_interval = \"100ms\"\n[[alerts.webhooks]]\nurl = \"{hooks}/hook/json\"\n[[alerts.webhooks]]\nurl = \"{hooks}/hook/slack\"\nformat = \"slack\"\n"
+    );
+    let first = spawn_app_with(
+        TestDbKind::Postgres,
+        Options {
+            policy: Some(POLICY.into()),
+            extra_config: alerts.clone(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let second = spawn_app_with(
+        TestDbKind::Postgres,
+        Options {
+            policy: Some(POLICY.into()),
+            extra_config: alerts,
+            database_url: Some(first.db.url.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = first.token_for("team-a").await;
+    let body = TestApp::chat("gpt-test", "hello from a pod");
+    let mut refused = 0;
+    for i in 0..100 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let r = app.post("/v1/chat/completions", &token, &body).await;
+        if r.status() == 429 {
+            refused += 1;
+            if refused == 4 {
+                break;
+            }
+        }
+    }
+    assert_eq!(refused, 4, "the pool reached its cap");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+
+    let seen = seen.lock().clone();
+    let json: Vec<&Value> = seen
+        .iter()
+        .filter(|(k, _)| k == "json")
+        .map(|(_, v)| v)
+        .collect();
+    let mut thresholds: Vec<u64> = json
+        .iter()
+        .map(|v| v["threshold_percent"].as_u64().unwrap())
+        .collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, [50, 80, 100], "once each, fleet-wide: {json:?}");
+    let v = json[0];
+    assert_eq!(v["type"], "budget_threshold");
+    assert_eq!(v["pool"], "capped");
+    assert_eq!(v["cap_usd"], 0.0005);
+    assert_eq!(v["window"]["kind"], "daily");
+    let slack: Vec<&Value> = seen
+        .iter()
+        .filter(|(k, _)| k == "slack")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(slack.len(), 3);
+    assert!(
+        slack.iter().all(|v| v["text"]
+            .as_str()
+            .unwrap()
+            .contains("pool *capped* reached")),
+        "{slack:?}"
+    );
+    first.stop().await;
+    second.stop().await;
+}
