@@ -130,3 +130,78 @@ async fn each_threshold_fires_once_per_window_for_the_fleet() {
     first.stop().await;
     second.stop().await;
 }
+
+const FALLBACK_POLICY: &str = r#"
+models:
+  gpt-test:
+    provider: openai
+    upstream_model: gpt-test-upstream
+    price: { input: 1.00, output: 2.00 }
+    fallback: gpt-cheap
+  gpt-cheap:
+    provider: openai
+    upstream_model: gpt-cheap-upstream
+    price: { input: 0.10, output: 0.20 }
+pools:
+  capped:
+    budget: { usd: 0.001, window: daily }
+    fallback_at: 50
+bindings:
+  - name: team-a
+    match: { namespace: team-a }
+    team: a
+    pool: capped
+    billing_owner: team-a
+    models: [gpt-test]
+    max_tokens: { default: 16, max: 16 }
+"#;
+
+#[tokio::test]
+async fn past_fallback_at_requests_are_served_by_the_cheaper_model_and_say_so() {
+    let app = spawn_app_with(
+        TestDbKind::Sqlite,
+        Options {
+            policy: Some(FALLBACK_POLICY.into()),
+            extra_config: "[alerts]\ncheck_interval = \"50ms\"\n".into(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = app.token_for("team-a").await;
+    let body = TestApp::chat("gpt-test", "hello from a pod");
+    let first = app.post("/v1/chat/completions", &token, &body).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-tollgate-model"], "gpt-test");
+    assert!(first.headers().get("x-tollgate-fallback-from").is_none());
+
+    let mut fell_back = None;
+    for _ in 0..200 {
+        let r = app.post("/v1/chat/completions", &token, &body).await;
+        assert_eq!(
+            r.status(),
+            200,
+            "the fallback keeps the pool under its cap longer"
+        );
+        if r.headers().get("x-tollgate-fallback-from").is_some() {
+            fell_back = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = fell_back.expect("past 50 % of the budget the fallback serves");
+    assert_eq!(r.headers()["x-tollgate-model"], "gpt-cheap");
+    assert_eq!(r.headers()["x-tollgate-fallback-from"], "gpt-test");
+    let id = support::app::request_id(&r);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["model"], "gpt-cheap-upstream",
+        "the provider's answer names it too"
+    );
+    assert_eq!(
+        app.upstream.requests().last().unwrap().body["model"],
+        "gpt-cheap-upstream"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(app.spend_row(&id).await.model, "gpt-cheap");
+    app.stop().await;
+}

@@ -2,7 +2,8 @@
 //! thresholds (default 50/80/100 %), one alert goes to every configured webhook — once per
 //! threshold per window for the whole fleet (the store decides which replica sends it). 100 %
 //! also fires when the pool first refuses a request at its cap, since leases keep the last
-//! few cents of a window from ever being spent.
+//! few cents of a window from ever being spent. The levels it reads also drive a pool's
+//! `fallback_at` routing on the hot path ([`Alerts::level`]).
 
 use crate::config::{AlertsConfig, WebhookConfig, WebhookFormat};
 use crate::policy::{BudgetWindow, PolicyStore};
@@ -68,6 +69,8 @@ pub struct Alerts {
     http: reqwest::Client,
     webhooks: Vec<WebhookConfig>,
     at_cap: Mutex<HashSet<String>>,
+    /// Percent of its cap each budgeted pool has spent, as of the last check.
+    levels: parking_lot::RwLock<std::collections::HashMap<String, i64>>,
 }
 
 impl Alerts {
@@ -84,7 +87,13 @@ impl Alerts {
             http,
             webhooks: config.webhooks.clone(),
             at_cap: Mutex::new(HashSet::new()),
+            levels: parking_lot::RwLock::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Percent of its cap `pool` had spent at the last check (0 when unknown).
+    pub fn level(&self, pool: &str) -> i64 {
+        self.levels.read().get(pool).copied().unwrap_or(0)
     }
 
     /// The pool refused a request at its cap (the 100 % alert fires at the next check).
@@ -120,6 +129,7 @@ impl Alerts {
             } else {
                 100
             };
+            self.levels.write().insert(pool.name.clone(), pct);
             for &t in &pool.alerts {
                 let crossed =
                     pct >= i64::from(t) || (t == 100 && at_cap.contains(pool.name.as_str()));

@@ -128,6 +128,24 @@ async fn pipeline(
         )
         .param("model"));
     }
+    let pool = policy.pool(&claims.tollgate.pool).ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidToken,
+            format!(
+                "pool {} no longer exists; exchange a new token",
+                claims.tollgate.pool
+            ),
+        )
+    })?;
+    // Past the pool's `fallback_at`, the policy routes the model to its cheaper fallback (one
+    // step; policy check guarantees it exists and shares the provider).
+    let requested = model.name.clone();
+    let model = match (pool.fallback_at, &model.fallback) {
+        (Some(at), Some(fb)) if state.alerts.level(&pool.name) >= i64::from(at) => {
+            policy.model(fb).unwrap_or(model)
+        }
+        _ => model,
+    };
     let route = state.providers.get(&model.provider).ok_or_else(|| {
         ApiError::new(
             Code::NoProviderKey,
@@ -231,15 +249,6 @@ async fn pipeline(
         ));
     }
 
-    let pool = policy.pool(&claims.tollgate.pool).ok_or_else(|| {
-        ApiError::new(
-            Code::InvalidToken,
-            format!(
-                "pool {} no longer exists; exchange a new token",
-                claims.tollgate.pool
-            ),
-        )
-    })?;
     let ask = Ask {
         jti: &claims.jti,
         token_limits: Limits {
@@ -312,6 +321,15 @@ async fn pipeline(
     )
     .await?;
     set_rate_headers(resp.headers_mut(), &rate);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&model.name) {
+        h.insert(HeaderName::from_static("x-tollgate-model"), v);
+    }
+    if model.name != requested
+        && let Ok(v) = HeaderValue::from_str(&requested)
+    {
+        h.insert(HeaderName::from_static("x-tollgate-fallback-from"), v);
+    }
     Ok(resp)
 }
 
