@@ -123,3 +123,38 @@ async fn three_replicas_never_spend_past_a_hard_cap_and_reach_it() {
         store.spend_since("capped", 0).await.unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_budget_that_cannot_be_checked_is_a_503_with_retry_after_not_a_500() {
+    let app = spawn_app_with(
+        TestDbKind::Sqlite,
+        Options {
+            policy: Some(POLICY.into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = app.token_for("team-a").await;
+    // The ledger breaks under the replica (as a database outage would for its statements).
+    let db = sqlx::SqlitePool::connect(&app.db.url).await.unwrap();
+    sqlx::query("DROP TABLE budget_leases")
+        .execute(&db)
+        .await
+        .unwrap();
+    let r = app
+        .post(
+            "/v1/chat/completions",
+            &token,
+            &TestApp::chat("gpt-test", "hello"),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("capped"),
+        "{v}"
+    );
+    app.stop().await;
+}
