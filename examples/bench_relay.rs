@@ -1,7 +1,7 @@
 //! The benchmark's floor for a gateway: a bare relay on the same stack as Tollgate (axum
-//! server, reqwest client) that reads the request body, forwards it to the upstream with a
-//! fixed key and returns the answer — no authentication, limits, parsing or accounting.
-//! Tollgate's cost over this relay is what its own work adds.
+//! server, Tollgate's pooled hyper client) that reads the request body, forwards it to the
+//! upstream with a fixed key and returns the answer — no authentication, limits, parsing or
+//! accounting. Tollgate's cost over this relay is what its own work adds.
 //!
 //! `cargo run --release --example bench_relay -- 127.0.0.1:9101 http://127.0.0.1:9100`
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -9,34 +9,41 @@
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::response::Response;
 use axum::routing::post;
+use http_body_util::{BodyExt, Full};
+use tollgate::config::UpstreamConfig;
+use tollgate::proxy::UpstreamClient;
 
 #[derive(Clone)]
 struct Relay {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    client: UpstreamClient,
+    uri: axum::http::Uri,
 }
 
 async fn relay(State(r): State<Relay>, body: Bytes) -> Response {
-    let sent = r
-        .client
-        .post(r.url.clone())
-        .header(header::AUTHORIZATION, "Bearer sk-bench-provider-key")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await;
-    let Ok(resp) = sent else {
+    let mut req = axum::http::Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = r.uri.clone();
+    let h = req.headers_mut();
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer sk-bench-provider-key"),
+    );
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let Ok(resp) = r.client.send(req).await else {
         return bad_gateway();
     };
-    let status = resp.status();
-    let Ok(bytes) = resp.bytes().await else {
+    let (parts, body) = resp.into_parts();
+    let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
         return bad_gateway();
     };
     let mut out = Response::new(Body::from(bytes));
-    *out.status_mut() = status;
+    *out.status_mut() = parts.status;
     out.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -58,8 +65,8 @@ async fn main() {
         .next()
         .unwrap_or_else(|| "http://127.0.0.1:9100".into());
     let state = Relay {
-        client: reqwest::Client::new(),
-        url: format!("{upstream}/v1/chat/completions").parse().unwrap(),
+        client: UpstreamClient::new(&UpstreamConfig::default()).unwrap(),
+        uri: format!("{upstream}/v1/chat/completions").parse().unwrap(),
     };
     let app = Router::new()
         .route("/v1/chat/completions", post(relay))

@@ -127,11 +127,14 @@ impl Application {
             KeyCache::load(secret_store, config.secrets.max_staleness).await
         ));
         super::keys::sync_inventory(&keys, &store).await;
-        let http = tryc!(
+        let upstream_client = tryc!(
             "upstream http client",
+            crate::proxy::UpstreamClient::new(&config.upstream)
+        );
+        let http = tryc!(
+            "webhook http client",
             reqwest::Client::builder()
                 .connect_timeout(config.upstream.connect_timeout)
-                .pool_max_idle_per_host(config.upstream.pool_max_idle_per_host)
                 .tcp_nodelay(true)
                 .build()
         );
@@ -208,6 +211,7 @@ impl Application {
             alerts,
             leases,
             providers: provider_routes(&config),
+            upstream_client,
             http,
             upstream: config.upstream.clone(),
             limits: config.limits.clone(),

@@ -24,8 +24,9 @@ pub struct ProviderRoute {
     pub kind: ProviderKind,
     /// Base URL (none for the mock).
     pub base_url: Option<Url>,
-    /// The upstream URL of every API, joined once here rather than on every request.
-    endpoints: Vec<(Api, Url)>,
+    /// The upstream URL of every API, joined and parsed once here rather than on every
+    /// request.
+    endpoints: Vec<(Api, http::Uri)>,
 }
 
 impl ProviderRoute {
@@ -36,7 +37,12 @@ impl ProviderRoute {
             .map(|b| {
                 Api::ALL
                     .iter()
-                    .map(|&api| (api, crate::providers::upstream_url(b, api)))
+                    .filter_map(|&api| {
+                        // A `Url` always parses as a `Uri`; a route without one is refused at
+                        // request time as having no base URL.
+                        let u = crate::providers::upstream_url(b, api);
+                        u.as_str().parse::<http::Uri>().ok().map(|u| (api, u))
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -49,7 +55,7 @@ impl ProviderRoute {
     }
 
     /// Where `api` is served upstream.
-    pub fn endpoint(&self, api: Api) -> Option<&Url> {
+    pub fn endpoint(&self, api: Api) -> Option<&http::Uri> {
         self.endpoints
             .iter()
             .find_map(|(a, u)| (*a == api).then_some(u))
@@ -90,7 +96,9 @@ pub struct Inner {
     pub leases: Arc<super::budget::Leases>,
     /// Providers by id.
     pub providers: HashMap<String, ProviderRoute>,
-    /// Pooled upstream client.
+    /// Pooled client of the provider calls (the hot path).
+    pub upstream_client: crate::proxy::UpstreamClient,
+    /// Client of the alert webhooks.
     pub http: reqwest::Client,
     /// Upstream timeouts.
     pub upstream: UpstreamConfig,

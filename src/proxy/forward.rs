@@ -8,10 +8,12 @@ use crate::error::{ApiError, Code};
 use crate::providers::{self, Api, InboundRequest, MockReply, ProviderKind, StreamObserver};
 use crate::secrets::ProviderKey;
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use hyper::body::Incoming;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +70,7 @@ pub async fn forward(
         }
         return Ok(stream_response(
             status,
-            body,
+            byte_stream(body),
             observer,
             settle,
             state.upstream.idle_timeout,
@@ -101,18 +103,19 @@ pub async fn forward(
 async fn send(
     state: &AppState,
     out: &Outbound<'_>,
-) -> Result<(StatusCode, HeaderMap, ByteStream), ApiError> {
-    let url = out
+) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
+    let uri = out
         .route
         .endpoint(out.api)
         .ok_or_else(|| ApiError::new(Code::NoProviderKey, "provider has no base URL"))?
         .clone();
-    let mut headers = HeaderMap::new();
+    let mut req = http::Request::new(Full::new(out.body.clone()));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = uri;
+    let headers = req.headers_mut();
     for name in providers::forwardable_headers(out.api.family()) {
-        if let Some(v) = out.client_headers.get(*name)
-            && let Ok(n) = HeaderName::from_bytes(name.as_bytes())
-        {
-            headers.insert(n, v.clone());
+        if let Some(v) = out.client_headers.get(name) {
+            headers.insert(name.clone(), v.clone());
         }
     }
     headers.insert(
@@ -120,34 +123,22 @@ async fn send(
         HeaderValue::from_static("application/json"),
     );
     if let Some(k) = &out.key {
-        providers::apply_auth(out.route.kind, &mut headers, &k.secret);
+        providers::apply_auth(out.route.kind, headers, &k.secret);
     }
-    let req = state
-        .http
-        .post(url)
-        .headers(headers)
-        .body(out.body.clone())
-        .send();
-    let resp = match tokio::time::timeout(state.upstream.response_timeout, req).await {
+    let sent = state.upstream_client.send(req);
+    let resp = match tokio::time::timeout(state.upstream.response_timeout, sent).await {
         Err(_) => return Err(timeout_error(out)),
-        Ok(Err(e)) if e.is_timeout() => return Err(timeout_error(out)),
         Ok(Err(e)) => {
-            tracing::warn!(provider = %out.route.id, error = %without_url(&e), "upstream request failed");
+            tracing::warn!(provider = %out.route.id, error = %e, "upstream request failed");
             return Err(ApiError::new(
                 Code::UpstreamError,
-                format!(
-                    "could not reach provider {}: {}",
-                    out.route.id,
-                    without_url(&e)
-                ),
+                format!("could not reach provider {}: {e}", out.route.id),
             ));
         }
         Ok(Ok(r)) => r,
     };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body: ByteStream = Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| without_url(&e))));
-    Ok((status, headers, body))
+    let (parts, body) = resp.into_parts();
+    Ok((parts.status, parts.headers, body))
 }
 
 fn timeout_error(out: &Outbound<'_>) -> ApiError {
@@ -157,18 +148,9 @@ fn timeout_error(out: &Outbound<'_>) -> ApiError {
     )
 }
 
-/// reqwest's Display includes the URL; keep messages short and stable.
-fn without_url(e: &reqwest::Error) -> String {
-    let kind = if e.is_connect() {
-        "connection failed"
-    } else if e.is_timeout() {
-        "timed out"
-    } else if e.is_body() || e.is_decode() {
-        "response body failed"
-    } else {
-        "request failed"
-    };
-    kind.to_owned()
+/// An upstream body as a stream of data chunks (trailers dropped), for the SSE relay.
+fn byte_stream(body: Incoming) -> ByteStream {
+    Box::pin(BodyDataStream::new(body).map(|r| r.map_err(|_| "response body failed".to_owned())))
 }
 
 async fn upstream_failure(
@@ -176,7 +158,7 @@ async fn upstream_failure(
     out: &Outbound<'_>,
     status: StatusCode,
     headers: &HeaderMap,
-    body: ByteStream,
+    body: Incoming,
     mut settle: Settlement,
 ) -> Result<Response, ApiError> {
     settle.finish(status.as_u16(), Charge::Nothing);
@@ -203,6 +185,14 @@ async fn upstream_failure(
             Code::UpstreamError,
             format!("provider {} failed with status {s}", out.route.id),
         )),
+        // A redirect is never followed: the provider key would go with it.
+        s if s < 400 => Err(ApiError::new(
+            Code::UpstreamError,
+            format!(
+                "provider {} answered with status {s} instead of a result; redirects are not followed",
+                out.route.id
+            ),
+        )),
         _ => {
             // The provider's own verdict on the request (400, 404, 422, 429): relay it as is.
             let bytes = read_bounded(body, 1024 * 1024, state.upstream.idle_timeout)
@@ -217,38 +207,49 @@ async fn upstream_failure(
     }
 }
 
-async fn read_bounded(
-    mut body: ByteStream,
-    limit: usize,
-    idle: Duration,
-) -> Result<Bytes, ApiError> {
+/// Read a whole body, at most `limit` bytes, each chunk within `idle`. A body that arrives
+/// in one chunk (the common case for a JSON answer) is returned without a copy.
+async fn read_bounded(mut body: Incoming, limit: usize, idle: Duration) -> Result<Bytes, ApiError> {
+    let mut first: Option<Bytes> = None;
     let mut buf = Vec::new();
     loop {
-        match tokio::time::timeout(idle, body.next()).await {
+        let chunk = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => {
                 return Err(ApiError::new(
                     Code::UpstreamTimeout,
                     "provider stopped sending its response",
                 ));
             }
-            Ok(None) => return Ok(Bytes::from(buf)),
-            Ok(Some(Err(e))) => {
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
                 return Err(ApiError::new(
                     Code::UpstreamError,
-                    format!("provider response failed: {e}"),
+                    "provider response failed: response body failed",
                 ));
             }
-            Ok(Some(Ok(chunk))) => {
-                if buf.len() + chunk.len() > limit {
-                    return Err(ApiError::new(
-                        Code::UpstreamError,
-                        "provider response exceeds the size limit",
-                    ));
-                }
+            Ok(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        let held = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if held + chunk.len() > limit {
+            return Err(ApiError::new(
+                Code::UpstreamError,
+                "provider response exceeds the size limit",
+            ));
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            None => buf.extend_from_slice(&chunk),
+            Some(f) => {
+                buf.reserve(f.len() + chunk.len());
+                buf.extend_from_slice(&f);
                 buf.extend_from_slice(&chunk);
             }
         }
     }
+    Ok(first.unwrap_or_else(|| Bytes::from(buf)))
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response {
@@ -377,7 +378,7 @@ fn stream_response(
 
 fn mock(state: &AppState, out: &Outbound<'_>, mut settle: Settlement) -> Response {
     // The mock answers what a real provider would receive: the rewritten upstream body.
-    let upstream_req = match providers::parse_request(out.api, &out.body) {
+    let upstream_req = match providers::parse_request(out.api, out.body.clone()) {
         Ok(r) => r,
         Err(_) => {
             settle.finish(500, Charge::Nothing);

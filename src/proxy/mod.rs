@@ -4,8 +4,11 @@
 //! the store, the secret store or an identity provider.
 
 mod auth;
+mod client;
 mod forward;
 mod settle;
+
+pub use client::{SendError, UpstreamClient};
 
 use crate::app::AppState;
 use crate::error::{ApiError, Code, Shape};
@@ -110,7 +113,7 @@ async fn pipeline(
 ) -> Result<Response, ApiError> {
     let claims = auth::authenticate(state, headers, api.family()).await?;
     let bytes = read_body(body, headers, state.limits.max_body_bytes).await?;
-    let mut req = providers::parse_request(api, &bytes)
+    let mut req = providers::parse_request(api, bytes)
         .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
 
     let policy = state.policy.current();
