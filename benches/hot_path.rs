@@ -111,7 +111,11 @@ path = "{keys}"
     let mut g = c.benchmark_group("request");
     g.bench_function("parse_estimate_rewrite", |b| {
         b.iter(|| {
-            let mut req = parse_request(Api::ChatCompletions, BODY.as_bytes()).unwrap();
+            let mut req = parse_request(
+                Api::ChatCompletions,
+                bytes::Bytes::from_static(BODY.as_bytes()),
+            )
+            .unwrap();
             req.set_max_tokens(16);
             black_box(req.estimate_input_tokens());
             black_box(req.upstream_body("bench-upstream"))

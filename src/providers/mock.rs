@@ -18,8 +18,7 @@ pub enum MockReply {
 
 /// Answer `req` (already rewritten for upstream) as model `upstream_model`.
 pub fn mock_reply(req: &InboundRequest, upstream_model: &str) -> MockReply {
-    let seed =
-        hex::encode(&Sha256::digest(serde_json::to_vec(req.body()).unwrap_or_default())[..6]);
+    let seed = hex::encode(&Sha256::digest(req.raw())[..6]);
     let said: Vec<String> = req
         .last_user_text()
         .split_whitespace()
@@ -58,9 +57,9 @@ pub fn mock_reply(req: &InboundRequest, upstream_model: &str) -> MockReply {
     }
 }
 
-/// A top-level body field (`Null` when absent: indexing a `Map` directly would panic).
-fn field<'a>(req: &'a InboundRequest, name: &str) -> &'a Value {
-    req.body().get(name).unwrap_or(&Value::Null)
+/// A top-level body field (`Null` when absent).
+fn field(req: &InboundRequest, name: &str) -> Value {
+    req.field(name)
 }
 
 fn json_reply(v: Value) -> MockReply {

@@ -136,12 +136,18 @@ pub fn apply_auth(kind: ProviderKind, headers: &mut HeaderMap, key: &SecretStrin
     }
 }
 
-/// Client headers forwarded upstream (lower case). Credentials, cookies, hop-by-hop and
-/// routing headers never are.
-pub fn forwardable_headers(family: Family) -> &'static [&'static str] {
+/// Client headers forwarded upstream. Credentials, cookies, hop-by-hop and routing headers
+/// never are.
+pub fn forwardable_headers(family: Family) -> &'static [HeaderName] {
+    static OPENAI: [HeaderName; 2] = [HeaderName::from_static("openai-beta"), http::header::ACCEPT];
+    static ANTHROPIC: [HeaderName; 3] = [
+        HeaderName::from_static("anthropic-version"),
+        HeaderName::from_static("anthropic-beta"),
+        http::header::ACCEPT,
+    ];
     match family {
-        Family::OpenAi => &["openai-beta", "accept"],
-        Family::Anthropic => &["anthropic-version", "anthropic-beta", "accept"],
+        Family::OpenAi => &OPENAI,
+        Family::Anthropic => &ANTHROPIC,
     }
 }
 

@@ -4,7 +4,11 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 fn req(api: Api, v: Value) -> InboundRequest {
-    parse_request(api, v.to_string().as_bytes()).unwrap()
+    parse(api, v.to_string().as_bytes()).unwrap()
+}
+
+fn parse(api: Api, body: &[u8]) -> Result<InboundRequest, RequestError> {
+    parse_request(api, bytes::Bytes::copy_from_slice(body))
 }
 
 #[test]
@@ -41,21 +45,19 @@ fn bad_bodies_are_refused_with_the_field_named() {
         ),
     ];
     for (body, want) in cases {
-        let e = parse_request(Api::ChatCompletions, body)
-            .unwrap_err()
-            .to_string();
+        let e = parse(Api::ChatCompletions, body).unwrap_err().to_string();
         assert!(e.contains(want), "{}: {e}", String::from_utf8_lossy(body));
     }
     let secret = br#"{"model": "m", "messages": [], "x": "sk-do-not-echo""#;
     assert!(
-        !parse_request(Api::ChatCompletions, secret)
+        !parse(Api::ChatCompletions, secret)
             .unwrap_err()
             .to_string()
             .contains("sk-do-not-echo")
     );
-    assert!(parse_request(Api::Embeddings, br#"{"model": "e"}"#).is_err());
+    assert!(parse(Api::Embeddings, br#"{"model": "e"}"#).is_err());
     assert!(
-        parse_request(
+        parse(
             Api::Messages,
             br#"{"model": "c", "messages": [], "system": 5}"#
         )
@@ -112,6 +114,140 @@ fn upstream_body_rewrites_the_model_and_forces_stream_usage_only() {
 }
 
 #[test]
+fn upstream_body_keeps_every_other_member_byte_for_byte() {
+    // Odd spacing, escapes, big numbers and unicode survive exactly as the client sent them.
+    let body = br#"{ "model" : "alias", "messages":[{"role":"user","content":"h\u00e9 \"q\""}],
+        "temperature": 0.70, "seed": 12345678901234567890, "x\u0041": {"nested": [1, 2.50]}, "max_tokens": 9 }"#;
+    let mut r = parse(Api::ChatCompletions, body).unwrap();
+    r.set_max_tokens(5);
+    let up = r.upstream_body("real-model");
+    let text = std::str::from_utf8(&up).unwrap();
+    assert!(
+        text.contains(r#""messages":[{"role":"user","content":"h\u00e9 \"q\""}]"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""temperature":0.70"#), "{text}");
+    assert!(text.contains(r#""seed":12345678901234567890"#), "{text}");
+    assert!(
+        text.contains(r#""xA":{"nested": [1, 2.50]}"#),
+        "escaped key re-escaped: {text}"
+    );
+    let v: Value = serde_json::from_slice(&up).unwrap();
+    assert_eq!(v["model"], "real-model");
+    assert_eq!(v["max_tokens"], 5);
+    assert_eq!(v.as_object().unwrap().len(), 6);
+    // Unchanged when Tollgate sets nothing: only the model differs.
+    let r = parse(
+        Api::ChatCompletions,
+        br#"{"messages":[],"model":"a","max_tokens":null}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        &r.upstream_body("b")[..],
+        br#"{"messages":[],"model":"b","max_tokens":null}"#
+    );
+}
+
+#[test]
+fn fields_tollgate_reads_may_appear_only_once() {
+    for (body, name) in [
+        (
+            &br#"{"model":"cheap","messages":[],"model":"dear"}"#[..],
+            "model",
+        ),
+        (
+            br#"{"model":"m","messages":[],"stream":false,"stream":true}"#,
+            "stream",
+        ),
+        (
+            br#"{"model":"m","messages":[],"max_tokens":1,"max_tokens":100000}"#,
+            "max_tokens",
+        ),
+        (
+            br#"{"model":"m","messages":[],"messages":[{"role":"user","content":"x"}]}"#,
+            "messages",
+        ),
+    ] {
+        assert_eq!(
+            parse(Api::ChatCompletions, body).unwrap_err(),
+            RequestError::Duplicate(name)
+        );
+    }
+    // Members Tollgate does not read pass through, duplicates and all.
+    let r = parse(
+        Api::ChatCompletions,
+        br#"{"model":"m","messages":[],"user":"a","user":"b"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        &r.upstream_body("m")[..],
+        br#"{"model":"m","messages":[],"user":"a","user":"b"}"#
+    );
+}
+
+#[test]
+fn caps_and_stream_options_are_rewritten_in_place() {
+    // Both cap fields carry Tollgate's cap; a null one stays null.
+    let mut r = parse(
+        Api::ChatCompletions,
+        br#"{"model":"m","messages":[],"max_tokens":900,"max_completion_tokens":null}"#,
+    )
+    .unwrap();
+    assert_eq!(r.max_tokens(), Some(900));
+    r.set_max_tokens(64);
+    assert_eq!(
+        &r.upstream_body("m")[..],
+        br#"{"model":"m","messages":[],"max_tokens":64,"max_completion_tokens":null}"#
+    );
+    let r = parse(
+        Api::ChatCompletions,
+        br#"{"model":"m","messages":[],"max_tokens":50,"max_completion_tokens":20}"#,
+    )
+    .unwrap();
+    assert_eq!(r.max_tokens(), Some(20), "the smallest cap binds");
+    // stream_options: kept, with include_usage forced on; a null one is replaced.
+    let r = parse(
+        Api::ChatCompletions,
+        br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":false,"x":1}}"#,
+    )
+    .unwrap();
+    assert!(r.strip_usage_chunk());
+    let v: Value = serde_json::from_slice(&r.upstream_body("m")).unwrap();
+    assert_eq!(v["stream_options"], json!({"include_usage": true, "x": 1}));
+    let r = parse(
+        Api::Completions,
+        br#"{"model":"m","prompt":"p","stream":true,"stream_options":null}"#,
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&r.upstream_body("m")).unwrap();
+    assert_eq!(v["stream_options"], json!({"include_usage": true}));
+}
+
+#[test]
+fn the_estimate_reads_every_prompt_shape() {
+    let long = "word ".repeat(200);
+    let r = req(
+        Api::ChatCompletions,
+        json!({"model": "gpt-4o", "messages": [
+            {"role": "system", "content": long},
+            {"role": "user", "content": [{"type": "text", "text": long}, {"type": "image_url", "image_url": {"url": "data:"}}]},
+            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{\"a\":1}"}}]}
+        ], "tools": [{"type": "function", "function": {"name": "f"}}]}),
+    );
+    let n = r.estimate_input_tokens();
+    // 2 × 200 words exact (o200k: 200 tokens each), one image, three items, the tools.
+    assert!(n >= 400 + 1_600 + 12 + 3, "{n}");
+    assert!(n < 400 + 1_600 + 12 + 3 + 120, "{n}");
+    // A short prompt is bounded by its length and still bounds the exact count.
+    let short = req(
+        Api::Messages,
+        json!({"model": "claude-haiku-4-5", "system": "terse", "messages": [{"role": "user", "content": "hi there"}]}),
+    );
+    assert!(short.estimate_input_tokens() >= short.prompt_tokens());
+    assert!(short.estimate_input_tokens() < 40);
+}
+
+#[test]
 fn urls_and_auth_per_provider() {
     let base = url::Url::parse("https://api.openai.com/v1/").unwrap();
     assert_eq!(
@@ -147,7 +283,7 @@ fn urls_and_auth_per_provider() {
                 "cookie",
                 "host"
             ]
-            .contains(n))
+            .contains(&n.as_str()))
         );
     }
 }
@@ -258,7 +394,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = parse_request(Api::ChatCompletions, &bytes);
+        let _ = parse(Api::ChatCompletions, &bytes);
         let _ = run(Api::Responses, true, &bytes, &[7]);
         let _ = usage_from_body(Api::Messages, &bytes);
     }
@@ -298,8 +434,7 @@ fn mock_replies_carry_real_token_counts_in_every_format() {
         Api::ChatCompletions,
         json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": prompt}]}),
     );
-    let upstream =
-        parse_request(Api::ChatCompletions, &streamed.upstream_body("gpt-4o-mini")).unwrap();
+    let upstream = parse(Api::ChatCompletions, &streamed.upstream_body("gpt-4o-mini")).unwrap();
     let MockReply::Sse(events) = mock_reply(&upstream, "gpt-4o-mini") else {
         panic!("sse")
     };
@@ -322,7 +457,7 @@ fn mock_replies_carry_real_token_counts_in_every_format() {
         ),
     ] {
         let plain = req(api, body.clone());
-        let plain = parse_request(api, &plain.upstream_body("m")).unwrap();
+        let plain = parse(api, &plain.upstream_body("m")).unwrap();
         let MockReply::Json(b) = mock_reply(&plain, "m") else {
             panic!("json")
         };
@@ -331,7 +466,7 @@ fn mock_replies_carry_real_token_counts_in_every_format() {
         let mut sb = body;
         sb["stream"] = json!(true);
         let s = req(api, sb);
-        let up = parse_request(api, &s.upstream_body("m")).unwrap();
+        let up = parse(api, &s.upstream_body("m")).unwrap();
         let MockReply::Sse(events) = mock_reply(&up, "m") else {
             panic!("sse")
         };

@@ -55,10 +55,17 @@ fn anthropic_input(usage: &Value) -> (u64, u64) {
     )
 }
 
+/// The `usage` member of a response; the rest of the body is skipped, never built.
+#[derive(serde::Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Value,
+}
+
 /// Usage from a complete JSON response of `api`.
 pub fn usage_from_body(api: Api, body: &[u8]) -> Option<Usage> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let usage = &v["usage"];
+    let WithUsage { usage } = serde_json::from_slice(body).ok()?;
+    let usage = &usage;
     match api {
         Api::ChatCompletions | Api::Completions | Api::Embeddings => openai_usage(usage),
         Api::Responses => responses_usage(usage),
