@@ -8,6 +8,7 @@ mod budget;
 mod keys;
 mod records;
 mod spend;
+mod workers;
 
 pub use budget::{DAY_MS, LeaseRecord, LeaseReport};
 pub use keys::{ProviderKeyInventory, ProviderKeyRecord};
@@ -97,11 +98,18 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5))
-                .foreign_keys(true);
+                .foreign_keys(true)
+                .thread_name(workers::thread_name);
             Db::Lite(
                 SqlitePoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(5))
+                    .after_connect(|_, _| {
+                        Box::pin(async {
+                            workers::lower_priority();
+                            Ok(())
+                        })
+                    })
                     .connect_with(opts)
                     .await?,
             )

@@ -2,6 +2,7 @@
 //! human-readable output in `dev`. Nothing here ever formats a secret: secrets live in
 //! `secrecy` types whose `Debug` is redacted, and handlers log identifiers, never credentials.
 
+mod json;
 mod writer;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
@@ -37,9 +38,7 @@ pub fn init(format: LogFormat, default_filter: &str) -> Guard {
             let r = registry
                 .with(
                     fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
+                        .event_format(json::JsonLines)
                         .with_writer(writer),
                 )
                 .try_init();

@@ -13,7 +13,7 @@ use crate::clock::now_ms;
 use crate::config::SigningAlgorithm;
 use crate::store::{SigningKeyRecord, Store, StoreError};
 use arc_swap::ArcSwap;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ pub enum KeyringError {
 pub(crate) struct Signer {
     pub kid: String,
     pub alg: Algorithm,
-    pub key: EncodingKey,
+    pub key: keys::SigningKey,
     sign_until: i64,
 }
 
@@ -173,7 +173,7 @@ impl Keyring {
                     Some(Arc::new(Signer {
                         kid: r.kid.clone(),
                         alg,
-                        key: keys::encoding_key(alg, &der),
+                        key: keys::SigningKey::from_pkcs8(alg, &der)?,
                         sign_until: r.sign_until,
                     }))
                 }

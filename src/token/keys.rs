@@ -195,11 +195,62 @@ pub fn algorithm_from_name(name: &str) -> Option<Algorithm> {
     }
 }
 
-/// Signing key from PKCS#8 DER.
+/// Signing key from PKCS#8 DER (for `jsonwebtoken`; the mint path uses [`SigningKey`]).
 pub fn encoding_key(alg: Algorithm, pkcs8: &[u8]) -> EncodingKey {
     match alg {
         Algorithm::EdDSA => EncodingKey::from_ed_der(pkcs8),
         _ => EncodingKey::from_ec_der(pkcs8),
+    }
+}
+
+/// A private signing key parsed once. `jsonwebtoken::encode` re-parses the PKCS#8 of its
+/// `EncodingKey` on every call, which cost as much as the Ed25519 signature itself; the
+/// keyring keeps one of these per signing key instead and signs the JWS with it directly.
+pub enum SigningKey {
+    /// EdDSA over Ed25519.
+    Ed25519(Ed25519KeyPair),
+    /// ES256: ECDSA over P-256 with SHA-256, fixed-width `r || s` signatures (RFC 7518 §3.4).
+    P256(EcdsaKeyPair),
+}
+
+impl SigningKey {
+    /// Parse the PKCS#8 DER of a key of `alg`.
+    pub fn from_pkcs8(alg: Algorithm, pkcs8: &[u8]) -> Result<SigningKey, KeyError> {
+        match alg {
+            Algorithm::EdDSA => Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+                .map(SigningKey::Ed25519)
+                .map_err(|_| KeyError::Crypto("Ed25519 private key does not parse")),
+            Algorithm::ES256 => EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+                .map(SigningKey::P256)
+                .map_err(|_| KeyError::Crypto("P-256 private key does not parse")),
+            _ => Err(KeyError::Crypto("unsupported signing algorithm")),
+        }
+    }
+
+    /// The compact JWS of `claims` under `header` (RFC 7515 §7.1).
+    pub fn sign_jwt<T: serde::Serialize>(
+        &self,
+        header: &jsonwebtoken::Header,
+        claims: &T,
+    ) -> Result<String, KeyError> {
+        let unserializable = |_| KeyError::Crypto("token does not serialize");
+        let mut jws = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).map_err(unserializable)?);
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(
+            serde_json::to_vec(claims).map_err(unserializable)?,
+            &mut jws,
+        );
+        let signature = match self {
+            SigningKey::Ed25519(k) => k.sign(jws.as_bytes()).as_ref().to_vec(),
+            SigningKey::P256(k) => k
+                .sign(&SystemRandom::new(), jws.as_bytes())
+                .map_err(|_| KeyError::Crypto("ECDSA signing failed"))?
+                .as_ref()
+                .to_vec(),
+        };
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut jws);
+        Ok(jws)
     }
 }
 
@@ -253,12 +304,22 @@ mod tests {
             let mut header = jsonwebtoken::Header::new(a);
             header.kid = Some(k.kid.clone());
             let claims = serde_json::json!({"sub": "x", "exp": 4_000_000_000u64});
-            let token = jsonwebtoken::encode(&header, &claims, &enc).unwrap();
+            let parsed = SigningKey::from_pkcs8(a, &k.pkcs8).unwrap();
             let dec = decoding_key(&k.kid, &k.public_jwk).unwrap();
             let mut v = jsonwebtoken::Validation::new(a);
             v.required_spec_claims.clear();
-            let data = jsonwebtoken::decode::<serde_json::Value>(&token, &dec, &v).unwrap();
-            assert_eq!(data.claims["sub"], "x");
+            for token in [
+                jsonwebtoken::encode(&header, &claims, &enc).unwrap(),
+                parsed.sign_jwt(&header, &claims).unwrap(),
+            ] {
+                let data = jsonwebtoken::decode::<serde_json::Value>(&token, &dec, &v).unwrap();
+                assert_eq!(data.claims["sub"], "x");
+                assert_eq!(
+                    jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(),
+                    Some(k.kid.as_str())
+                );
+            }
+            assert!(SigningKey::from_pkcs8(a, b"not a key").is_err());
             assert!(
                 !k.public_jwk.contains("\"d\""),
                 "public JWK carries no private part"

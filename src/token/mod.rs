@@ -131,7 +131,9 @@ impl TokenService {
         let mut header = Header::new(signer.alg);
         header.kid = Some(signer.kid.clone());
         header.typ = Some(TOKEN_TYPE.to_owned());
-        let jwt = jsonwebtoken::encode(&header, &claims, &signer.key)
+        let jwt = signer
+            .key
+            .sign_jwt(&header, &claims)
             .map_err(|_| TokenError::NoSigningKey)?;
         Ok(Minted {
             token: SecretString::from(jwt),
