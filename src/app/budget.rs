@@ -7,6 +7,7 @@
 use crate::quota::Quota;
 use crate::store::{DAY_MS, LeaseReport, Store, StoreError};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,10 @@ pub struct Leases {
     replica: String,
     /// One store conversation at a time per replica (inline refills and the tick).
     busy: tokio::sync::Mutex<()>,
+    /// Set by [`Leases::release_all`]: nothing is acquired afterwards. The upkeep task still
+    /// runs until the shutdown cancels it, and a top-up then would hold a slice no one
+    /// hands back until the lease TTL reclaims it.
+    closed: AtomicBool,
 }
 
 impl Leases {
@@ -53,6 +58,7 @@ impl Leases {
             quota,
             replica: uuid::Uuid::new_v4().to_string(),
             busy: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -64,6 +70,9 @@ impl Leases {
     /// Satisfy `need` for `pool` now. Returns `Ok(false)` when the window is exhausted.
     pub async fn refill(&self, pool: &str, need: Need) -> Result<bool, StoreError> {
         let _busy = self.busy.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         match need {
             Need::Report => {
                 self.report().await?;
@@ -119,6 +128,9 @@ impl Leases {
     /// One round of upkeep.
     pub async fn tick(&self) -> Result<(), StoreError> {
         let _busy = self.busy.lock().await;
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let now = crate::clock::now_ms();
         let today = now.div_euclid(DAY_MS);
         for l in self.quota.leases() {
@@ -168,6 +180,7 @@ impl Leases {
     /// Hand every unreserved micro-dollar back (shutdown, after the drain).
     pub async fn release_all(&self) {
         let _busy = self.busy.lock().await;
+        self.closed.store(true, Ordering::Release);
         for l in self.quota.leases() {
             if let Err(e) = self.give_back(&l.pool, l.day, l.available).await {
                 tracing::warn!(pool = %l.pool, error = %e, "budget lease not returned; it is reclaimed after the lease TTL");
@@ -186,5 +199,55 @@ impl Leases {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pricing::Usd;
+    use crate::quota::{Ask, BudgetSpec, Denied, Limits};
+
+    #[tokio::test]
+    async fn nothing_is_acquired_once_the_leases_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let quota = Quota::new();
+        let leases = Leases::new(store.clone(), Arc::clone(&quota));
+        let now = crate::clock::now_ms();
+        let day = now.div_euclid(DAY_MS);
+        let ask = Ask {
+            jti: "t",
+            token_limits: Limits::default(),
+            pool: "p",
+            pool_limits: Limits::default(),
+            budget: Some(BudgetSpec {
+                cap: Usd(1_000),
+                window: crate::policy::BudgetWindow::Daily,
+            }),
+            worst_tokens: 1,
+            worst_cost: Usd(10),
+            now_ms: now,
+        };
+        // The first request finds no lease and fetches one; the tick keeps it topped up.
+        let Err(Denied::NeedsBudget { want, .. }) = quota.admit(&ask) else {
+            panic!("an empty ledger needs budget");
+        };
+        assert!(leases.refill("p", Need::Money(want)).await.unwrap());
+        let held = store.budget_granted("p", day, day).await.unwrap();
+        assert!(held > 0);
+        leases.release_all().await;
+        assert_eq!(store.budget_granted("p", day, day).await.unwrap(), 0);
+        // A lease at zero is one the upkeep would top up: after the release it must not,
+        // and neither may a late refill.
+        leases.tick().await.unwrap();
+        assert!(!leases.refill("p", Need::Money(want)).await.unwrap());
+        assert_eq!(
+            store.budget_granted("p", day, day).await.unwrap(),
+            0,
+            "a released replica holds no budget"
+        );
     }
 }
