@@ -255,9 +255,13 @@ impl InboundRequest {
             out.push(b':');
             match key {
                 b"model" => write_str(&mut out, upstream_model),
-                k if raw != b"null"
-                    && self.new_max_tokens.is_some()
-                    && cap_fields.iter().any(|f| f.as_bytes() == k) =>
+                // A null cap is left null, unless it is the field the cap would be appended
+                // as: the upstream body must never carry one name twice.
+                k if self.new_max_tokens.is_some()
+                    && cap_fields.iter().any(|f| f.as_bytes() == k)
+                    && (raw != b"null"
+                        || (self.max_tokens.is_none()
+                            && cap_fields.first().is_some_and(|f| f.as_bytes() == k))) =>
                 {
                     write_u32(&mut out, self.new_max_tokens.unwrap_or_default());
                     cap_written = true;

@@ -199,6 +199,20 @@ fn caps_and_stream_options_are_rewritten_in_place() {
         &r.upstream_body("m")[..],
         br#"{"model":"m","messages":[],"max_tokens":64,"max_completion_tokens":null}"#
     );
+    // A null cap where the cap goes is filled in, never written a second time.
+    for body in [
+        &br#"{"model":"m","messages":[],"max_tokens":null}"#[..],
+        br#"{"model":"m","max_completion_tokens":null,"messages":[],"max_tokens":null}"#,
+    ] {
+        let mut r = parse(Api::ChatCompletions, body).unwrap();
+        assert_eq!(r.max_tokens(), None);
+        r.set_max_tokens(64);
+        let out = r.upstream_body("m");
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(text.matches("\"max_tokens\"").count(), 1, "{text}");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["max_tokens"], 64);
+    }
     let r = parse(
         Api::ChatCompletions,
         br#"{"model":"m","messages":[],"max_tokens":50,"max_completion_tokens":20}"#,
