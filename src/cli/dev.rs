@@ -4,7 +4,7 @@
 
 use crate::app::{Application, DevIdentity, DevOptions};
 use crate::config::Config;
-use crate::identity::DevIssuer;
+use crate::identity::{DevAlgorithm, DevIssuer};
 use crate::telemetry::{self, LogFormat};
 use crate::token::keys::Kek;
 use anyhow::Context;
@@ -52,6 +52,9 @@ enum DevCommand {
         /// Issuer URL to put in `iss` (default: the one of the dev broker using this data dir).
         #[arg(long)]
         issuer_url: Option<String>,
+        /// Signature algorithm: RS256, as most clusters' API servers sign, or ES256.
+        #[arg(long, value_enum, default_value_t)]
+        algorithm: DevAlgorithm,
     },
     /// Print the dev issuer's JWKS, for a `tollgate serve` that trusts the dev issuer through
     /// `[[issuers]] jwks_file` (benchmarks, air-gapped rehearsals).
@@ -74,6 +77,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             data_dir,
             ttl,
             issuer_url,
+            algorithm,
         }) => {
             let issuer = DevIssuer::load_or_create(&data_dir).context("dev issuer key")?;
             let issuer_url = issuer_url.unwrap_or_else(|| read_issuer_url(&data_dir));
@@ -84,6 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                     &service_account,
                     &audience,
                     ttl,
+                    algorithm,
                 )
                 .context("minting the workload token")?;
             let mut out = std::io::stdout().lock();

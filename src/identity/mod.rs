@@ -15,7 +15,7 @@ mod dev;
 mod jwks;
 
 pub use config::{IdentityConfigError, IssuerConfig, IssuerKind};
-pub use dev::{DevIssuer, DevIssuerError};
+pub use dev::{DevAlgorithm, DevIssuer, DevIssuerError};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

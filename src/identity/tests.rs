@@ -271,37 +271,66 @@ fn dev_issuer_mints_tokens_its_jwks_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let a = DevIssuer::load_or_create(dir.path()).unwrap();
     let b = DevIssuer::load_or_create(dir.path()).unwrap();
-    assert_eq!(a.jwks(), b.jwks(), "the key persists");
-    let t = a
-        .mint_service_account_token(
-            "http://dev",
-            "demo",
-            "app",
-            "tollgate",
-            Duration::from_secs(60),
+    assert_eq!(a.jwks(), b.jwks(), "the keys persist");
+    let keys = a.jwks()["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    for (alg, jws, file) in [
+        (
+            DevAlgorithm::Rs256,
+            jsonwebtoken::Algorithm::RS256,
+            "dev-issuer-rsa.pem",
+        ),
+        (
+            DevAlgorithm::Es256,
+            jsonwebtoken::Algorithm::ES256,
+            "dev-issuer.pem",
+        ),
+    ] {
+        let t = a
+            .mint_service_account_token(
+                "http://dev",
+                "demo",
+                "app",
+                "tollgate",
+                Duration::from_secs(60),
+                alg,
+            )
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&t).unwrap();
+        assert_eq!(header.alg, jws);
+        let jwk = keys
+            .iter()
+            .find(|k| k["kid"].as_str() == header.kid.as_deref())
+            .expect("the token's kid is in the JWKS");
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk.clone()).unwrap();
+        let mut val = jsonwebtoken::Validation::new(jws);
+        val.set_audience(&["tollgate"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &t,
+            &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+            &val,
         )
         .unwrap();
-    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(a.jwks()["keys"][0].clone()).unwrap();
-    let mut val = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
-    val.set_audience(&["tollgate"]);
-    let data = jsonwebtoken::decode::<serde_json::Value>(
-        &t,
-        &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
-        &val,
+        assert_eq!(data.claims["sub"], "system:serviceaccount:demo:app");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "private key file is not readable by others"
+            );
+        }
+    }
+    // A damaged key file is an error, never a silently regenerated key.
+    std::fs::write(
+        dir.path().join("dev-issuer-rsa.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n",
     )
     .unwrap();
-    assert_eq!(data.claims["sub"], "system:serviceaccount:demo:app");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("dev-issuer.pem"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(
-            mode & 0o077,
-            0,
-            "private key file is not readable by others"
-        );
-    }
+    assert!(DevIssuer::load_or_create(dir.path()).is_err());
 }

@@ -8,11 +8,12 @@ use crate::config::SigningAlgorithm;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RSA_PKCS1_SHA256,
+    RsaKeyPair,
 };
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -195,14 +196,6 @@ pub fn algorithm_from_name(name: &str) -> Option<Algorithm> {
     }
 }
 
-/// Signing key from PKCS#8 DER (for `jsonwebtoken`; the mint path uses [`SigningKey`]).
-pub fn encoding_key(alg: Algorithm, pkcs8: &[u8]) -> EncodingKey {
-    match alg {
-        Algorithm::EdDSA => EncodingKey::from_ed_der(pkcs8),
-        _ => EncodingKey::from_ec_der(pkcs8),
-    }
-}
-
 /// A private signing key parsed once. `jsonwebtoken::encode` re-parses the PKCS#8 of its
 /// `EncodingKey` on every call, which cost as much as the Ed25519 signature itself; the
 /// keyring keeps one of these per signing key instead and signs the JWS with it directly.
@@ -211,6 +204,9 @@ pub enum SigningKey {
     Ed25519(Ed25519KeyPair),
     /// ES256: ECDSA over P-256 with SHA-256, fixed-width `r || s` signatures (RFC 7518 §3.4).
     P256(EcdsaKeyPair),
+    /// RS256: RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 §3.3). Tollgate never mints its own
+    /// tokens with RSA; the dev issuer signs workload tokens with it, as most clusters do.
+    Rsa(RsaKeyPair),
 }
 
 impl SigningKey {
@@ -223,6 +219,9 @@ impl SigningKey {
             Algorithm::ES256 => EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
                 .map(SigningKey::P256)
                 .map_err(|_| KeyError::Crypto("P-256 private key does not parse")),
+            Algorithm::RS256 => RsaKeyPair::from_pkcs8(pkcs8)
+                .map(SigningKey::Rsa)
+                .map_err(|_| KeyError::Crypto("RSA private key does not parse")),
             _ => Err(KeyError::Crypto("unsupported signing algorithm")),
         }
     }
@@ -247,6 +246,17 @@ impl SigningKey {
                 .map_err(|_| KeyError::Crypto("ECDSA signing failed"))?
                 .as_ref()
                 .to_vec(),
+            SigningKey::Rsa(k) => {
+                let mut sig = vec![0; k.public_modulus_len()];
+                k.sign(
+                    &RSA_PKCS1_SHA256,
+                    &SystemRandom::new(),
+                    jws.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|_| KeyError::Crypto("RSA signing failed"))?;
+                sig
+            }
         };
         jws.push('.');
         URL_SAFE_NO_PAD.encode_string(signature, &mut jws);
@@ -300,7 +310,11 @@ mod tests {
         for alg in [SigningAlgorithm::EdDSA, SigningAlgorithm::ES256] {
             let k = generate(alg).unwrap();
             let a = algorithm_from_name(k.algorithm).unwrap();
-            let enc = encoding_key(a, &k.pkcs8);
+            // jsonwebtoken's own signer, as a cross-check of `SigningKey`.
+            let enc = match a {
+                Algorithm::EdDSA => jsonwebtoken::EncodingKey::from_ed_der(&k.pkcs8),
+                _ => jsonwebtoken::EncodingKey::from_ec_der(&k.pkcs8),
+            };
             let mut header = jsonwebtoken::Header::new(a);
             header.kid = Some(k.kid.clone());
             let claims = serde_json::json!({"sub": "x", "exp": 4_000_000_000u64});
