@@ -280,6 +280,138 @@ async fn vault_jwt_login_with_the_pods_service_account_token() {
     assert!(err.to_string().contains("absent"), "{err}");
 }
 
+/// The Kubernetes API's TokenReview endpoint, as Vault's Kubernetes auth calls it: it vouches
+/// for the tokens registered as issued by the API server and for nothing else.
+async fn token_review_server(issued: Vec<String>) -> String {
+    use axum::Json;
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/apis/authentication.k8s.io/v1/tokenreviews",
+        post(move |Json(review): Json<serde_json::Value>| {
+            let issued = issued.clone();
+            async move {
+                let token = review["spec"]["token"].as_str().unwrap_or_default();
+                let status = if issued.iter().any(|t| t == token) {
+                    json!({
+                        "authenticated": true,
+                        "user": {
+                            "username": "system:serviceaccount:tollgate:tollgate",
+                            "uid": "0b6d6b2e-0000-4000-8000-000000000001",
+                            "groups": ["system:serviceaccounts", "system:serviceaccounts:tollgate"],
+                        },
+                        "audiences": review["spec"]["audiences"].clone(),
+                    })
+                } else {
+                    json!({"authenticated": false, "error": "token not issued by this cluster"})
+                };
+                Json(json!({
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview",
+                    "status": status,
+                }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// The first certificate of the system's CA bundle.
+fn any_ca_cert() -> String {
+    let bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt")
+        .expect("the system CA bundle (package ca-certificates)");
+    let end = "-----END CERTIFICATE-----";
+    let start = bundle
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("a certificate");
+    let stop = bundle[start..].find(end).expect("a whole certificate") + start + end.len();
+    bundle[start..stop].to_owned()
+}
+
+#[tokio::test]
+async fn vault_kubernetes_login_is_checked_by_the_clusters_token_review() {
+    // Vault's Kubernetes auth asks the API server (TokenReview) whether the pod's token is
+    // real; here a loopback TokenReview endpoint stands in for the API server.
+    let issuer = support::oidc::TestIssuer::start().await;
+    let ours = issuer.service_account_token("tollgate", "tollgate");
+    let k8s = token_review_server(vec![ours.clone()]).await;
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/k1"),
+        "sk-via-kubernetes",
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let mount = format!("k8s-{}", uuid::Uuid::new_v4().simple());
+    let policy = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
+    bao.api(
+        reqwest::Method::POST,
+        &format!("sys/auth/{mount}"),
+        Some(json!({"type": "kubernetes"})),
+    )
+    .await;
+    bao.api(
+        reqwest::Method::POST,
+        &format!("auth/{mount}/config"),
+        Some(json!({
+            "kubernetes_host": k8s,
+            "disable_local_ca_jwt": true,
+            // Required with disable_local_ca_jwt; unused over the loopback's plain HTTP.
+            "kubernetes_ca_cert": any_ca_cert(),
+        })),
+    )
+    .await;
+    bao.api(
+        reqwest::Method::PUT,
+        &format!("sys/policies/acl/{policy}"),
+        Some(json!({"policy": VAULT_POLICY})),
+    )
+    .await;
+    bao.api(
+        reqwest::Method::POST,
+        &format!("auth/{mount}/role/tollgate"),
+        Some(json!({
+            "bound_service_account_names": ["tollgate"],
+            "bound_service_account_namespaces": ["tollgate"],
+            "token_policies": [policy],
+            "token_ttl": "2m",
+        })),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_path = dir.path().join("token");
+    let auth = || VaultAuthConfig::Kubernetes {
+        mount: mount.clone(),
+        role: "tollgate".into(),
+        jwt_path: jwt_path.clone(),
+    };
+    std::fs::write(&jwt_path, &ours).unwrap();
+    let store = VaultStore::connect(vault_config(&bao, &p, auth()))
+        .await
+        .unwrap();
+    let l = store.list().await.unwrap();
+    assert_eq!(l.keys[0].secret.expose_secret(), "sk-via-kubernetes");
+
+    // A token of the right shape that the API server did not issue is refused by the review.
+    std::fs::write(
+        &jwt_path,
+        issuer.service_account_token("tollgate", "tollgate") + "x",
+    )
+    .unwrap();
+    let err = VaultStore::connect(vault_config(&bao, &p, auth()))
+        .await
+        .err()
+        .expect("a token the cluster does not vouch for is refused");
+    assert!(err.to_string().contains(&format!("auth/{mount}")), "{err}");
+    assert!(
+        !err.to_string().contains(&ours),
+        "the error never carries the token"
+    );
+}
+
 #[tokio::test]
 async fn vault_bad_credentials_fail_start_with_a_clear_error_that_hides_them() {
     let bao = Bao::shared();
