@@ -200,6 +200,45 @@ async fn an_expired_vault_login_is_replaced_without_an_outage() {
     assert_eq!(l.keys[0].secret.expose_secret(), "sk-short-lease");
 }
 
+/// A fresh auth mount of `kind` configured with `config`, holding role `tollgate` (`role`, plus
+/// a 2-minute token under the documented read policy). Returns the mount's path.
+async fn login_mount(
+    bao: &Bao,
+    kind: &str,
+    config: serde_json::Value,
+    mut role: serde_json::Value,
+) -> String {
+    let mount = format!("{kind}-{}", uuid::Uuid::new_v4().simple());
+    let policy = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
+    bao.api(
+        reqwest::Method::POST,
+        &format!("sys/auth/{mount}"),
+        Some(json!({"type": kind})),
+    )
+    .await;
+    bao.api(
+        reqwest::Method::POST,
+        &format!("auth/{mount}/config"),
+        Some(config),
+    )
+    .await;
+    bao.api(
+        reqwest::Method::PUT,
+        &format!("sys/policies/acl/{policy}"),
+        Some(json!({"policy": VAULT_POLICY})),
+    )
+    .await;
+    role["token_policies"] = json!([policy]);
+    role["token_ttl"] = json!("2m");
+    bao.api(
+        reqwest::Method::POST,
+        &format!("auth/{mount}/role/tollgate"),
+        Some(role),
+    )
+    .await;
+    mount
+}
+
 #[tokio::test]
 async fn vault_jwt_login_with_the_pods_service_account_token() {
     // OpenBao verifies Tollgate's own service-account token against the cluster's OIDC
@@ -213,37 +252,16 @@ async fn vault_jwt_login_with_the_pods_service_account_token() {
         &[("billing_owner", "team-a")],
     )
     .await;
-    let mount = format!("jwt-{}", uuid::Uuid::new_v4().simple());
-    let policy = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
-    bao.api(
-        reqwest::Method::POST,
-        &format!("sys/auth/{mount}"),
-        Some(json!({"type": "jwt"})),
-    )
-    .await;
-    bao.api(
-        reqwest::Method::POST,
-        &format!("auth/{mount}/config"),
-        Some(json!({"jwks_url": format!("{}/jwks.json", issuer.url), "bound_issuer": issuer.url})),
-    )
-    .await;
-    bao.api(
-        reqwest::Method::PUT,
-        &format!("sys/policies/acl/{policy}"),
-        Some(json!({"policy": VAULT_POLICY})),
-    )
-    .await;
-    bao.api(
-        reqwest::Method::POST,
-        &format!("auth/{mount}/role/tollgate"),
-        Some(json!({
+    let mount = login_mount(
+        &bao,
+        "jwt",
+        json!({"jwks_url": format!("{}/jwks.json", issuer.url), "bound_issuer": issuer.url}),
+        json!({
             "role_type": "jwt",
             "bound_audiences": ["tollgate"],
             "user_claim": "sub",
             "bound_subject": "system:serviceaccount:tollgate:tollgate",
-            "token_policies": [policy],
-            "token_ttl": "2m",
-        })),
+        }),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -345,40 +363,19 @@ async fn vault_kubernetes_login_is_checked_by_the_clusters_token_review() {
         &[("billing_owner", "team-a")],
     )
     .await;
-    let mount = format!("k8s-{}", uuid::Uuid::new_v4().simple());
-    let policy = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
-    bao.api(
-        reqwest::Method::POST,
-        &format!("sys/auth/{mount}"),
-        Some(json!({"type": "kubernetes"})),
-    )
-    .await;
-    bao.api(
-        reqwest::Method::POST,
-        &format!("auth/{mount}/config"),
-        Some(json!({
+    let mount = login_mount(
+        &bao,
+        "kubernetes",
+        json!({
             "kubernetes_host": k8s,
             "disable_local_ca_jwt": true,
             // Required with disable_local_ca_jwt; unused over the loopback's plain HTTP.
             "kubernetes_ca_cert": any_ca_cert(),
-        })),
-    )
-    .await;
-    bao.api(
-        reqwest::Method::PUT,
-        &format!("sys/policies/acl/{policy}"),
-        Some(json!({"policy": VAULT_POLICY})),
-    )
-    .await;
-    bao.api(
-        reqwest::Method::POST,
-        &format!("auth/{mount}/role/tollgate"),
-        Some(json!({
+        }),
+        json!({
             "bound_service_account_names": ["tollgate"],
             "bound_service_account_namespaces": ["tollgate"],
-            "token_policies": [policy],
-            "token_ttl": "2m",
-        })),
+        }),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
