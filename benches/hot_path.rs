@@ -46,6 +46,7 @@ fn grant() -> Grant {
         team: "bench".into(),
         pool: "bench".into(),
         billing_owner: "bench".into(),
+        shared_keys: true,
         binding: "bench".into(),
         issuer: "bench".into(),
         pod_uid: None,

@@ -9,11 +9,11 @@ mod support;
 use secrecy::ExposeSecret;
 use serde_json::json;
 use std::sync::Arc;
-use support::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, TestApp, spawn_app_with};
+use support::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, POLICY, TestApp, spawn_app_with};
 use support::db::TestDbKind;
 use support::peers::{Bao, Moto, unique_prefix};
 use tollgate::config::{AwsConfig, VaultAuthConfig, VaultConfig};
-use tollgate::secrets::{AwsStore, KeyCache, SecretStore, Stage, VaultStore};
+use tollgate::secrets::{AwsStore, KeyCache, Owner, SecretStore, Stage, VaultStore};
 
 fn vault_config(bao: &Bao, prefix: &str, auth: VaultAuthConfig) -> VaultConfig {
     VaultConfig {
@@ -330,6 +330,11 @@ async fn token_review_server(issued: Vec<String>) -> String {
             }
         }),
     );
+    serve_loopback(app).await
+}
+
+/// Serve `app` on a loopback port for the rest of the test; its base URL.
+async fn serve_loopback(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -610,6 +615,95 @@ async fn an_unreachable_aws_endpoint_is_a_clear_error() {
     assert!(err.to_string().contains("aws"), "{err}");
 }
 
+/// A Secrets Manager endpoint that answers the first `throttle` calls with AWS's
+/// `ThrottlingException` (HTTP 400, awsJson1.1 error shape) and forwards the rest to moto.
+/// Returns its URL and the number of calls it received.
+async fn throttling_proxy(
+    moto: &Moto,
+    throttle: usize,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::body::{Body, to_bytes};
+    use axum::extract::Request;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let upstream = moto.endpoint.trim_end_matches('/').to_owned();
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |req: Request| {
+        let (seen, upstream, http) = (Arc::clone(&seen), upstream.clone(), http.clone());
+        async move {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            if n < throttle {
+                return axum::response::Response::builder()
+                    .status(400)
+                    .header("content-type", "application/x-amz-json-1.1")
+                    .header("x-amzn-errortype", "ThrottlingException")
+                    .body(Body::from(
+                        r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#,
+                    ))
+                    .unwrap();
+            }
+            let (parts, body) = req.into_parts();
+            let body = to_bytes(body, 1 << 20).await.unwrap();
+            let mut fwd = http.request(parts.method, format!("{upstream}{}", parts.uri));
+            for (k, v) in &parts.headers {
+                if k != "host" && k != "content-length" {
+                    fwd = fwd.header(k, v);
+                }
+            }
+            let r = fwd.body(body).send().await.unwrap();
+            let mut out = axum::response::Response::builder().status(r.status().as_u16());
+            for (k, v) in r.headers() {
+                out = out.header(k, v);
+            }
+            out.body(Body::from(r.bytes().await.unwrap())).unwrap()
+        }
+    });
+    (serve_loopback(app).await, calls)
+}
+
+#[tokio::test]
+async fn aws_throttling_is_retried_with_backoff_and_never_forever() {
+    use std::sync::atomic::Ordering;
+    let moto = Moto::shared();
+    let p = format!("{}/", unique_prefix());
+    moto.create(
+        &format!("{p}openai/team-a"),
+        &json!({"api_key": OPENAI_KEY}).to_string(),
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+
+    // Throttled twice, then answered: the listing succeeds on the third attempt.
+    let (endpoint, calls) = throttling_proxy(&moto, 2).await;
+    let cfg = AwsConfig {
+        endpoint_url: Some(endpoint.parse().unwrap()),
+        max_attempts: 4,
+        ..aws_config(&moto, &p)
+    };
+    let listing = AwsStore::connect(cfg).await.unwrap().list().await.unwrap();
+    assert_eq!(listing.keys.len(), 1);
+    assert!(calls.load(Ordering::SeqCst) >= 3);
+
+    // Throttled for good: the call gives up after `max_attempts` and says why.
+    let (endpoint, calls) = throttling_proxy(&moto, usize::MAX).await;
+    let cfg = AwsConfig {
+        endpoint_url: Some(endpoint.parse().unwrap()),
+        max_attempts: 3,
+        ..aws_config(&moto, &p)
+    };
+    let err = AwsStore::connect(cfg)
+        .await
+        .unwrap()
+        .list()
+        .await
+        .expect_err("always throttled");
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "one call, three attempts");
+    let msg = err.to_string();
+    assert!(msg.contains("aws") && msg.contains("Throttling"), "{msg}");
+    assert!(!msg.contains(OPENAI_KEY), "{msg}");
+}
+
 // ---- end to end --------------------------------------------------------------------------
 
 async fn app_with_secrets(secrets: String) -> TestApp {
@@ -660,9 +754,36 @@ async fn tollgate_serves_with_the_vault_key_and_rides_out_a_vault_outage() {
     let r = call(&app, &token).await;
     assert_eq!(r.status(), 200);
     assert_eq!(last_key_seen(&app), Some(format!("Bearer {OPENAI_KEY}")));
+    let m = app.metrics().await;
+    assert_eq!(
+        m.value(r#"tollgate_secret_store_up{backend="vault"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        m.value(r#"tollgate_provider_keys{backend="vault",provider="openai",state="active"}"#),
+        Some(1.0),
+        "{}",
+        m.0
+    );
 
     bao.kill();
     assert!(app.state.keys.refresh().await.is_err());
+    let m = app.metrics().await;
+    assert_eq!(
+        m.value(r#"tollgate_secret_store_up{backend="vault"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        m.value(r#"tollgate_secret_store_refresh_failures_total{backend="vault"}"#),
+        Some(1.0)
+    );
+    let age = m.value(r#"tollgate_secret_store_age_seconds{backend="vault"}"#);
+    assert!(age.is_some_and(|a| a < 3600.0), "{age:?}");
+    assert!(
+        !m.0.contains(OPENAI_KEY) && !m.0.contains(&token),
+        "{}",
+        m.0
+    );
     let ready: serde_json::Value = app
         .http
         .get(format!("{}/readyz", app.url))
@@ -698,6 +819,59 @@ async fn tollgate_serves_with_the_aws_key_and_rides_out_an_aws_outage() {
     assert!(app.state.keys.refresh().await.is_err());
     assert_eq!(call(&app, &token).await.status(), 200);
     assert!(app.state.keys.health().degraded);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shared_keys_serve_only_the_bindings_that_allow_them() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/platform"),
+        OPENAI_KEY,
+        &[("billing_owner", "*")],
+    )
+    .await;
+    let policy = format!(
+        "{POLICY}  - name: own-keys-only\n    match: {{ namespace: own-keys-only }}\n    team: o\n    pool: main\n    shared_keys: false\n    models: [gpt-test]\n"
+    );
+    let app = spawn_app_with(
+        TestDbKind::Sqlite,
+        Options {
+            secrets: Some(bao.secrets_toml(&p)),
+            policy: Some(policy),
+            ..Options::default()
+        },
+    )
+    .await;
+    // slow-lane pays as its team `s`, which has no key: the shared key stands in.
+    let shared_ok = app.token_for("slow-lane").await;
+    assert_eq!(call(&app, &shared_ok).await.status(), 200);
+    assert_eq!(last_key_seen(&app), Some(format!("Bearer {OPENAI_KEY}")));
+
+    let before = app.upstream.requests().len();
+    let own_only = app.token_for("own-keys-only").await;
+    let r = call(&app, &own_only).await;
+    assert_eq!(r.status(), 503);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "no_provider_key", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("does not allow shared keys"), "{msg}");
+    assert_eq!(
+        app.upstream.requests().len(),
+        before,
+        "nothing sent upstream"
+    );
+
+    // Security gives the team a key of its own: it serves without a restart.
+    bao.put_key_with(
+        &format!("{p}/openai/team-o"),
+        OPENAI_KEY,
+        &[("billing_owner", "o")],
+    )
+    .await;
+    app.state.keys.refresh().await.unwrap();
+    assert_eq!(call(&app, &own_only).await.status(), 200);
     app.stop().await;
 }
 
@@ -762,6 +936,10 @@ async fn a_key_the_provider_refuses_is_quarantined_until_a_new_version_arrives()
         inv.iter().find(|r| r.key.id == path).unwrap().key.state,
         "quarantined"
     );
+    let m = app.metrics().await;
+    let quarantined =
+        r#"tollgate_provider_keys{backend="vault",provider="openai",state="quarantined"}"#;
+    assert_eq!(m.value(quarantined), Some(1.0), "{}", m.0);
 
     // Security writes a new version: it serves.
     bao.put_key(&path, OPENAI_KEY).await;
@@ -846,7 +1024,7 @@ async fn a_cache_over_a_real_store_refreshes_changes_without_a_restart() {
         .unwrap();
     assert!(
         cache
-            .select("openai", "gpt-test", "team-a", |_| true)
+            .select("openai", "gpt-test", Owner::or_shared("team-a"), |_| true)
             .is_err()
     );
     bao.put_key_with(
@@ -857,7 +1035,7 @@ async fn a_cache_over_a_real_store_refreshes_changes_without_a_restart() {
     .await;
     assert_eq!(cache.refresh().await.unwrap(), 1);
     let k = cache
-        .select("openai", "gpt-test", "team-a", |_| true)
+        .select("openai", "gpt-test", Owner::or_shared("team-a"), |_| true)
         .unwrap();
     assert_eq!(k.secret.expose_secret(), "sk-new");
 }

@@ -19,6 +19,7 @@ fn grant() -> Grant {
         team: "a".into(),
         pool: "p".into(),
         billing_owner: "a".into(),
+        shared_keys: true,
         binding: "b".into(),
         issuer: "k8s".into(),
         pod_uid: None,

@@ -200,6 +200,7 @@ impl Application {
         let prefetch = Arc::clone(&identity);
         tasks.push(tokio::spawn(async move { prefetch.prefetch().await }));
 
+        let metrics = super::metrics::registry(Arc::clone(&keys), Arc::clone(&revocations));
         let state = AppState(Arc::new(Inner {
             store,
             policy,
@@ -218,6 +219,7 @@ impl Application {
             spend,
             issued,
             dev: dev.issuer,
+            metrics,
         }));
         Ok(Application {
             listener,

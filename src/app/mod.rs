@@ -5,6 +5,7 @@
 pub mod budget;
 mod build;
 mod keys;
+mod metrics;
 mod routes;
 mod state;
 

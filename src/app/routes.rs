@@ -21,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route(
             "/dev/oidc/.well-known/openid-configuration",
             get(dev_discovery),
@@ -134,6 +135,19 @@ async fn readyz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Prometheus scrape. Unauthenticated like `/healthz`: it holds counts and ages, never a key,
+/// a token or a subject; restrict it at the network layer if even those are sensitive.
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn dev_discovery(State(state): State<AppState>) -> Response {

@@ -110,6 +110,8 @@ pub struct Inner {
     pub issued: Writer<IssuedTokenRecord>,
     /// Dev issuer (only in `tollgate dev`).
     pub dev: Option<DevIdentity>,
+    /// What `GET /metrics` exposes.
+    pub metrics: crate::telemetry::metrics::Metrics,
 }
 
 impl Deref for AppState {

@@ -544,6 +544,7 @@ impl Validator<'_> {
         let limits = self.limits(src, line, b.limits);
         self.set.bindings.push(Binding {
             billing_owner: b.billing_owner.unwrap_or_else(|| b.team.clone()),
+            shared_keys: b.shared_keys.unwrap_or(true),
             name: b.name,
             team: b.team,
             pool: b.pool,

@@ -151,6 +151,8 @@ pub struct Binding {
     pub pool: String,
     /// Whose provider keys pay.
     pub billing_owner: String,
+    /// May shared keys (store `billing_owner: "*"`) serve when `billing_owner` has none?
+    pub shared_keys: bool,
     /// Models granted.
     pub models: Vec<String>,
     /// Per-token limits.

@@ -70,6 +70,7 @@ pub(super) struct RawBinding {
     pub team: String,
     pub pool: String,
     pub billing_owner: Option<String>,
+    pub shared_keys: Option<bool>,
     pub models: Vec<String>,
     pub limits: Option<RawLimits>,
     pub token_ttl: Option<RawDuration>,

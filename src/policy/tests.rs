@@ -26,6 +26,7 @@ bindings:
     team: any
     pool: p
     billing_owner: platform
+    shared_keys: false
     models: [small, big]
     token_ttl: 5m
     max_tokens: { default: 100, max: 200 }
@@ -78,6 +79,11 @@ fn a_valid_policy_loads_with_exact_prices_and_defaults() {
     assert_eq!(wide.token_ttl, Duration::from_secs(300));
     assert_eq!(wide.max_request_micro_usd, Some(500_000));
     assert_eq!(set.binding("exact").unwrap().billing_owner, "a");
+    assert!(
+        set.binding("exact").unwrap().shared_keys,
+        "allowed by default"
+    );
+    assert!(!wide.shared_keys);
     assert_eq!(
         set.binding("exact").unwrap().token_ttl,
         Duration::from_secs(900)

@@ -15,7 +15,7 @@ use crate::error::{ApiError, Code, Shape};
 use crate::pricing::{self, Prices, Tokens, Usd};
 use crate::providers::{self, Api, Family, ProviderKind};
 use crate::quota::{Ask, BudgetSpec, Denied, Limits, RateInfo};
-use crate::secrets::NoKey;
+use crate::secrets::{NoKey, Owner};
 use crate::store::SpendRecord;
 use axum::Router;
 use axum::body::Body;
@@ -177,15 +177,24 @@ async fn pipeline(
             .select(
                 &model.provider,
                 &model.name,
-                &claims.tollgate.billing_owner,
+                Owner {
+                    name: &claims.tollgate.billing_owner,
+                    shared: claims.tollgate.shared_keys,
+                },
                 |k| !state.revocations.key_disabled(&k.id),
             )
             .map_err(|e| match e {
                 NoKey::NoMatch => ApiError::new(
                     Code::NoProviderKey,
                     format!(
-                        "no usable {} key for billing owner {}",
-                        model.provider, claims.tollgate.billing_owner
+                        "no usable {} key for billing owner {}{}",
+                        model.provider,
+                        claims.tollgate.billing_owner,
+                        if claims.tollgate.shared_keys {
+                            ""
+                        } else {
+                            " (binding does not allow shared keys)"
+                        }
                     ),
                 )
                 .retry_after(30),

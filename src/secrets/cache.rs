@@ -6,7 +6,7 @@ use super::{InvalidKey, ProviderKey, SHARED_OWNER, SecretStore, SecretStoreError
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,31 @@ pub enum NoKey {
         /// Time since the last successful listing.
         age: Duration,
     },
+}
+
+/// Whose keys may serve a request: the token's billing owner, and whether the shared keys
+/// stand in when that owner has none (the binding's `shared_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner<'a> {
+    /// The billing owner.
+    pub name: &'a str,
+    /// May shared keys serve?
+    pub shared: bool,
+}
+
+impl<'a> Owner<'a> {
+    /// `name`, falling back to the shared keys.
+    pub fn or_shared(name: &'a str) -> Owner<'a> {
+        Owner { name, shared: true }
+    }
+
+    /// `name` alone.
+    pub fn only(name: &'a str) -> Owner<'a> {
+        Owner {
+            name,
+            shared: false,
+        }
+    }
 }
 
 /// How fresh the cached keys are.
@@ -46,6 +71,7 @@ pub struct KeyCache {
     next: AtomicUsize,
     last_ok_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
+    refresh_failures: AtomicU64,
     max_staleness: Duration,
 }
 
@@ -64,6 +90,7 @@ impl KeyCache {
             next: AtomicUsize::new(0),
             last_ok_ms: AtomicI64::new(crate::clock::now_ms()),
             last_error: Mutex::new(None),
+            refresh_failures: AtomicU64::new(0),
             max_staleness,
         })
     }
@@ -73,6 +100,7 @@ impl KeyCache {
         let listing = match self.store.list().await {
             Ok(l) => l,
             Err(e) => {
+                self.refresh_failures.fetch_add(1, Ordering::Relaxed);
                 *self.last_error.lock() = Some(e.to_string());
                 return Err(e);
             }
@@ -128,12 +156,13 @@ impl KeyCache {
 
     /// Pick a key for (provider, model, billing owner) among those `usable` accepts,
     /// spreading load round-robin over the equal candidates. Keys of the owner itself are
-    /// preferred over shared keys; quarantined keys never serve.
+    /// preferred over shared keys, which serve only when `owner` allows them; quarantined keys
+    /// never serve.
     pub fn select(
         &self,
         provider: &str,
         model: &str,
-        owner: &str,
+        owner: Owner<'_>,
         usable: impl Fn(&ProviderKey) -> bool,
     ) -> Result<Arc<ProviderKey>, NoKey> {
         let age = self.age();
@@ -163,8 +192,8 @@ impl KeyCache {
                 .nth(i)
                 .map(Arc::clone)
         };
-        pick(owner)
-            .or_else(|| pick(SHARED_OWNER))
+        pick(owner.name)
+            .or_else(|| owner.shared.then(|| pick(SHARED_OWNER)).flatten())
             .ok_or(NoKey::NoMatch)
     }
 
@@ -193,6 +222,16 @@ impl KeyCache {
     pub fn age(&self) -> Duration {
         let ms = crate::clock::now_ms() - self.last_ok_ms.load(Ordering::Relaxed);
         Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Refreshes that failed since start (metrics).
+    pub fn refresh_failures(&self) -> u64 {
+        self.refresh_failures.load(Ordering::Relaxed)
+    }
+
+    /// The configured bound past which cached keys stop serving.
+    pub fn max_staleness(&self) -> Duration {
+        self.max_staleness
     }
 
     /// Freshness, for `/readyz`.

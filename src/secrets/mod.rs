@@ -14,7 +14,7 @@ mod meta;
 mod vault;
 
 pub use aws::AwsStore;
-pub use cache::{KeyCache, KeysHealth, NoKey};
+pub use cache::{KeyCache, KeysHealth, NoKey, Owner};
 pub use file::{ENV_KEYS, FileStore};
 pub use vault::VaultStore;
 

@@ -38,26 +38,61 @@ async fn owner_keys_are_preferred_and_models_respected() {
         .unwrap();
     for _ in 0..4 {
         let k = cache
-            .select("openai", "gpt-4o", "team-a", |_| true)
+            .select("openai", "gpt-4o", Owner::or_shared("team-a"), |_| true)
             .unwrap();
         assert_eq!(k.id, "team-a-openai");
     }
     // team-a key does not allow embeddings: falls to a shared key allowing all models
     let k = cache
-        .select("openai", "text-embedding-3-small", "team-a", |_| true)
+        .select(
+            "openai",
+            "text-embedding-3-small",
+            Owner::or_shared("team-a"),
+            |_| true,
+        )
         .unwrap();
     assert_eq!(k.id, "shared-openai-1");
     assert!(
         cache
-            .select("anthropic", "claude", "team-a", |_| true)
+            .select("anthropic", "claude", Owner::or_shared("team-a"), |_| true)
             .is_err()
     );
     assert_eq!(
         cache
-            .select("anthropic", "claude", "team-b", |_| true)
+            .select("anthropic", "claude", Owner::or_shared("team-b"), |_| true)
             .unwrap()
             .id,
         "anthropic"
+    );
+}
+
+#[tokio::test]
+async fn an_owner_that_refuses_shared_keys_is_served_by_its_own_only() {
+    let (_f, s) = store_with(KEYS);
+    let cache = KeyCache::load(s, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let own = cache
+        .select("openai", "gpt-4o", Owner::only("team-a"), |_| true)
+        .unwrap();
+    assert_eq!(own.id, "team-a-openai");
+    // Its own key does not allow embeddings and the shared one may not stand in.
+    assert_eq!(
+        cache
+            .select(
+                "openai",
+                "text-embedding-3-small",
+                Owner::only("team-a"),
+                |_| true
+            )
+            .unwrap_err(),
+        NoKey::NoMatch
+    );
+    assert_eq!(
+        cache
+            .select("openai", "gpt-4o-mini", Owner::only("someone"), |_| true)
+            .unwrap_err(),
+        NoKey::NoMatch
     );
 }
 
@@ -70,7 +105,9 @@ async fn equal_keys_share_the_load() {
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..10 {
         let k = cache
-            .select("openai", "gpt-4o-mini", "someone", |_| true)
+            .select("openai", "gpt-4o-mini", Owner::or_shared("someone"), |_| {
+                true
+            })
             .unwrap();
         *seen.entry(k.id.clone()).or_insert(0) += 1;
     }
@@ -86,7 +123,11 @@ async fn broken_file_keeps_cached_keys() {
         .unwrap();
     std::fs::write(f.path(), "keys: [ {id: x} ]").unwrap();
     assert!(cache.refresh().await.is_err());
-    assert!(cache.select("openai", "gpt-4o", "team-a", |_| true).is_ok());
+    assert!(
+        cache
+            .select("openai", "gpt-4o", Owner::or_shared("team-a"), |_| true)
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -128,25 +169,26 @@ async fn a_quarantined_key_stops_serving_until_a_new_version_arrives() {
         .await
         .unwrap();
     let k = cache
-        .select("openai", "gpt-4o", "team-a", |_| true)
+        .select("openai", "gpt-4o", Owner::or_shared("team-a"), |_| true)
         .unwrap();
     assert!(cache.quarantine(&k), "first quarantine alerts");
     assert!(!cache.quarantine(&k), "later ones do not");
     // team-a's own key is out: the shared one serves.
     let k2 = cache
-        .select("openai", "gpt-4o", "team-a", |_| true)
+        .select("openai", "gpt-4o", Owner::or_shared("team-a"), |_| true)
         .unwrap();
     assert_eq!(k2.id, "shared-openai-1");
     // A refresh with the same version keeps the quarantine.
     cache.refresh().await.unwrap();
     let k3 = cache
-        .select("openai", "gpt-4o", "team-a", |_| true)
+        .select("openai", "gpt-4o", Owner::or_shared("team-a"), |_| true)
         .unwrap();
     assert_ne!(k3.id, "team-a-openai");
     // The file store reports version "1" always; a predicate still lets callers exclude keys.
     drop(f);
     assert!(matches!(
-        cache.select("openai", "gpt-4o", "team-a", |k| k.id == "nope"),
+        cache.select("openai", "gpt-4o", Owner::or_shared("team-a"), |k| k.id
+            == "nope"),
         Err(super::cache::NoKey::NoMatch)
     ));
 }
@@ -163,11 +205,15 @@ async fn cached_keys_stop_serving_past_max_staleness() {
     let h = cache.health();
     assert!(h.degraded && h.stale, "{h:?}");
     assert!(matches!(
-        cache.select("openai", "gpt-4o", "team-a", |_| true),
+        cache.select("openai", "gpt-4o", Owner::or_shared("team-a"), |_| true),
         Err(super::cache::NoKey::Stale { .. })
     ));
     std::fs::write(f.path(), KEYS).unwrap();
     cache.refresh().await.unwrap();
     assert!(!cache.health().degraded);
-    assert!(cache.select("openai", "gpt-4o", "team-a", |_| true).is_ok());
+    assert!(
+        cache
+            .select("openai", "gpt-4o", Owner::or_shared("team-a"), |_| true)
+            .is_ok()
+    );
 }

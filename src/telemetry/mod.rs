@@ -1,8 +1,9 @@
-//! Telemetry: tracing setup. JSON lines in `serve` (one object per event, for log pipelines),
-//! human-readable output in `dev`. Nothing here ever formats a secret: secrets live in
+//! Telemetry: tracing setup and the Prometheus registry ([`metrics`]). Logs are JSON lines in
+//! `serve` (one object per event, for log pipelines), human-readable output in `dev`. Nothing here ever formats a secret: secrets live in
 //! `secrecy` types whose `Debug` is redacted, and handlers log identifiers, never credentials.
 
 mod json;
+pub mod metrics;
 mod writer;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};

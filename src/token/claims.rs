@@ -39,6 +39,10 @@ pub struct Grant {
     pub pool: String,
     /// Owner whose provider keys serve the traffic.
     pub billing_owner: String,
+    /// May keys of the shared owner (`billing_owner: "*"` in the store) serve when the owner
+    /// has none? Written only when `false`, so the common token stays small.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub shared_keys: bool,
     /// Policy binding that granted the token.
     pub binding: String,
     /// Name of the trusted issuer that vouched for the workload.
@@ -64,4 +68,49 @@ pub struct Grant {
     /// Most a single request may cost (worst case), in USD.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_usd: Option<f64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(v: &bool) -> bool {
+    *v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(shared_keys: bool) -> Grant {
+        Grant {
+            team: "t".into(),
+            pool: "p".into(),
+            billing_owner: "o".into(),
+            shared_keys,
+            binding: "b".into(),
+            issuer: "k8s".into(),
+            pod_uid: None,
+            models: vec!["m".into()],
+            rpm: None,
+            tpm: None,
+            concurrency: None,
+            max_tokens: 10,
+            default_max_tokens: 5,
+            max_request_usd: None,
+        }
+    }
+
+    #[test]
+    fn shared_keys_is_written_only_when_refused() {
+        let allowed = serde_json::to_value(grant(true)).unwrap();
+        assert!(allowed.get("shared_keys").is_none(), "{allowed}");
+        let refused = serde_json::to_value(grant(false)).unwrap();
+        assert_eq!(refused["shared_keys"], false);
+        let back: Grant = serde_json::from_value(refused).unwrap();
+        assert!(!back.shared_keys);
+        // A token minted before the claim existed still allows shared keys.
+        let old: Grant = serde_json::from_value(allowed).unwrap();
+        assert!(old.shared_keys);
+    }
 }

@@ -187,6 +187,7 @@ pub async fn exchange(
         team: binding.team.clone(),
         pool: binding.pool.clone(),
         billing_owner: binding.billing_owner.clone(),
+        shared_keys: binding.shared_keys,
         binding: binding.name.clone(),
         issuer: workload.issuer_name.clone(),
         pod_uid: workload.pod_uid.clone(),

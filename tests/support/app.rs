@@ -224,6 +224,20 @@ issuer = "{issuer}"
     )
 }
 
+/// A scrape of `/metrics`.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of one series, named with its labels exactly as exposed
+    /// (`tollgate_secret_store_up{backend="vault"}`).
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            (name == series).then(|| v.parse().unwrap())
+        })
+    }
+}
+
 impl TestApp {
     /// A Kubernetes service-account token for `namespace`/`sa` from the test issuer.
     pub fn workload_token(&self, namespace: &str, sa: &str) -> String {
@@ -263,6 +277,22 @@ impl TestApp {
         assert_eq!(r.status(), 200, "exchange for {namespace} failed");
         let v: Value = r.json().await.unwrap();
         v["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The `/metrics` exposition; fails the test unless it is OpenMetrics text.
+    pub async fn metrics(&self) -> Metrics {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+        let text = r.text().await.unwrap();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        Metrics(text)
     }
 
     /// POST JSON with a bearer token.

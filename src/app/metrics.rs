@@ -1,0 +1,142 @@
+//! The metrics this application exposes, read from its state at scrape time. Request-path
+//! series (latency, tokens, spend) land with the telemetry work; what is here is what an
+//! operator needs to see a secret-store or revocation-sync outage before it bites.
+
+use crate::revocation::RevocationSet;
+use crate::secrets::KeyCache;
+use crate::telemetry::metrics::Metrics;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Unit;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The registry of one application.
+pub fn registry(keys: Arc<KeyCache>, revocations: Arc<RevocationSet>) -> Metrics {
+    let mut m = Metrics::new();
+    m.register_collector(SecretStoreCollector(keys));
+    m.register_collector(RevocationCollector(revocations));
+    m
+}
+
+/// Freshness of the provider keys and what the last listing found.
+struct SecretStoreCollector(Arc<KeyCache>);
+
+impl std::fmt::Debug for SecretStoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretStoreCollector")
+    }
+}
+
+impl Collector for SecretStoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cache = &self.0;
+        let health = cache.health();
+        let backend = [("backend", health.store.as_str())];
+
+        gauge(
+            &mut encoder,
+            "secret_store_up",
+            "1 when the last listing of the secret store succeeded, 0 while serving from cache",
+            None,
+            &backend,
+            i64::from(!health.degraded),
+        )?;
+        gauge(
+            &mut encoder,
+            "secret_store_age",
+            "Time since the last successful listing of the secret store",
+            Some(Unit::Seconds),
+            &backend,
+            health.age.as_secs_f64(),
+        )?;
+        gauge(
+            &mut encoder,
+            "secret_store_max_staleness",
+            "Age past which cached provider keys stop serving (secrets.max_staleness)",
+            Some(Unit::Seconds),
+            &backend,
+            cache.max_staleness().as_secs_f64(),
+        )?;
+        let failures = ConstCounter::new(cache.refresh_failures());
+        let mut family = encoder.encode_descriptor(
+            "secret_store_refresh_failures",
+            "Listings of the secret store that failed since start",
+            None,
+            failures.metric_type(),
+        )?;
+        failures.encode(family.encode_family(&backend)?)?;
+
+        // Every (provider, state) the listing holds, so a quarantine or an invalid entry shows
+        // as a series of its own. Bounded by providers x three states.
+        let (keys, invalid) = cache.snapshot();
+        let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for k in keys.iter() {
+            let state = if k.is_quarantined() {
+                "quarantined"
+            } else {
+                "active"
+            };
+            *counts.entry((k.provider.as_str(), state)).or_default() += 1;
+        }
+        for i in invalid.iter() {
+            *counts.entry((i.provider.as_str(), "invalid")).or_default() += 1;
+        }
+        let mut family = encoder.encode_descriptor(
+            "provider_keys",
+            "Provider keys of the last good listing, by provider and state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((provider, state), n) in counts {
+            let labels = [
+                ("backend", health.store.as_str()),
+                ("provider", provider),
+                ("state", state),
+            ];
+            ConstGauge::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// How current this replica's copy of the revocation list is.
+struct RevocationCollector(Arc<RevocationSet>);
+
+impl std::fmt::Debug for RevocationCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RevocationCollector")
+    }
+}
+
+impl Collector for RevocationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let age = ConstGauge::new(self.0.last_sync_age().as_secs_f64());
+        let family = encoder.encode_descriptor(
+            "revocations_sync_age",
+            "Time since this replica last read the revocation list from the store",
+            Some(&Unit::Seconds),
+            age.metric_type(),
+        )?;
+        age.encode(family)
+    }
+}
+
+fn gauge<V>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    labels: &[(&str, &str)],
+    value: V,
+) -> Result<(), std::fmt::Error>
+where
+    ConstGauge<V>: EncodeMetric,
+{
+    let g = ConstGauge::new(value);
+    let mut family = encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?;
+    g.encode(family.encode_family(&labels)?)
+}
