@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::Value;
-use support::app::{Options, TestApp, spawn_app_with};
+use support::app::{Options, TestApp, spawn_app_with, spawn_fleet};
 use support::db::TestDbKind;
 
 const POLICY: &str = r#"
@@ -31,30 +31,7 @@ bindings:
 const CAP_MICRO_USD: i64 = 1_000;
 
 async fn fleet(kind: TestDbKind) -> Vec<TestApp> {
-    let first = spawn_app_with(
-        kind,
-        Options {
-            policy: Some(POLICY.into()),
-            ..Options::default()
-        },
-    )
-    .await;
-    let url = first.db.url.clone();
-    let mut apps = vec![first];
-    for _ in 0..2 {
-        apps.push(
-            spawn_app_with(
-                kind,
-                Options {
-                    policy: Some(POLICY.into()),
-                    database_url: Some(url.clone()),
-                    ..Options::default()
-                },
-            )
-            .await,
-        );
-    }
-    apps
+    spawn_fleet(kind, POLICY, 3).await
 }
 
 #[tokio::test]

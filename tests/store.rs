@@ -205,3 +205,53 @@ async fn a_large_batch_is_written_in_one_call() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn rate_window_leases_racing_never_grant_past_the_limit() {
+    each_store(|store| async move {
+        // Three "replicas" lease slices of 7 from a window of 100 at once.
+        let lease = |store: Store| async move {
+            let mut got = 0;
+            loop {
+                let (g, total) = store
+                    .acquire_rate("requests:pool:p", 42, 100, 7)
+                    .await
+                    .unwrap();
+                assert!(total <= 100, "window total {total} past the limit");
+                if g == 0 {
+                    return got;
+                }
+                got += g;
+            }
+        };
+        let (a, b, c) = tokio::join!(
+            lease(store.clone()),
+            lease(store.clone()),
+            lease(store.clone())
+        );
+        assert_eq!(a + b + c, 100, "the whole window, exactly once");
+        // Another minute and another scope are windows of their own.
+        assert_eq!(
+            store
+                .acquire_rate("requests:pool:p", 43, 100, 7)
+                .await
+                .unwrap(),
+            (7, 7)
+        );
+        assert_eq!(
+            store.acquire_rate("tokens:pool:p", 42, 5, 7).await.unwrap(),
+            (5, 5),
+            "a grant stops at the limit"
+        );
+        assert_eq!(store.forget_rate_windows(43).await.unwrap(), 2);
+        assert_eq!(
+            store
+                .acquire_rate("requests:pool:p", 42, 100, 7)
+                .await
+                .unwrap(),
+            (7, 7),
+            "a forgotten window starts again (only past minutes are forgotten)"
+        );
+    })
+    .await;
+}

@@ -140,6 +140,7 @@ impl Application {
         );
         let quota = Quota::new();
         let leases = super::budget::Leases::new(store.clone(), Arc::clone(&quota));
+        let rates = super::rates::RateLeases::new(store.clone(), Arc::clone(&quota));
         // Register this replica at once, so its first leases are never mistaken for a dead one's.
         if let Err(e) = leases.tick().await {
             tracing::warn!(error = %e, "budget leases: first heartbeat failed; retried every second");
@@ -185,6 +186,7 @@ impl Application {
         );
         tasks.push(spawn_token_gc(Arc::clone(&quota), cancel.child_token()));
         tasks.push(Arc::clone(&leases).spawn(cancel.child_token()));
+        tasks.push(Arc::clone(&rates).spawn(cancel.child_token()));
         let alerts = crate::alerts::Alerts::new(
             &config.alerts,
             store.clone(),
@@ -211,6 +213,7 @@ impl Application {
             quota,
             alerts,
             leases,
+            rates,
             providers: provider_routes(&config),
             upstream_client,
             http,
@@ -363,8 +366,9 @@ fn issued_sink(store: Store) -> Sink<IssuedTokenRecord> {
 }
 
 fn spawn_token_gc(quota: Arc<Quota>, cancel: CancellationToken) -> JoinHandle<()> {
-    // Per-token counters are forgotten once idle for longer than a rate window: a bucket
-    // untouched for two minutes is full again, so dropping it changes nothing.
+    // Per-token counters are forgotten once idle for two minutes: their per-minute windows
+    // have ended (the store keeps the fleet's count of the current one), so dropping them
+    // changes nothing.
     crate::tasks::every(Duration::from_secs(60), cancel, move || {
         quota.forget_idle_tokens(Duration::from_secs(120));
         std::future::ready(())

@@ -6,6 +6,7 @@ pub mod budget;
 mod build;
 mod keys;
 mod metrics;
+pub mod rates;
 mod routes;
 mod state;
 

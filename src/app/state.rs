@@ -94,6 +94,8 @@ pub struct Inner {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// This replica's budget leases in the store.
     pub leases: Arc<super::budget::Leases>,
+    /// This replica's leases of the fleet-wide per-minute windows.
+    pub rates: Arc<super::rates::RateLeases>,
     /// Providers by id.
     pub providers: HashMap<String, ProviderRoute>,
     /// Pooled client of the provider calls (the hot path).

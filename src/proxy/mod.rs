@@ -424,13 +424,24 @@ async fn admit(state: &AppState, ask: &Ask<'_>) -> Result<crate::quota::Admissio
         )
         .retry_after(1)
     };
-    for _ in 0..3 {
+    // Each round fills one short window or lease: up to four rate windows (token and pool,
+    // requests and tokens) and the budget, with room for others racing for the same money.
+    let mut raced_for_rate = false;
+    for _ in 0..8 {
         let need = match state.quota.admit(ask) {
             Ok(a) => return Ok(a),
+            Err(Denied::NeedsRate(need)) => {
+                // Filled or not, the next admission decides: a window the fleet used up is
+                // refused there with its Retry-After.
+                state.rates.refill(&need).await;
+                raced_for_rate = true;
+                continue;
+            }
             Err(Denied::NeedsBudget { want, .. }) => Need::Money(want),
             Err(Denied::NeedsReport { .. }) => Need::Report,
             Err(d) => return Err(denied(d)),
         };
+        raced_for_rate = false;
         match state.leases.refill(ask.pool, need).await {
             Ok(true) => {}
             Ok(false) => {
@@ -444,7 +455,14 @@ async fn admit(state: &AppState, ask: &Ask<'_>) -> Result<crate::quota::Admissio
             Err(e) => return Err(unavailable(&e)),
         }
     }
-    // Other requests took what was topped up three times in a row: the window is nearly spent.
+    // Other requests took what was topped up round after round: the window is nearly spent.
+    if raced_for_rate {
+        return Err(ApiError::new(
+            Code::RateLimitExceeded,
+            "per-minute limit nearly reached: other requests took the last of this minute's window",
+        )
+        .retry_after(1));
+    }
     state.alerts.reached_cap(ask.pool);
     Err(denied(Denied::Budget {
         pool: ask.pool.to_owned(),
@@ -463,7 +481,7 @@ fn denied(d: Denied) -> ApiError {
         }
         Denied::TooLarge { .. } => ApiError::new(Code::RequestTooLarge, d.to_string()),
         Denied::Budget { .. } => ApiError::new(Code::BudgetExceeded, d.to_string()),
-        Denied::NeedsBudget { .. } | Denied::NeedsReport { .. } => {
+        Denied::NeedsBudget { .. } | Denied::NeedsReport { .. } | Denied::NeedsRate(_) => {
             ApiError::new(Code::Unavailable, d.to_string()).retry_after(1)
         }
     }

@@ -4,6 +4,11 @@
 //! *settled* with its actual usage; the difference is returned. Limits apply per token (from
 //! its claims) and per pool (from policy).
 //!
+//! Per-minute limits are fleet-wide too: each is counted in UTC-minute windows whose units a
+//! replica leases from the store ([`rate`]); when a window is short, admission says so
+//! ([`Denied::NeedsRate`]) and the caller leases more and asks again. Concurrency is counted
+//! per replica.
+//!
 //! Budgets are fleet-wide: a request reserves from this replica's [`lease::Lease`] on the
 //! pool's current UTC day, money the store granted under the window's cap (DESIGN.md "Quotas
 //! across replicas"). When the lease is short, admission says so ([`Denied::NeedsBudget`],
@@ -15,7 +20,7 @@
 //! as long as actual cost ≤ reserved worst case.
 
 pub mod lease;
-mod rate;
+pub mod rate;
 mod window;
 
 pub use window::{first_day, window_start};
@@ -23,7 +28,7 @@ pub use window::{first_day, window_start};
 use crate::policy::BudgetWindow;
 use crate::pricing::Usd;
 use parking_lot::Mutex;
-use rate::Bucket;
+use rate::{Short, Window};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -124,12 +129,89 @@ pub enum Denied {
         /// Missing money, micro-dollars.
         want: i64,
     },
+    /// This replica's share of a per-minute window is used up: lease more and ask again.
+    #[error("the {} per-minute window of this {} needs {} more leased", .0.scope.unit.as_str(), .0.scope.kind.as_str(), .0.want)]
+    NeedsRate(RateNeed),
     /// This replica must report its lease (heartbeat) before reserving more.
     #[error("budget lease of pool {pool} must be reported before more is reserved")]
     NeedsReport {
         /// Pool name.
         pool: String,
     },
+}
+
+/// Whose per-minute limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RateKind {
+    /// A token's own limit (from its claims), keyed by its `jti`.
+    Token,
+    /// A pool's limit (from policy).
+    Pool,
+}
+
+impl RateKind {
+    /// `token` / `pool`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateKind::Token => "token",
+            RateKind::Pool => "pool",
+        }
+    }
+}
+
+/// What a per-minute limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RateUnit {
+    /// Requests.
+    Requests,
+    /// Input + output tokens.
+    Tokens,
+}
+
+impl RateUnit {
+    /// `requests` / `tokens`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateUnit::Requests => "requests",
+            RateUnit::Tokens => "tokens",
+        }
+    }
+}
+
+/// One per-minute limit of one token or pool.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RateScope {
+    /// Token or pool.
+    pub kind: RateKind,
+    /// The `jti` or the pool name.
+    pub name: String,
+    /// Requests or tokens.
+    pub unit: RateUnit,
+}
+
+impl RateScope {
+    /// The store's key of this limit's windows (`requests:pool:main`).
+    pub fn key(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.unit.as_str(),
+            self.kind.as_str(),
+            self.name
+        )
+    }
+}
+
+/// Units of a per-minute window to lease from the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateNeed {
+    /// Which limit.
+    pub scope: RateScope,
+    /// The window (unix minute).
+    pub minute: i64,
+    /// The limit: what the store may grant the fleet for the window.
+    pub limit: u64,
+    /// Units wanted.
+    pub want: u64,
 }
 
 /// Limits and remaining capacity, for `x-ratelimit-*` headers (the token's own limits).
@@ -146,8 +228,8 @@ pub struct RateInfo {
 }
 
 struct Counters {
-    rpm: Option<Bucket>,
-    tpm: Option<Bucket>,
+    rpm: Option<Window>,
+    tpm: Option<Window>,
     in_flight: u32,
     last_used: Instant,
 }
@@ -164,45 +246,62 @@ impl Default for Counters {
 }
 
 impl Counters {
-    fn sync_limits(&mut self, l: &Limits, now: Instant) {
-        sync_bucket(&mut self.rpm, l.rpm.map(u64::from), now);
-        sync_bucket(&mut self.tpm, l.tpm, now);
+    fn sync_limits(&mut self, l: &Limits, now_ms: i64) {
+        sync_window(&mut self.rpm, l.rpm.map(u64::from), now_ms);
+        sync_window(&mut self.tpm, l.tpm, now_ms);
     }
 
     fn check(
         &mut self,
-        scope: &'static str,
+        kind: RateKind,
+        name: &str,
         l: &Limits,
         tokens: u64,
-        now: Instant,
+        now_ms: i64,
     ) -> Result<(), Denied> {
+        let scope = kind.as_str();
         if let Some(c) = l.concurrency
             && self.in_flight >= c
         {
             return Err(Denied::Concurrency { scope, limit: c });
         }
-        if let Some(b) = &mut self.rpm {
-            b.check(1, now).map_err(|retry_after| Denied::Rate {
+        if let Some(w) = &mut self.tpm
+            && tokens > w.limit()
+        {
+            return Err(Denied::TooLarge {
                 scope,
-                unit: "requests",
-                limit: b.capacity(),
-                retry_after,
-            })?;
+                needed: tokens,
+                limit: w.limit(),
+            });
         }
-        if let Some(b) = &mut self.tpm {
-            if tokens > b.capacity() {
-                return Err(Denied::TooLarge {
-                    scope,
-                    needed: tokens,
-                    limit: b.capacity(),
-                });
+        for (w, unit, n) in [
+            (&mut self.rpm, RateUnit::Requests, 1),
+            (&mut self.tpm, RateUnit::Tokens, tokens),
+        ] {
+            let Some(w) = w else { continue };
+            match w.check(n, now_ms) {
+                Ok(()) => {}
+                Err(Short::Full { retry_after }) => {
+                    return Err(Denied::Rate {
+                        scope,
+                        unit: unit.as_str(),
+                        limit: w.limit(),
+                        retry_after,
+                    });
+                }
+                Err(Short::Lease { minute, want }) => {
+                    return Err(Denied::NeedsRate(RateNeed {
+                        scope: RateScope {
+                            kind,
+                            name: name.to_owned(),
+                            unit,
+                        },
+                        minute,
+                        limit: w.limit(),
+                        want,
+                    }));
+                }
             }
-            b.check(tokens, now).map_err(|retry_after| Denied::Rate {
-                scope,
-                unit: "tokens",
-                limit: b.capacity(),
-                retry_after,
-            })?;
         }
         Ok(())
     }
@@ -210,30 +309,75 @@ impl Counters {
     fn take(&mut self, tokens: u64) {
         self.in_flight += 1;
         self.last_used = Instant::now();
-        if let Some(b) = &mut self.rpm {
-            b.take(1);
+        if let Some(w) = &mut self.rpm {
+            w.take(1);
         }
-        if let Some(b) = &mut self.tpm {
-            b.take(tokens);
+        if let Some(w) = &mut self.tpm {
+            w.take(tokens);
         }
     }
 
-    fn settle(&mut self, reserved: u64, actual: u64) {
+    fn settle(&mut self, minute: i64, reserved: u64, actual: u64) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some(b) = &mut self.tpm {
-            if actual < reserved {
-                b.give(reserved - actual);
-            } else {
-                b.charge(actual - reserved);
+        if let Some(w) = &mut self.tpm {
+            w.settle(minute, reserved, actual);
+        }
+    }
+
+    fn window(&mut self, unit: RateUnit) -> Option<&mut Window> {
+        match unit {
+            RateUnit::Requests => self.rpm.as_mut(),
+            RateUnit::Tokens => self.tpm.as_mut(),
+        }
+    }
+
+    /// Leases the upkeep should take for this token's or pool's windows: a top-up when the
+    /// current window runs low, and the next minute's first slice near the end of a minute.
+    fn needs(&self, kind: RateKind, name: &str, now_ms: i64, out: &mut Vec<RateNeed>) {
+        let minute = now_ms.div_euclid(rate::MINUTE_MS);
+        let ahead = now_ms.rem_euclid(rate::MINUTE_MS) >= LEASE_AHEAD_MS;
+        for (w, unit) in [
+            (&self.rpm, RateUnit::Requests),
+            (&self.tpm, RateUnit::Tokens),
+        ] {
+            let Some(w) = w else { continue };
+            if w.minute() != minute || w.used() == 0 {
+                continue;
+            }
+            let slice = rate::slice(w.limit());
+            let scope = || RateScope {
+                kind,
+                name: name.to_owned(),
+                unit,
+            };
+            if !w.is_full() && w.available() < slice.div_ceil(2) {
+                out.push(RateNeed {
+                    scope: scope(),
+                    minute,
+                    limit: w.limit(),
+                    want: slice,
+                });
+            }
+            if ahead && w.leased_ahead() == 0 {
+                out.push(RateNeed {
+                    scope: scope(),
+                    minute: minute + 1,
+                    limit: w.limit(),
+                    want: slice,
+                });
             }
         }
     }
 }
 
-fn sync_bucket(slot: &mut Option<Bucket>, limit: Option<u64>, now: Instant) {
+/// Past this point of a minute the upkeep leases the next minute's first slice of every
+/// window in use, so a new minute starts without a store round trip.
+const LEASE_AHEAD_MS: i64 = 55_000;
+
+fn sync_window(slot: &mut Option<Window>, limit: Option<u64>, now_ms: i64) {
     match (slot.as_mut(), limit) {
-        (Some(b), Some(l)) => b.resize(l),
-        (None, Some(l)) => *slot = Some(Bucket::new(l, now)),
+        (Some(w), Some(l)) => w.resize(l),
+        (None, Some(l)) => *slot = Some(Window::new(l, now_ms)),
         (_, None) => *slot = None,
     }
 }
@@ -292,16 +436,27 @@ impl Quota {
 
     /// Admit a request or say why not. Nothing is taken unless every check passes.
     pub fn admit(self: &Arc<Self>, ask: &Ask<'_>) -> Result<Admission, Denied> {
-        let now = Instant::now();
+        let now = ask.now_ms;
         let mut tokens = self.tokens.lock();
         let mut pools = self.pools.lock();
         let tc = tokens.entry(ask.jti.to_owned()).or_default();
         tc.sync_limits(&ask.token_limits, now);
         let ps = pools.entry(ask.pool.to_owned()).or_default();
         ps.counters.sync_limits(&ask.pool_limits, now);
-        tc.check("token", &ask.token_limits, ask.worst_tokens, now)?;
-        ps.counters
-            .check("pool", &ask.pool_limits, ask.worst_tokens, now)?;
+        tc.check(
+            RateKind::Token,
+            ask.jti,
+            &ask.token_limits,
+            ask.worst_tokens,
+            now,
+        )?;
+        ps.counters.check(
+            RateKind::Pool,
+            ask.pool,
+            &ask.pool_limits,
+            ask.worst_tokens,
+            now,
+        )?;
         let mut lease_day = None;
         if let Some(b) = &ask.budget {
             let day = ask.now_ms.div_euclid(window::DAY_MS);
@@ -326,10 +481,10 @@ impl Quota {
         tc.take(ask.worst_tokens);
         ps.counters.take(ask.worst_tokens);
         let info = RateInfo {
-            limit_requests: tc.rpm.as_ref().map(Bucket::capacity),
-            remaining_requests: tc.rpm.as_ref().map(Bucket::remaining),
-            limit_tokens: tc.tpm.as_ref().map(Bucket::capacity),
-            remaining_tokens: tc.tpm.as_ref().map(Bucket::remaining),
+            limit_requests: tc.rpm.as_ref().map(Window::limit),
+            remaining_requests: tc.rpm.as_ref().map(Window::remaining),
+            limit_tokens: tc.tpm.as_ref().map(Window::limit),
+            remaining_tokens: tc.tpm.as_ref().map(Window::remaining),
         };
         Ok(Admission {
             quota: Arc::clone(self),
@@ -337,6 +492,7 @@ impl Quota {
             pool: ask.pool.to_owned(),
             reserved_tokens: ask.worst_tokens,
             reserved_cost: ask.worst_cost,
+            minute: now.div_euclid(rate::MINUTE_MS),
             lease_day,
             rate: info,
             settled: false,
@@ -439,6 +595,40 @@ impl Quota {
         }
     }
 
+    /// Add units the store granted (`got` of `asked`; `fleet` in the window in all) to a
+    /// per-minute window.
+    pub fn grant_rate(&self, scope: &RateScope, minute: i64, got: u64, asked: u64, fleet: u64) {
+        let w = match scope.kind {
+            RateKind::Token => self.tokens.lock().get_mut(&scope.name).and_then(|c| {
+                c.window(scope.unit)
+                    .map(|w| w.grant(minute, got, asked, fleet))
+            }),
+            RateKind::Pool => self.pools.lock().get_mut(&scope.name).and_then(|p| {
+                p.counters
+                    .window(scope.unit)
+                    .map(|w| w.grant(minute, got, asked, fleet))
+            }),
+        };
+        if w.is_none() {
+            tracing::debug!(
+                scope = scope.kind.as_str(),
+                "rate lease for a limit no longer in use"
+            );
+        }
+    }
+
+    /// The rate leases the upkeep should take now (see [`LEASE_AHEAD_MS`]).
+    pub fn rate_needs(&self, now_ms: i64) -> Vec<RateNeed> {
+        let mut out = Vec::new();
+        for (jti, c) in self.tokens.lock().iter() {
+            c.needs(RateKind::Token, jti, now_ms, &mut out);
+        }
+        for (pool, p) in self.pools.lock().iter() {
+            p.counters.needs(RateKind::Pool, pool, now_ms, &mut out);
+        }
+        out
+    }
+
     /// Forget per-token counters idle for longer than `idle` (called periodically).
     pub fn forget_idle_tokens(&self, idle: std::time::Duration) {
         let now = Instant::now();
@@ -449,10 +639,10 @@ impl Quota {
 
     fn settle(&self, a: &Admission, tokens: u64, cost: Usd) {
         if let Some(tc) = self.tokens.lock().get_mut(&a.jti) {
-            tc.settle(a.reserved_tokens, tokens);
+            tc.settle(a.minute, a.reserved_tokens, tokens);
         }
         if let Some(ps) = self.pools.lock().get_mut(&a.pool) {
-            ps.counters.settle(a.reserved_tokens, tokens);
+            ps.counters.settle(a.minute, a.reserved_tokens, tokens);
             if let Some(l) = a.lease_day.and_then(|d| ps.leases.get_mut(&d)) {
                 l.settle(a.reserved_cost.micros(), cost.micros());
             }
@@ -468,6 +658,8 @@ pub struct Admission {
     pool: String,
     reserved_tokens: u64,
     reserved_cost: Usd,
+    /// The rate window the reservation was taken from.
+    minute: i64,
     lease_day: Option<i64>,
     rate: RateInfo,
     settled: bool,

@@ -1,101 +1,244 @@
-//! Token buckets for per-minute limits. A bucket of capacity C refills C per minute, so a
-//! burst of up to C is allowed after a quiet minute and the long-run rate is C per minute.
+//! Per-minute limits that hold for the whole fleet. Every limit is counted in UTC-minute
+//! windows. A replica serves from units of the current window it leased from the store, where
+//! one atomic statement grants a slice only while the window's total stays within the limit —
+//! so the fleet never admits more than the limit in a minute, on any number of replicas. A
+//! window that runs short asks for more ([`Short::Lease`]); one the store could not fill
+//! further is full until the next minute ([`Short::Full`]).
 
-use std::time::Instant;
+/// Milliseconds per window.
+pub const MINUTE_MS: i64 = 60_000;
 
-/// One bucket.
-#[derive(Debug, Clone)]
-pub(crate) struct Bucket {
-    capacity: f64,
-    level: f64,
-    last: Instant,
+/// The units a replica leases at a time: a twentieth of the limit, at least one.
+pub fn slice(limit: u64) -> u64 {
+    (limit / 20).max(1)
 }
 
-impl Bucket {
-    pub(crate) fn new(per_minute: u64, now: Instant) -> Bucket {
-        let capacity = per_minute as f64;
-        Bucket {
-            capacity,
-            level: capacity,
-            last: now,
+/// Why a window cannot take `n` now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Short {
+    /// This replica's units are used up: lease `want` more for `minute`.
+    Lease {
+        /// The window.
+        minute: i64,
+        /// Units missing.
+        want: u64,
+    },
+    /// The fleet used the window up: retry after this many seconds (the next minute).
+    Full {
+        /// Seconds to the next window.
+        retry_after: u64,
+    },
+}
+
+/// This replica's share of one limit's current window.
+#[derive(Debug, Clone)]
+pub(crate) struct Window {
+    limit: u64,
+    minute: i64,
+    /// Units the store granted this replica for `minute`.
+    granted: u64,
+    /// Units taken (reservations and settled usage; above `granted` after an overrun).
+    used: u64,
+    /// The store granted less than asked for `minute`: the fleet has used the window up.
+    full: bool,
+    /// Units granted to the whole fleet for `minute`, as of this replica's last lease.
+    fleet: u64,
+    /// Units already leased for the next minute (leased ahead, so a new minute starts
+    /// without a store round trip).
+    next: u64,
+}
+
+impl Window {
+    pub(crate) fn new(limit: u64, now_ms: i64) -> Window {
+        Window {
+            limit,
+            minute: now_ms.div_euclid(MINUTE_MS),
+            granted: 0,
+            used: 0,
+            full: false,
+            fleet: 0,
+            next: 0,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.level = (self.level + dt * self.capacity / 60.0).min(self.capacity);
-        self.last = now;
-    }
-
-    /// Limit changed by a policy reload: keep the used fraction.
-    pub(crate) fn resize(&mut self, per_minute: u64) {
-        let cap = per_minute as f64;
-        if (cap - self.capacity).abs() > f64::EPSILON {
-            let used = self.capacity - self.level;
-            self.capacity = cap;
-            self.level = (cap - used).clamp(0.0, cap);
+    /// Move to the window of `now_ms` if a new minute started.
+    fn roll(&mut self, now_ms: i64) {
+        let minute = now_ms.div_euclid(MINUTE_MS);
+        if minute > self.minute {
+            let carried = if minute == self.minute + 1 {
+                self.next
+            } else {
+                0
+            };
+            *self = Window {
+                granted: carried,
+                fleet: carried,
+                ..Window::new(self.limit, now_ms)
+            };
         }
     }
 
-    /// Can `n` be taken now? `Err(seconds until it can)`; `n` over capacity never can.
-    pub(crate) fn check(&mut self, n: u64, now: Instant) -> Result<(), u64> {
-        self.refill(now);
-        let n = n as f64;
-        if n <= self.level {
+    /// The limit changed (policy reload). The store's window is checked against the new
+    /// limit at the next lease.
+    pub(crate) fn resize(&mut self, limit: u64) {
+        if limit != self.limit {
+            self.limit = limit;
+            self.full = false;
+        }
+    }
+
+    /// Can `n` units be taken at `now_ms`?
+    pub(crate) fn check(&mut self, n: u64, now_ms: i64) -> Result<(), Short> {
+        self.roll(now_ms);
+        let available = self.granted.saturating_sub(self.used);
+        if n <= available {
             Ok(())
+        } else if self.full {
+            let next = (self.minute + 1) * MINUTE_MS;
+            let ms = u64::try_from(next - now_ms).unwrap_or(0);
+            Err(Short::Full {
+                retry_after: ms.div_ceil(1000).max(1),
+            })
         } else {
-            let missing = n - self.level;
-            Err((missing * 60.0 / self.capacity).ceil().max(1.0) as u64)
+            Err(Short::Lease {
+                minute: self.minute,
+                want: n - available,
+            })
         }
     }
 
     pub(crate) fn take(&mut self, n: u64) {
-        self.level -= n as f64;
+        self.used += n;
     }
 
-    /// Give back `n` (a reservation settled lower than reserved).
-    pub(crate) fn give(&mut self, n: u64) {
-        self.level = (self.level + n as f64).min(self.capacity);
+    /// Settle a reservation of `reserved` units made in `minute` at `actual`. A window that
+    /// has ended keeps what it counted: its limit no longer matters.
+    pub(crate) fn settle(&mut self, minute: i64, reserved: u64, actual: u64) {
+        if minute != self.minute {
+            return;
+        }
+        if actual < reserved {
+            self.used = self.used.saturating_sub(reserved - actual);
+        } else {
+            self.used += actual - reserved;
+        }
     }
 
-    /// Charge `n` more than was reserved (may go negative: the debt delays later requests).
-    pub(crate) fn charge(&mut self, n: u64) {
-        self.level -= n as f64;
+    /// The store granted `got` of `asked` units for `minute`; `fleet` is the window's total.
+    pub(crate) fn grant(&mut self, minute: i64, got: u64, asked: u64, fleet: u64) {
+        if minute > self.minute + 1 {
+            self.roll(minute * MINUTE_MS);
+        }
+        if minute == self.minute {
+            self.granted += got;
+            self.fleet = self.fleet.max(fleet);
+            self.full = got < asked;
+        } else if minute == self.minute + 1 {
+            self.next += got;
+        }
     }
 
-    pub(crate) fn capacity(&self) -> u64 {
-        self.capacity as u64
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
     }
 
+    pub(crate) fn minute(&self) -> i64 {
+        self.minute
+    }
+
+    /// Units this replica holds and has not used.
+    pub(crate) fn available(&self) -> u64 {
+        self.granted.saturating_sub(self.used)
+    }
+
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.full
+    }
+
+    pub(crate) fn leased_ahead(&self) -> u64 {
+        self.next
+    }
+
+    /// What the fleet may still take this minute, as far as this replica knows (headers).
     pub(crate) fn remaining(&self) -> u64 {
-        self.level.max(0.0) as u64
+        self.limit.saturating_sub(self.fleet) + self.available()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    const T0: i64 = 1_795_487_580_000; // a minute boundary
 
     #[test]
-    fn bucket_allows_a_burst_then_refills_at_the_rate() {
-        let t0 = Instant::now();
-        let mut b = Bucket::new(60, t0);
-        for _ in 0..60 {
-            assert!(b.check(1, t0).is_ok());
-            b.take(1);
+    fn a_window_serves_what_was_leased_then_asks_or_is_full() {
+        let mut w = Window::new(10, T0);
+        assert_eq!(
+            w.check(1, T0),
+            Err(Short::Lease {
+                minute: T0 / MINUTE_MS,
+                want: 1
+            })
+        );
+        w.grant(T0 / MINUTE_MS, 4, 4, 4);
+        for _ in 0..4 {
+            assert!(w.check(1, T0).is_ok());
+            w.take(1);
         }
-        assert_eq!(b.check(1, t0), Err(1));
-        assert!(b.check(1, t0 + Duration::from_secs(1)).is_ok());
+        // The store had only 6 of the 10 asked for: the fleet used the minute up.
+        w.grant(T0 / MINUTE_MS, 6, 10, 10);
+        for _ in 0..6 {
+            w.check(1, T0 + 1_000).unwrap();
+            w.take(1);
+        }
+        assert_eq!(
+            w.check(1, T0 + 20_500),
+            Err(Short::Full { retry_after: 40 })
+        );
+        assert_eq!(w.remaining(), 0);
     }
 
     #[test]
-    fn more_than_capacity_reports_wait_and_refunds_are_capped() {
-        let t0 = Instant::now();
-        let mut b = Bucket::new(100, t0);
-        assert!(b.check(150, t0).is_err());
-        b.take(40);
-        b.give(1000);
-        assert_eq!(b.remaining(), 100);
+    fn a_new_minute_starts_from_what_was_leased_ahead() {
+        let m = T0 / MINUTE_MS;
+        let mut w = Window::new(10, T0);
+        w.grant(m, 10, 10, 10);
+        w.take(10);
+        w.grant(m + 1, 3, 3, 3);
+        assert!(w.check(3, T0 + MINUTE_MS).is_ok(), "leased ahead");
+        w.take(3);
+        assert!(matches!(
+            w.check(1, T0 + MINUTE_MS),
+            Err(Short::Lease { want: 1, .. })
+        ));
+        // Two minutes later nothing carries over.
+        assert!(matches!(
+            w.check(1, T0 + 3 * MINUTE_MS),
+            Err(Short::Lease { .. })
+        ));
+    }
+
+    #[test]
+    fn settlement_returns_or_charges_within_its_minute_only() {
+        let m = T0 / MINUTE_MS;
+        let mut w = Window::new(100, T0);
+        w.grant(m, 100, 100, 100);
+        w.take(50);
+        w.settle(m, 50, 20);
+        assert_eq!(w.available(), 80);
+        w.settle(m, 0, 30);
+        assert_eq!(w.available(), 50);
+        w.check(1, T0 + MINUTE_MS).unwrap_err();
+        w.settle(m, 50, 0);
+        assert_eq!(
+            w.used(),
+            0,
+            "a past minute's settlement changes nothing now"
+        );
     }
 }

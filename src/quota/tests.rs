@@ -4,9 +4,10 @@ use std::sync::Barrier;
 fn ask<'a>(jti: &'a str, worst_cost: i64, budget: Option<i64>) -> Ask<'a> {
     Ask {
         jti,
+        // Per-minute limits need leased windows; the tests of those grant them.
         token_limits: Limits {
-            rpm: Some(1000),
-            tpm: Some(1_000_000),
+            rpm: None,
+            tpm: None,
             concurrency: Some(1000),
         },
         pool: "p",
@@ -100,20 +101,41 @@ fn concurrency_limit_counts_in_flight_requests() {
 }
 
 #[test]
-fn rpm_limit_denies_with_retry_after_and_request_over_tpm_is_too_large() {
+fn rpm_windows_are_leased_then_full_with_retry_after_and_request_over_tpm_is_too_large() {
     let q = Quota::new();
     let mut a = ask("a", 0, None);
     a.token_limits.rpm = Some(2);
+    let need = match q.admit(&a) {
+        Err(Denied::NeedsRate(n)) => n,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(need.scope.key(), "requests:token:a");
+    assert_eq!((need.limit, need.want), (2, 1));
+    assert_eq!(need.minute, NOW / rate::MINUTE_MS);
+    q.grant_rate(&need.scope, need.minute, 2, 2, 2);
     q.admit(&a).unwrap().settle(1, Usd::ZERO);
-    q.admit(&a).unwrap().settle(1, Usd::ZERO);
+    let second = q.admit(&a).unwrap();
+    assert_eq!(second.rate_info().remaining_requests, Some(0));
+    second.settle(1, Usd::ZERO);
+    // Used up locally: lease more. The store has none left: the window is full.
+    let Err(Denied::NeedsRate(more)) = q.admit(&a) else {
+        panic!("asks for more")
+    };
+    q.grant_rate(&more.scope, more.minute, 0, 1, 2);
     match q.admit(&a) {
         Err(Denied::Rate {
             unit: "requests",
             retry_after,
             ..
-        }) => assert!(retry_after >= 1),
+        }) => assert!((1..=60).contains(&retry_after), "{retry_after}"),
         other => panic!("{other:?}"),
     }
+    // The next minute starts clean.
+    let mut later = ask("a", 0, None);
+    later.token_limits.rpm = Some(2);
+    later.now_ms = NOW + rate::MINUTE_MS;
+    assert!(matches!(q.admit(&later), Err(Denied::NeedsRate(_))));
+
     let mut big = ask("b", 0, None);
     big.token_limits.tpm = Some(50);
     assert!(matches!(
@@ -124,6 +146,45 @@ fn rpm_limit_denies_with_retry_after_and_request_over_tpm_is_too_large() {
             ..
         })
     ));
+}
+
+#[test]
+fn pool_token_windows_return_what_a_request_did_not_use() {
+    let q = Quota::new();
+    let mut a = ask("a", 0, None);
+    a.pool_limits.tpm = Some(1_000);
+    let Err(Denied::NeedsRate(need)) = q.admit(&a) else {
+        panic!("asks for a lease")
+    };
+    assert_eq!(need.scope.key(), "tokens:pool:p");
+    assert_eq!(need.want, 100);
+    q.grant_rate(&need.scope, need.minute, 150, 150, 150);
+    let held = q.admit(&a).unwrap();
+    assert!(matches!(
+        q.admit(&a),
+        Err(Denied::NeedsRate(RateNeed { want: 50, .. }))
+    ));
+    held.settle(30, Usd::ZERO);
+    assert!(q.admit(&a).is_ok(), "70 unused tokens came back");
+}
+
+#[test]
+fn the_upkeep_tops_up_low_windows_and_leases_the_next_minute_ahead() {
+    let q = Quota::new();
+    let mut a = ask("a", 0, None);
+    a.pool_limits.rpm = Some(100); // slice 5
+    let Err(Denied::NeedsRate(need)) = q.admit(&a) else {
+        panic!()
+    };
+    q.grant_rate(&need.scope, need.minute, 5, 5, 5);
+    for _ in 0..3 {
+        q.admit(&a).unwrap().settle(1, Usd::ZERO);
+    }
+    let needs = q.rate_needs(NOW + 1_000);
+    assert_eq!(needs.len(), 1, "{needs:?}");
+    assert_eq!((needs[0].minute, needs[0].want), (need.minute, 5));
+    let late = q.rate_needs(NOW + 56_000);
+    assert!(late.iter().any(|n| n.minute == need.minute + 1), "{late:?}");
 }
 
 #[test]

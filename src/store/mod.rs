@@ -6,6 +6,7 @@
 
 mod budget;
 mod keys;
+mod rates;
 mod records;
 mod spend;
 mod workers;

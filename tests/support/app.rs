@@ -224,6 +224,34 @@ issuer = "{issuer}"
     )
 }
 
+/// `n` replicas on one database (the first one's), all with `policy`.
+pub async fn spawn_fleet(kind: TestDbKind, policy: &str, n: usize) -> Vec<TestApp> {
+    let first = spawn_app_with(
+        kind,
+        Options {
+            policy: Some(policy.into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let url = first.db.url.clone();
+    let mut apps = vec![first];
+    for _ in 1..n {
+        apps.push(
+            spawn_app_with(
+                kind,
+                Options {
+                    policy: Some(policy.into()),
+                    database_url: Some(url.clone()),
+                    ..Options::default()
+                },
+            )
+            .await,
+        );
+    }
+    apps
+}
+
 /// A scrape of `/metrics`.
 pub struct Metrics(pub String);
 
