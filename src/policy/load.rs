@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const MAX_TTL: Duration = Duration::from_secs(15 * 60);
+/// A queued request holds a client connection: past a few minutes, refusing serves it better.
+const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Requests that may wait at once per pool and replica unless `queue_max` says otherwise.
+pub const DEFAULT_QUEUE_MAX: u32 = 100;
 
 /// One file's text and where each named entry starts, for error lines.
 struct Source {
@@ -350,7 +354,7 @@ impl Validator<'_> {
                 format!("pool name {name:?} must match [a-z0-9][a-z0-9-_.]*"),
             );
         }
-        let budget = p.budget.map(|b| {
+        let budget = p.budget.as_ref().map(|b| {
             let bl = self.sources[src].find(line, "budget:");
             let limit_micro_usd = match raw::micro_usd(&b.usd.0) {
                 Ok(0) => {
@@ -372,6 +376,7 @@ impl Validator<'_> {
                 window,
             }
         });
+        let at_cap = self.at_cap(src, line, &p, budget.as_ref());
         let alerts = p.alerts.unwrap_or_else(|| vec![50, 80, 100]);
         let al = self.sources[src].find(line, "alerts:");
         if alerts.iter().any(|a| !(1..=100).contains(a)) || alerts.windows(2).any(|w| w[0] >= w[1])
@@ -394,42 +399,6 @@ impl Validator<'_> {
                 None
             }
         });
-        let cl = self.sources[src].find(line, "at_cap:");
-        let at_cap = match (p.at_cap.as_deref().unwrap_or("reject"), &p.queue_timeout) {
-            ("reject", None) => AtCap::Reject,
-            ("degrade", None) => AtCap::Degrade,
-            ("queue", Some(t)) => match humantime::parse_duration(t) {
-                Ok(timeout) => AtCap::Queue { timeout },
-                Err(e) => {
-                    self.err(
-                        src,
-                        self.sources[src].find(line, "queue_timeout:"),
-                        format!("queue_timeout: {e}"),
-                    );
-                    AtCap::Reject
-                }
-            },
-            ("queue", None) => {
-                self.err(src, cl, "at_cap: queue needs queue_timeout");
-                AtCap::Reject
-            }
-            ("reject" | "degrade", Some(_)) => {
-                self.err(
-                    src,
-                    self.sources[src].find(line, "queue_timeout:"),
-                    "queue_timeout only applies to at_cap: queue",
-                );
-                AtCap::Reject
-            }
-            (other, _) => {
-                self.err(
-                    src,
-                    cl,
-                    format!("at_cap must be reject, queue or degrade, not {other:?}"),
-                );
-                AtCap::Reject
-            }
-        };
         let limits = self.limits(src, line, p.limits);
         self.set.pools.insert(
             name.clone(),
@@ -442,6 +411,103 @@ impl Validator<'_> {
                 limits,
             },
         );
+    }
+
+    /// `at_cap` with the fields that only apply to one of its actions.
+    fn at_cap(&mut self, src: usize, line: usize, p: &RawPool, budget: Option<&Budget>) -> AtCap {
+        let cl = self.sources[src].find(line, "at_cap:");
+        let action = p.at_cap.as_deref().unwrap_or("reject");
+        let only = |this: &mut Self, present: bool, field: &str, wanted: &str| {
+            if present && action != wanted {
+                this.err(
+                    src,
+                    this.sources[src].find(line, &format!("{field}:")),
+                    format!("{field} only applies to at_cap: {wanted}"),
+                );
+            }
+        };
+        only(self, p.queue_timeout.is_some(), "queue_timeout", "queue");
+        only(self, p.queue_max.is_some(), "queue_max", "queue");
+        only(self, p.overdraft_usd.is_some(), "overdraft_usd", "degrade");
+        match action {
+            "reject" => AtCap::Reject,
+            "queue" => {
+                let tl = self.sources[src].find(line, "queue_timeout:");
+                let timeout = match p.queue_timeout.as_deref().map(humantime::parse_duration) {
+                    None => {
+                        self.err(src, cl, "at_cap: queue needs queue_timeout");
+                        Duration::ZERO
+                    }
+                    Some(Err(e)) => {
+                        self.err(src, tl, format!("queue_timeout: {e}"));
+                        Duration::ZERO
+                    }
+                    Some(Ok(t)) if t.is_zero() || t > MAX_QUEUE_TIMEOUT => {
+                        self.err(
+                            src,
+                            tl,
+                            "queue_timeout must be more than 0 and at most 5m (a client waits that long)",
+                        );
+                        Duration::ZERO
+                    }
+                    Some(Ok(t)) => t,
+                };
+                let max_waiting = match p.queue_max {
+                    None => DEFAULT_QUEUE_MAX,
+                    Some(n @ 1..=100_000) => n as u32,
+                    Some(_) => {
+                        self.err(
+                            src,
+                            self.sources[src].find(line, "queue_max:"),
+                            "queue_max must be between 1 and 100000",
+                        );
+                        DEFAULT_QUEUE_MAX
+                    }
+                };
+                AtCap::Queue {
+                    timeout,
+                    max_waiting,
+                }
+            }
+            "degrade" => {
+                let ol = self.sources[src].find(line, "overdraft_usd:");
+                let overdraft = match p.overdraft_usd.as_ref().map(|d| raw::micro_usd(&d.0)) {
+                    None => {
+                        self.err(
+                            src,
+                            cl,
+                            "at_cap: degrade needs overdraft_usd (what the cheapest model may spend past the cap)",
+                        );
+                        0
+                    }
+                    Some(Err(e)) => {
+                        self.err(src, ol, format!("overdraft_usd: {e}"));
+                        0
+                    }
+                    Some(Ok(v)) => v,
+                };
+                match budget {
+                    None => self.err(src, cl, "at_cap: degrade needs a budget"),
+                    Some(b) if overdraft == 0 || overdraft > b.limit_micro_usd => self.err(
+                        src,
+                        ol,
+                        "overdraft_usd must be more than 0 and at most the budget's usd",
+                    ),
+                    Some(_) => {}
+                }
+                AtCap::Degrade {
+                    overdraft_micro_usd: overdraft,
+                }
+            }
+            other => {
+                self.err(
+                    src,
+                    cl,
+                    format!("at_cap must be reject, queue or degrade, not {other:?}"),
+                );
+                AtCap::Reject
+            }
+        }
     }
 
     fn binding(&mut self, src: usize, line: usize, b: RawBinding) {

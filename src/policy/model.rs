@@ -76,13 +76,19 @@ pub enum BudgetWindow {
 pub enum AtCap {
     /// Refuse with `budget_exceeded`.
     Reject,
-    /// Wait for budget up to a timeout.
+    /// Hold a refused request until a rate window, a concurrency slot or (outside monthly
+    /// windows) budget frees up, up to a timeout.
     Queue {
-        /// How long.
+        /// How long a request may wait.
         timeout: Duration,
+        /// How many requests may wait at once per replica; more are refused at once.
+        max_waiting: u32,
     },
-    /// Serve degraded (the fallback model).
-    Degrade,
+    /// Past the cap, serve only the cheapest model the token allows, from an overdraft.
+    Degrade {
+        /// Money past the cap that degraded requests may spend, micro-dollars.
+        overdraft_micro_usd: u64,
+    },
 }
 
 /// Per-minute and concurrency limits; `None` is unlimited.

@@ -43,6 +43,8 @@ pub(super) struct RawPool {
     pub fallback_at: Option<i64>,
     pub at_cap: Option<String>,
     pub queue_timeout: Option<String>,
+    pub queue_max: Option<i64>,
+    pub overdraft_usd: Option<Decimal>,
     pub limits: Option<RawLimits>,
 }
 

@@ -154,6 +154,66 @@ fn duplicates_across_files_and_unknown_fields_are_errors() {
 }
 
 #[test]
+fn at_cap_actions_take_their_own_fields_and_nothing_else() {
+    let pool = |body: &str| format!("pools:\n  p:\n{body}");
+    let ok = dir_with(&[(
+        "a.yaml",
+        &pool(
+            "    budget: { usd: 10, window: daily }\n    at_cap: queue\n    queue_timeout: 20s\n  d:\n    budget: { usd: 10, window: daily }\n    at_cap: degrade\n    overdraft_usd: 0.5\n",
+        ),
+    )]);
+    let set = load_dir(ok.path()).unwrap();
+    assert_eq!(
+        set.pool("p").unwrap().at_cap,
+        AtCap::Queue {
+            timeout: Duration::from_secs(20),
+            max_waiting: 100
+        }
+    );
+    assert_eq!(
+        set.pool("d").unwrap().at_cap,
+        AtCap::Degrade {
+            overdraft_micro_usd: 500_000
+        }
+    );
+    let cases = [
+        ("    at_cap: queue\n", "needs queue_timeout"),
+        ("    at_cap: queue\n    queue_timeout: 10m\n", "at most 5m"),
+        ("    at_cap: queue\n    queue_timeout: 0s\n", "more than 0"),
+        (
+            "    at_cap: queue\n    queue_timeout: 1s\n    queue_max: 0\n",
+            "queue_max must be",
+        ),
+        ("    queue_timeout: 1s\n", "only applies to at_cap: queue"),
+        ("    queue_max: 3\n", "only applies to at_cap: queue"),
+        (
+            "    budget: { usd: 1, window: daily }\n    at_cap: degrade\n",
+            "needs overdraft_usd",
+        ),
+        (
+            "    at_cap: degrade\n    overdraft_usd: 1\n",
+            "needs a budget",
+        ),
+        (
+            "    budget: { usd: 1, window: daily }\n    at_cap: degrade\n    overdraft_usd: 2\n",
+            "at most the budget",
+        ),
+        (
+            "    budget: { usd: 1, window: daily }\n    overdraft_usd: 0.1\n",
+            "only applies to at_cap: degrade",
+        ),
+        ("    at_cap: wait\n", "must be reject, queue or degrade"),
+    ];
+    for (body, needle) in cases {
+        let errs = errors(&[("a.yaml", &pool(body))]);
+        assert!(
+            errs.iter().any(|(l, e)| *l >= 3 && e.contains(needle)),
+            "{body:?}: {errs:?}"
+        );
+    }
+}
+
+#[test]
 fn fallback_must_exist_share_the_provider_and_not_loop() {
     let text = "models:\n  a:\n    provider: openai\n    price: { input: 1, output: 1 }\n    fallback: b\n  b:\n    provider: openai\n    price: { input: 1, output: 1 }\n    fallback: a\n  c:\n    provider: anthropic\n    price: { input: 1, output: 1 }\n    fallback: a\n";
     let errs = errors(&[("a.yaml", text)]);

@@ -12,6 +12,7 @@ pub use client::{SendError, UpstreamClient};
 
 use crate::app::AppState;
 use crate::error::{ApiError, Code, Shape};
+use crate::policy::{AtCap, BudgetWindow, Model, Pool};
 use crate::pricing::{self, Prices, Tokens, Usd};
 use crate::providers::{self, Api, Family, ProviderKind};
 use crate::quota::{Ask, BudgetSpec, Denied, Limits, RateInfo};
@@ -25,7 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use forward::Outbound;
 use settle::Settlement;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Routes of the LLM endpoints.
 pub fn router() -> Router<AppState> {
@@ -149,6 +150,192 @@ async fn pipeline(
         }
         _ => model,
     };
+    let cap = pool
+        .budget
+        .as_ref()
+        .map(|b| Usd(i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX)));
+    // `at_cap: degrade`: once the fleet refused this replica money at the cap, the window is
+    // served by the cheapest model the token allows, from the overdraft.
+    let degrade = match (&pool.at_cap, &pool.budget, cap) {
+        (
+            AtCap::Degrade {
+                overdraft_micro_usd,
+            },
+            Some(b),
+            Some(cap),
+        ) => Some(Degrade {
+            overdraft: Usd(i64::try_from(*overdraft_micro_usd).unwrap_or(0)),
+            first_day: crate::quota::first_day(&b.window, crate::clock::now_ms()),
+            cap,
+        }),
+        _ => None,
+    };
+    let mut degraded = degrade
+        .as_ref()
+        .is_some_and(|d| state.quota.is_capped(&pool.name, d.first_day, d.cap));
+    let model = if degraded {
+        cheapest(state, &policy, &claims.tollgate.models, api).unwrap_or(model)
+    } else {
+        model
+    };
+    let mut plan = plan(state, api, &claims, model, &mut req)?;
+    let ask = |plan: &Plan<'_>, over_cap: bool| Ask {
+        jti: &claims.jti,
+        token_limits: Limits {
+            rpm: claims.tollgate.rpm,
+            tpm: claims.tollgate.tpm,
+            concurrency: claims.tollgate.concurrency,
+        },
+        pool: &pool.name,
+        pool_limits: Limits {
+            rpm: pool.limits.rpm,
+            tpm: pool.limits.tpm,
+            concurrency: pool.limits.concurrency,
+        },
+        budget: pool.budget.as_ref().zip(cap).map(|(b, cap)| BudgetSpec {
+            cap: match &degrade {
+                Some(d) if over_cap => Usd(cap.micros().saturating_add(d.overdraft.micros())),
+                _ => cap,
+            },
+            window: b.window.clone(),
+        }),
+        worst_tokens: plan.input_estimate + plan.reserved_out,
+        worst_cost: plan.worst_cost,
+        now_ms: crate::clock::now_ms(),
+    };
+    let over_overdraft = |mut e: ApiError, d: &Degrade| {
+        if e.code == Code::BudgetExceeded {
+            e.message = format!(
+                "budget of pool {} exhausted: its cap of {} and its overdraft of {} for the cheapest model are spent this window",
+                pool.name, d.cap, d.overdraft
+            );
+        }
+        e
+    };
+    let admission = match (admit(state, &ask(&plan, degraded), pool).await, &degrade) {
+        (Ok(a), _) => a,
+        (Err(e), Some(d)) if degraded => return Err(over_overdraft(e, d)),
+        (Err(e), Some(d)) if e.code == Code::BudgetExceeded => {
+            state.quota.mark_capped(&pool.name, d.first_day, d.cap);
+            let Some(m) = cheapest(state, &policy, &claims.tollgate.models, api) else {
+                return Err(e);
+            };
+            tracing::info!(pool = %pool.name, model = %m.name, "pool at its cap: serving the cheapest model from the overdraft");
+            plan = self::plan(state, api, &claims, m, &mut req)?;
+            degraded = true;
+            admit(state, &ask(&plan, true), pool)
+                .await
+                .map_err(|e| over_overdraft(e, d))?
+        }
+        (Err(e), _) => return Err(e),
+    };
+    let Plan {
+        model,
+        route,
+        key,
+        input_estimate,
+        output_limit,
+        prices,
+        ..
+    } = plan;
+    let rate = admission.rate_info();
+
+    let record = SpendRecord {
+        request_id: request_id.to_owned(),
+        at: crate::clock::now_ms(),
+        jti: claims.jti.clone(),
+        subject: claims.sub.clone(),
+        team: claims.tollgate.team.clone(),
+        pool: claims.tollgate.pool.clone(),
+        billing_owner: claims.tollgate.billing_owner.clone(),
+        provider: model.provider.clone(),
+        provider_key_id: key
+            .as_ref()
+            .map_or_else(|| "mock".to_owned(), |k| k.id.clone()),
+        model: model.name.clone(),
+        upstream_model: model.upstream_model.clone(),
+        endpoint: api.path().to_owned(),
+        stream: req.stream(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_input_tokens: 0,
+        cost_micro_usd: 0,
+        status: 0,
+        latency_ms: 0,
+    };
+    let settle = Settlement::new(
+        admission,
+        record,
+        prices,
+        input_estimate,
+        state.spend.clone(),
+        started,
+    );
+    let body = req.upstream_body(&model.upstream_model);
+    let mut resp = forward::forward(
+        state,
+        Outbound {
+            api,
+            request: &req,
+            body,
+            route,
+            key,
+            client_headers: headers,
+            output_limit,
+            upstream_model: &model.upstream_model,
+        },
+        settle,
+    )
+    .await?;
+    set_rate_headers(resp.headers_mut(), &rate);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&model.name) {
+        h.insert(HeaderName::from_static("x-tollgate-model"), v);
+    }
+    if model.name != requested
+        && let Ok(v) = HeaderValue::from_str(&requested)
+    {
+        h.insert(HeaderName::from_static("x-tollgate-fallback-from"), v);
+    }
+    if degraded {
+        // Served from the overdraft of an `at_cap: degrade` pool.
+        h.insert(
+            HeaderName::from_static("x-tollgate-degraded"),
+            HeaderValue::from_static("budget"),
+        );
+    }
+    Ok(resp)
+}
+
+/// An `at_cap: degrade` pool's terms for the current window.
+struct Degrade {
+    overdraft: Usd,
+    first_day: i64,
+    cap: Usd,
+}
+
+/// What a request is admitted and forwarded with once its model is chosen.
+struct Plan<'s> {
+    model: &'s Model,
+    route: &'s crate::app::ProviderRoute,
+    key: Option<std::sync::Arc<crate::secrets::ProviderKey>>,
+    input_estimate: u64,
+    /// A stream is cut off past this many output tokens.
+    output_limit: Option<u64>,
+    /// Output tokens reserved.
+    reserved_out: u64,
+    prices: Prices,
+    worst_cost: Usd,
+}
+
+/// Route, key, `max_tokens` and worst case of serving `req` with `model`.
+fn plan<'s>(
+    state: &'s AppState,
+    api: Api,
+    claims: &crate::token::Claims,
+    model: &'s Model,
+    req: &mut providers::InboundRequest,
+) -> Result<Plan<'s>, ApiError> {
     let route = state.providers.get(&model.provider).ok_or_else(|| {
         ApiError::new(
             Code::NoProviderKey,
@@ -261,88 +448,40 @@ async fn pipeline(
         ));
     }
 
-    let ask = Ask {
-        jti: &claims.jti,
-        token_limits: Limits {
-            rpm: claims.tollgate.rpm,
-            tpm: claims.tollgate.tpm,
-            concurrency: claims.tollgate.concurrency,
-        },
-        pool: &pool.name,
-        pool_limits: Limits {
-            rpm: pool.limits.rpm,
-            tpm: pool.limits.tpm,
-            concurrency: pool.limits.concurrency,
-        },
-        budget: pool.budget.as_ref().map(|b| BudgetSpec {
-            cap: Usd(i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX)),
-            window: b.window.clone(),
-        }),
-        worst_tokens: input_estimate + reserved_out,
-        worst_cost,
-        now_ms: crate::clock::now_ms(),
-    };
-    let admission = admit(state, &ask).await?;
-    let rate = admission.rate_info();
-
-    let record = SpendRecord {
-        request_id: request_id.to_owned(),
-        at: crate::clock::now_ms(),
-        jti: claims.jti.clone(),
-        subject: claims.sub.clone(),
-        team: claims.tollgate.team.clone(),
-        pool: claims.tollgate.pool.clone(),
-        billing_owner: claims.tollgate.billing_owner.clone(),
-        provider: model.provider.clone(),
-        provider_key_id: key
-            .as_ref()
-            .map_or_else(|| "mock".to_owned(), |k| k.id.clone()),
-        model: model.name.clone(),
-        upstream_model: model.upstream_model.clone(),
-        endpoint: api.path().to_owned(),
-        stream: req.stream(),
-        input_tokens: 0,
-        output_tokens: 0,
-        cached_input_tokens: 0,
-        cost_micro_usd: 0,
-        status: 0,
-        latency_ms: 0,
-    };
-    let settle = Settlement::new(
-        admission,
-        record,
-        prices,
+    Ok(Plan {
+        model,
+        route,
+        key,
         input_estimate,
-        state.spend.clone(),
-        started,
-    );
-    let body = req.upstream_body(&model.upstream_model);
-    let mut resp = forward::forward(
-        state,
-        Outbound {
-            api,
-            request: &req,
-            body,
-            route,
-            key,
-            client_headers: headers,
-            output_limit,
-            upstream_model: &model.upstream_model,
-        },
-        settle,
-    )
-    .await?;
-    set_rate_headers(resp.headers_mut(), &rate);
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&model.name) {
-        h.insert(HeaderName::from_static("x-tollgate-model"), v);
-    }
-    if model.name != requested
-        && let Ok(v) = HeaderValue::from_str(&requested)
-    {
-        h.insert(HeaderName::from_static("x-tollgate-fallback-from"), v);
-    }
-    Ok(resp)
+        output_limit,
+        reserved_out,
+        prices,
+        worst_cost,
+    })
+}
+
+/// The model of the token's allowlist with the lowest price that can serve `api`.
+fn cheapest<'p>(
+    state: &AppState,
+    policy: &'p crate::policy::PolicySet,
+    allowed: &[String],
+    api: Api,
+) -> Option<&'p Model> {
+    allowed
+        .iter()
+        .filter_map(|m| policy.model(m))
+        .filter(|m| {
+            state
+                .providers
+                .get(&m.provider)
+                .is_some_and(|r| r.kind.family().is_none_or(|f| f == api.family()))
+        })
+        .min_by_key(|m| {
+            (
+                m.price.input_per_mtok_micro_usd + m.price.output_per_mtok_micro_usd,
+                m.name.as_str(),
+            )
+        })
 }
 
 /// Read the body up to `limit`. An oversized body is still drained (up to a bound, briefly)
@@ -409,9 +548,89 @@ async fn read_body(
     }
 }
 
+/// Admit `ask` under `pool`'s `at_cap` action: with `queue`, a request refused for a rate
+/// window, a concurrency slot or budget (not in a monthly window: a month does not free up
+/// while a client waits) waits up to the pool's timeout and is admitted as soon as capacity
+/// frees up — woken by a local settlement or polling, since other replicas free it too.
+async fn admit(
+    state: &AppState,
+    ask: &Ask<'_>,
+    pool: &Pool,
+) -> Result<crate::quota::Admission, ApiError> {
+    let refused = match admit_once(state, ask).await {
+        Ok(a) => return Ok(a),
+        Err(e) => e,
+    };
+    let AtCap::Queue {
+        timeout,
+        max_waiting,
+    } = pool.at_cap
+    else {
+        return Err(refused);
+    };
+    let queueable = |e: &ApiError| match e.code {
+        Code::RateLimitExceeded => true,
+        Code::BudgetExceeded => ask
+            .budget
+            .as_ref()
+            .is_some_and(|b| b.window != BudgetWindow::Monthly),
+        _ => false,
+    };
+    if !queueable(&refused) {
+        return Err(refused);
+    }
+    let Some(_slot) = state.quota.enqueue(ask.pool, max_waiting) else {
+        let mut e = refused;
+        e.message = format!(
+            "{}; the queue of pool {} is full ({max_waiting} waiting)",
+            e.message, ask.pool
+        );
+        return Err(e);
+    };
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut last = refused;
+    loop {
+        // A full rate window frees up at the next minute; a budget or a concurrency slot when
+        // some request settles, here or on another replica.
+        let poll = match last.code {
+            Code::RateLimitExceeded => last
+                .retry_after
+                .map_or(QUEUE_POLL, |s| Duration::from_secs(s).min(QUEUE_POLL * 4)),
+            _ => QUEUE_POLL,
+        };
+        let until = (tokio::time::Instant::now() + poll).min(deadline);
+        tokio::select! {
+            () = state.quota.released() => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+        let again = Ask {
+            now_ms: crate::clock::now_ms(),
+            ..ask.clone()
+        };
+        match admit_once(state, &again).await {
+            Ok(a) => return Ok(a),
+            Err(e) if queueable(&e) => last = e,
+            Err(e) => return Err(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            last.message = format!(
+                "{} (after waiting {}s in the queue of pool {})",
+                last.message,
+                started.elapsed().as_secs(),
+                ask.pool
+            );
+            return Err(last);
+        }
+    }
+}
+
+/// How often a queued request looks again for capacity freed on other replicas.
+const QUEUE_POLL: Duration = Duration::from_millis(500);
+
 /// Admit `ask`, topping up this replica's budget lease from the store when it is short (the
 /// uncommon path: a background task keeps leases topped up).
-async fn admit(state: &AppState, ask: &Ask<'_>) -> Result<crate::quota::Admission, ApiError> {
+async fn admit_once(state: &AppState, ask: &Ask<'_>) -> Result<crate::quota::Admission, ApiError> {
     use crate::app::budget::Need;
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::warn!(pool = ask.pool, error = %e, "budget lease could not be topped up");

@@ -54,7 +54,7 @@ pub struct BudgetSpec {
 }
 
 /// What a request asks for.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ask<'a> {
     /// The token's id (per-token limits).
     pub jti: &'a str,
@@ -389,6 +389,12 @@ struct PoolState {
     cap: i64,
     /// Leases by UTC day (today's, and earlier ones until their reservations settle).
     leases: std::collections::BTreeMap<i64, lease::Lease>,
+    /// The window (its first day) and cap at which the fleet refused this replica money: an
+    /// `at_cap: degrade` pool then serves only its cheapest model until the window ends or
+    /// the policy changes the cap.
+    capped_window: Option<(i64, i64)>,
+    /// Requests waiting for capacity (`at_cap: queue`).
+    waiting: u32,
 }
 
 /// A lease the background task should act on.
@@ -426,6 +432,22 @@ pub struct PendingReport {
 pub struct Quota {
     tokens: Mutex<HashMap<String, Counters>>,
     pools: Mutex<HashMap<String, PoolState>>,
+    /// Woken (one waiter per settlement) when a reservation is released.
+    released: tokio::sync::Notify,
+}
+
+/// A place in a pool's queue; dropping it leaves the queue.
+pub struct QueueSlot {
+    quota: Arc<Quota>,
+    pool: String,
+}
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        if let Some(ps) = self.quota.pools.lock().get_mut(&self.pool) {
+            ps.waiting = ps.waiting.saturating_sub(1);
+        }
+    }
 }
 
 impl Quota {
@@ -497,6 +519,44 @@ impl Quota {
             rate: info,
             settled: false,
         })
+    }
+
+    /// Join `pool`'s queue unless `max` requests already wait in it on this replica.
+    pub fn enqueue(self: &Arc<Self>, pool: &str, max: u32) -> Option<QueueSlot> {
+        let mut pools = self.pools.lock();
+        let ps = pools.entry(pool.to_owned()).or_default();
+        if ps.waiting >= max {
+            return None;
+        }
+        ps.waiting += 1;
+        Some(QueueSlot {
+            quota: Arc::clone(self),
+            pool: pool.to_owned(),
+        })
+    }
+
+    /// Resolves when a reservation is released (at most one waiter per release; waiters
+    /// also poll, so a wake-up missed between two checks only delays them).
+    pub async fn released(&self) {
+        self.released.notified().await;
+    }
+
+    /// The fleet refused this replica money for `pool`'s window starting on `first_day`
+    /// under `cap`.
+    pub fn mark_capped(&self, pool: &str, first_day: i64, cap: Usd) {
+        self.pools
+            .lock()
+            .entry(pool.to_owned())
+            .or_default()
+            .capped_window = Some((first_day, cap.micros()));
+    }
+
+    /// Was `pool` refused money at `cap` in the window starting on `first_day`?
+    pub fn is_capped(&self, pool: &str, first_day: i64, cap: Usd) -> bool {
+        self.pools
+            .lock()
+            .get(pool)
+            .is_some_and(|p| p.capped_window == Some((first_day, cap.micros())))
     }
 
     /// What this replica has spent from its leases of a pool (tests, admin).
@@ -647,6 +707,7 @@ impl Quota {
                 l.settle(a.reserved_cost.micros(), cost.micros());
             }
         }
+        self.released.notify_one();
     }
 }
 
