@@ -31,6 +31,8 @@ pub enum Code {
     RequestTooLarge,
     RateLimitExceeded,
     BudgetExceeded,
+    /// The anomaly guard paused this workload until an admin lifts the pause.
+    WorkloadPaused,
     ModelNotFound,
     UpstreamError,
     UpstreamTimeout,
@@ -58,6 +60,7 @@ impl Code {
             Code::RequestTooLarge => "request_too_large",
             Code::RateLimitExceeded => "rate_limit_exceeded",
             Code::BudgetExceeded => "budget_exceeded",
+            Code::WorkloadPaused => "workload_paused",
             Code::ModelNotFound => "model_not_found",
             Code::UpstreamError => "upstream_error",
             Code::UpstreamTimeout => "upstream_timeout",
@@ -74,7 +77,7 @@ impl Code {
     pub fn status(self) -> StatusCode {
         match self {
             Code::InvalidToken | Code::TokenRevoked => StatusCode::UNAUTHORIZED,
-            Code::ModelNotAllowed => StatusCode::FORBIDDEN,
+            Code::ModelNotAllowed | Code::WorkloadPaused => StatusCode::FORBIDDEN,
             Code::RequestTooExpensive | Code::InvalidRequest => StatusCode::BAD_REQUEST,
             Code::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RateLimitExceeded | Code::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
@@ -90,7 +93,7 @@ impl Code {
     fn openai_type(self) -> &'static str {
         match self {
             Code::InvalidToken | Code::TokenRevoked => "authentication_error",
-            Code::ModelNotAllowed => "permission_error",
+            Code::ModelNotAllowed | Code::WorkloadPaused => "permission_error",
             Code::RateLimitExceeded => "rate_limit_error",
             Code::BudgetExceeded => "insufficient_quota",
             Code::UpstreamError
@@ -105,7 +108,7 @@ impl Code {
     fn anthropic_type(self) -> &'static str {
         match self {
             Code::InvalidToken | Code::TokenRevoked => "authentication_error",
-            Code::ModelNotAllowed => "permission_error",
+            Code::ModelNotAllowed | Code::WorkloadPaused => "permission_error",
             Code::ModelNotFound | Code::NotFound => "not_found_error",
             Code::RequestTooLarge => "request_too_large",
             Code::RateLimitExceeded | Code::BudgetExceeded => "rate_limit_error",

@@ -7,6 +7,7 @@
 //! below owns one concern of it.
 
 pub mod alerts;
+pub mod anomaly;
 pub mod app;
 pub mod cli;
 pub mod clock;

@@ -4,14 +4,10 @@
 
 mod support;
 
-use axum::Router;
-use axum::extract::State;
-use axum::routing::post;
-use parking_lot::Mutex;
 use serde_json::Value;
-use std::sync::Arc;
 use support::app::{Options, TestApp, spawn_app_with};
 use support::db::TestDbKind;
+use support::hooks::receiver;
 
 const POLICY: &str = r#"
 models:
@@ -32,29 +28,6 @@ bindings:
     models: [gpt-test]
     max_tokens: { default: 16, max: 16 }
 "#;
-
-type Seen = Arc<Mutex<Vec<(String, Value)>>>;
-
-async fn receiver() -> (String, Seen) {
-    let seen: Seen = Arc::default();
-    async fn hook(
-        State(seen): State<Seen>,
-        axum::extract::Path(kind): axum::extract::Path<String>,
-        axum::Json(v): axum::Json<Value>,
-    ) -> &'static str {
-        seen.lock().push((kind, v));
-        "ok"
-    }
-    let app = Router::new()
-        .route("/hook/{kind}", post(hook))
-        .with_state(Arc::clone(&seen));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, seen)
-}
 
 #[tokio::test]
 async fn each_threshold_fires_once_per_window_for_the_fleet() {

@@ -121,3 +121,73 @@ fn admin_keys_lists_the_inventory_without_secrets() {
     assert_eq!(v[0]["allowed_models"], "gpt-4o-mini");
     assert!(!out.contains("sk-cli-secret-1") && !err.contains("sk-cli-secret-1"));
 }
+
+#[test]
+fn admin_pauses_lists_and_unpause_lifts_a_pause_of_the_anomaly_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.db");
+    let cfg = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "public_url = \"https://t\"\ndatabase_url = \"sqlite://{}\"\n[signing]\nkey_encryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n[secrets]\nfrom_env = true\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let c = cfg.to_str().unwrap();
+    let (code, out, err) = tollgate(&["admin", "pauses", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("nothing is paused"), "{out}");
+
+    let url = format!("sqlite://{}", db.display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let s = tollgate::store::Store::connect(&url, 1).await.unwrap();
+        s.pause(
+            tollgate::store::PauseKind::Subject,
+            "system:serviceaccount:ml:loop",
+            "spent $41.20 in the last 5m, 38x its baseline",
+            1_800_000_000_000,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        s.close().await;
+    });
+    let (code, out, _) = tollgate(&["admin", "pauses", "--config", c]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("KIND"), "{out}");
+    assert!(
+        out.contains("subject")
+            && out.contains("system:serviceaccount:ml:loop")
+            && out.contains("38x"),
+        "{out}"
+    );
+
+    let (code, _, err) = tollgate(&["admin", "unpause", "--config", c, "--key", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("provider_key nope is not paused"), "{err}");
+    let (code, _, err) = tollgate(&["admin", "unpause", "--config", c]);
+    assert_eq!(code, 2, "a target is required: {err}");
+    let (code, out, err) = tollgate(&[
+        "admin",
+        "unpause",
+        "--config",
+        c,
+        "--subject",
+        "system:serviceaccount:ml:loop",
+        "--by",
+        "oncall",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("lifted the pause of subject system:serviceaccount:ml:loop"),
+        "{out}"
+    );
+    let (_, out, _) = tollgate(&["admin", "pauses", "--config", c]);
+    assert!(out.contains("nothing is paused"), "{out}");
+    let (_, out, _) = tollgate(&["admin", "pauses", "--config", c, "--lifted", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["lifted_by"], "oncall");
+    assert_eq!(v[0]["kind"], "subject");
+}

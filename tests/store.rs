@@ -5,7 +5,8 @@ mod support;
 
 use support::db::{TestDb, kinds};
 use tollgate::store::{
-    IssuedTokenRecord, NewRevocation, RevocationKind, SigningKeyRecord, SpendRecord, Store,
+    IssuedTokenRecord, NewRevocation, PauseKind, RevocationKind, SigningKeyRecord, SpendRecord,
+    Store, Velocity,
 };
 
 async fn each_store<F, Fut>(f: F)
@@ -190,6 +191,107 @@ async fn spend_batches_are_idempotent_and_summed_per_pool_and_window() {
         let recent = s.recent_spend(2).await.unwrap();
         assert_eq!(recent.len(), 2);
         assert!(recent[0].at >= recent[1].at);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pause_is_recorded_once_lifted_with_its_author_and_velocity_reads_both_windows() {
+    each_store(|s| async move {
+        let subject = "system:serviceaccount:a:b";
+        let first = s
+            .pause(PauseKind::Subject, subject, "spike", 10)
+            .await
+            .unwrap();
+        assert_eq!(first.as_ref().map(|p| p.kind), Some(PauseKind::Subject));
+        assert_eq!(
+            s.pause(PauseKind::Subject, subject, "spike again", 11)
+                .await
+                .unwrap(),
+            None,
+            "replicas racing record one pause"
+        );
+        // The same value as another kind is another pause.
+        assert!(
+            s.pause(PauseKind::ProviderKey, subject, "k", 12)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(s.pauses(None).await.unwrap().len(), 2);
+        assert!(
+            s.lift_pause(PauseKind::Subject, subject, "oncall", 20)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.lift_pause(PauseKind::Subject, subject, "oncall", 21)
+                .await
+                .unwrap()
+        );
+        let active = s.pauses(None).await.unwrap();
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].kind, PauseKind::ProviderKey);
+        let history = s.pauses(Some(20)).await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[0].lifted_by.as_deref(), Some("oncall"));
+        assert_eq!(history[0].lifted_at, Some(20));
+        assert!(
+            s.pauses(Some(21)).await.unwrap().len() == 1,
+            "lifted before the horizon"
+        );
+        // Paused again after the lift: a new row.
+        assert!(
+            s.pause(PauseKind::Subject, subject, "again", 30)
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        // Baseline 0..1000 in slots of 500 and recent 1000.. per subject and per key; the
+        // floor filters.
+        let mut rows = vec![
+            spend("b1", "p", 100, 10),
+            spend("b2", "p", 200, 15),
+            spend("b3", "p", 900, 20),
+            spend("r1", "p", 1_000, 50),
+            spend("r2", "p", 1_500, 60),
+        ];
+        let mut quiet = spend("q1", "p", 1_200, 3);
+        quiet.subject = "system:serviceaccount:a:quiet".into();
+        quiet.provider_key_id = "mock".into();
+        rows.push(quiet);
+        s.insert_spend(&rows).await.unwrap();
+        let v = s
+            .spend_velocity(PauseKind::Subject, 0, 1_000, 500, 100, 1_000_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            vec![Velocity {
+                id: subject.into(),
+                recent_cost: 110,
+                recent_tokens: 66,
+                peak_cost: 25,
+                peak_tokens: 66,
+            }],
+            "the busiest slot of the baseline"
+        );
+        let by_tokens = s
+            .spend_velocity(PauseKind::Subject, 0, 1_000, 500, 1_000_000, 30)
+            .await
+            .unwrap();
+        assert_eq!(
+            by_tokens.len(),
+            2,
+            "the token floor counts on its own: {by_tokens:?}"
+        );
+        let keys = s
+            .spend_velocity(PauseKind::ProviderKey, 0, 1_000, 500, 0, 0)
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "the mock provider has no key: {keys:?}");
+        assert_eq!((keys[0].id.as_str(), keys[0].recent_cost), ("k1", 110));
     })
     .await;
 }

@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +72,8 @@ pub struct Alerts {
     at_cap: Mutex<HashSet<String>>,
     /// Percent of its cap each budgeted pool has spent, as of the last check.
     levels: parking_lot::RwLock<std::collections::HashMap<String, i64>>,
+    /// Budget alerts sent by this replica.
+    sent: AtomicU64,
 }
 
 impl Alerts {
@@ -88,6 +91,7 @@ impl Alerts {
             webhooks: config.webhooks.clone(),
             at_cap: Mutex::new(HashSet::new()),
             levels: parking_lot::RwLock::new(std::collections::HashMap::new()),
+            sent: AtomicU64::new(0),
         })
     }
 
@@ -165,8 +169,19 @@ impl Alerts {
     }
 
     async fn deliver(&self, alert: &Alert) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        let what = format!(
+            "budget alert of pool {} at {}%",
+            alert.pool, alert.threshold
+        );
+        self.send(&what, |f| alert.body(f)).await;
+    }
+
+    /// POST the body `body(format)` to every webhook, each up to three times with backoff.
+    /// `what` names the alert in the log if a webhook never takes it.
+    pub async fn send(&self, what: &str, body: impl Fn(WebhookFormat) -> Value) {
         for w in &self.webhooks {
-            let body = alert.body(w.format);
+            let body = body(w.format);
             let mut delay = Duration::from_millis(200);
             let mut ok = false;
             for _ in 0..3 {
@@ -190,10 +205,18 @@ impl Alerts {
             }
             if !ok {
                 // The host only: webhook URLs may carry a secret path (Slack's do).
-                tracing::error!(webhook_host = w.url.host_str().unwrap_or("-"), pool = %alert.pool, threshold = alert.threshold,
-                    "budget alert not delivered after 3 attempts");
+                tracing::error!(
+                    webhook_host = w.url.host_str().unwrap_or("-"),
+                    alert = what,
+                    "alert not delivered after 3 attempts"
+                );
             }
         }
+    }
+
+    /// Budget alerts this replica has sent since start (metrics).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Check every `every` until cancelled.

@@ -194,6 +194,13 @@ impl Application {
             http.clone(),
         );
         tasks.push(Arc::clone(&alerts).spawn(config.alerts.check_interval, cancel.child_token()));
+        let guard = crate::anomaly::Guard::new(
+            config.anomaly.clone(),
+            store.clone(),
+            Arc::clone(&revocations),
+            Arc::clone(&alerts),
+        );
+        tasks.push(Arc::clone(&guard).spawn(cancel.child_token()));
 
         let listener = match dev.listener {
             Some(l) => l,
@@ -202,7 +209,12 @@ impl Application {
         let prefetch = Arc::clone(&identity);
         tasks.push(tokio::spawn(async move { prefetch.prefetch().await }));
 
-        let metrics = super::metrics::registry(Arc::clone(&keys), Arc::clone(&revocations));
+        let metrics = super::metrics::registry(
+            Arc::clone(&keys),
+            Arc::clone(&revocations),
+            Arc::clone(&alerts),
+            Arc::clone(&guard),
+        );
         let state = AppState(Arc::new(Inner {
             store,
             policy,
@@ -212,6 +224,7 @@ impl Application {
             keys,
             quota,
             alerts,
+            guard,
             leases,
             rates,
             providers: provider_routes(&config),

@@ -2,6 +2,8 @@
 //! series (latency, tokens, spend) land with the telemetry work; what is here is what an
 //! operator needs to see a secret-store or revocation-sync outage before it bites.
 
+use crate::alerts::Alerts;
+use crate::anomaly::Guard;
 use crate::revocation::RevocationSet;
 use crate::secrets::KeyCache;
 use crate::telemetry::metrics::Metrics;
@@ -15,10 +17,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The registry of one application.
-pub fn registry(keys: Arc<KeyCache>, revocations: Arc<RevocationSet>) -> Metrics {
+pub fn registry(
+    keys: Arc<KeyCache>,
+    revocations: Arc<RevocationSet>,
+    alerts: Arc<Alerts>,
+    guard: Arc<Guard>,
+) -> Metrics {
     let mut m = Metrics::new();
     m.register_collector(SecretStoreCollector(keys));
-    m.register_collector(RevocationCollector(revocations));
+    m.register_collector(RevocationCollector(Arc::clone(&revocations)));
+    m.register_collector(GuardCollector {
+        revocations,
+        alerts,
+        guard,
+    });
     m
 }
 
@@ -122,6 +134,53 @@ impl Collector for RevocationCollector {
             age.metric_type(),
         )?;
         age.encode(family)
+    }
+}
+
+/// Budget alerts sent and the anomaly guard's pauses.
+struct GuardCollector {
+    revocations: Arc<RevocationSet>,
+    alerts: Arc<Alerts>,
+    guard: Arc<Guard>,
+}
+
+impl std::fmt::Debug for GuardCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GuardCollector")
+    }
+}
+
+impl Collector for GuardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let sent = ConstCounter::new(self.alerts.sent());
+        let family = encoder.encode_descriptor(
+            "budget_alerts_sent",
+            "Budget threshold alerts this replica sent to the webhooks",
+            None,
+            sent.metric_type(),
+        )?;
+        sent.encode(family)?;
+        let mut family = encoder.encode_descriptor(
+            "anomaly_pauses",
+            "Subjects and provider keys paused by the anomaly guard now, fleet-wide",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, n) in self.revocations.pause_counts() {
+            let g = ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+            g.encode(family.encode_family(&[("kind", kind.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "anomaly_pauses_recorded",
+            "Pauses this replica's anomaly guard recorded",
+            None,
+            MetricType::Counter,
+        )?;
+        for kind in crate::store::PauseKind::ALL {
+            let c = ConstCounter::new(self.guard.pauses_recorded(kind));
+            c.encode(family.encode_family(&[("kind", kind.as_str())])?)?;
+        }
+        Ok(())
     }
 }
 

@@ -92,6 +92,8 @@ pub struct Inner {
     pub quota: Arc<Quota>,
     /// Budget threshold alerts.
     pub alerts: Arc<crate::alerts::Alerts>,
+    /// The anomaly guard (pauses runaway subjects and keys).
+    pub guard: Arc<crate::anomaly::Guard>,
     /// This replica's budget leases in the store.
     pub leases: Arc<super::budget::Leases>,
     /// This replica's leases of the fleet-wide per-minute windows.

@@ -3,7 +3,7 @@
 //! serve the same data with role checks).
 
 use crate::config::Config;
-use crate::store::{ProviderKeyInventory, Store};
+use crate::store::{PauseKind, ProviderKeyInventory, Store};
 use anyhow::Context;
 use clap::Subcommand;
 use secrecy::ExposeSecret;
@@ -27,22 +27,118 @@ pub enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Workloads and provider keys the anomaly guard paused (and, with --lifted, those lifted
+    /// in the last 7 days).
+    Pauses {
+        /// The configuration file (database).
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// Include pauses lifted in the last 7 days.
+        #[arg(long)]
+        lifted: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a pause of the anomaly guard: the workload or key serves again on every replica
+    /// within the revocation sync interval.
+    Unpause {
+        /// The configuration file (database).
+        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
+        config: PathBuf,
+        /// The paused workload's subject (`system:serviceaccount:<ns>:<sa>`).
+        #[arg(long, conflicts_with = "key", required_unless_present = "key")]
+        subject: Option<String>,
+        /// The paused provider key's id.
+        #[arg(long)]
+        key: Option<String>,
+        /// Who lifts it, for the record (default: $USER).
+        #[arg(long, env = "USER", default_value = "admin")]
+        by: String,
+    },
+}
+
+async fn open(config: &std::path::Path) -> anyhow::Result<Store> {
+    let cfg = Config::load(config)?;
+    let store = Store::connect(cfg.database_url.expose_secret(), 2)
+        .await
+        .context("database")?;
+    store.migrate().await.context("database migrations")?;
+    Ok(store)
 }
 
 /// Run an admin command.
 pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
+        AdminCommand::Pauses {
+            config,
+            lifted,
+            json,
+        } => {
+            let store = open(&config).await?;
+            let since = lifted.then(|| crate::clock::now_ms() - 7 * crate::store::DAY_MS);
+            let rows = store.pauses(since).await.context("pauses")?;
+            if json {
+                let v: Vec<serde_json::Value> = rows.iter().map(pause_json).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if rows.is_empty() {
+                println!("nothing is paused");
+            } else {
+                let table = rows
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.kind.as_str().to_owned(),
+                            p.value.clone(),
+                            format_ms(p.created_at),
+                            match (&p.lifted_at, &p.lifted_by) {
+                                (Some(at), by) => format!(
+                                    "lifted {} by {}",
+                                    format_ms(*at),
+                                    by.as_deref().unwrap_or("-")
+                                ),
+                                (None, _) => "paused".to_owned(),
+                            },
+                            p.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                print_rows(&["KIND", "ID", "SINCE", "STATE", "REASON"], table);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminCommand::Unpause {
+            config,
+            subject,
+            key,
+            by,
+        } => {
+            let store = open(&config).await?;
+            let (kind, value) = match (subject, key) {
+                (Some(s), _) => (PauseKind::Subject, s),
+                (None, Some(k)) => (PauseKind::ProviderKey, k),
+                (None, None) => anyhow::bail!("name the --subject or the --key to unpause"),
+            };
+            if store
+                .lift_pause(kind, &value, &by, crate::clock::now_ms())
+                .await
+                .context("pauses")?
+            {
+                println!("lifted the pause of {} {value}", kind.as_str());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{} {value} is not paused", kind.as_str());
+                Ok(ExitCode::from(1))
+            }
+        }
         AdminCommand::Keys {
             config,
             refresh,
             json,
         } => {
-            let cfg = Config::load(&config)?;
-            let store = Store::connect(cfg.database_url.expose_secret(), 2)
-                .await
-                .context("database")?;
-            store.migrate().await.context("database migrations")?;
+            let store = open(&config).await?;
             if refresh {
+                let cfg = Config::load(&config)?;
                 let secret_store = crate::app::open_store(&cfg.secrets)
                     .await
                     .context("secret store")?;
@@ -99,10 +195,10 @@ fn print_table(rows: &[ProviderKeyInventory]) {
         "SPEND USD",
         "LAST USED",
     ];
-    let table: Vec<[String; 9]> = rows
+    let table = rows
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.key.id.clone(),
                 r.key.provider.clone(),
                 r.key.billing_owner.clone(),
@@ -118,7 +214,24 @@ fn print_table(rows: &[ProviderKeyInventory]) {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
+    print_rows(&header, table);
+}
+
+fn pause_json(p: &crate::store::PauseRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": p.id,
+        "kind": p.kind.as_str(),
+        "value": p.value,
+        "reason": p.reason,
+        "paused_at_ms": p.created_at,
+        "lifted_at_ms": p.lifted_at,
+        "lifted_by": p.lifted_by,
+    })
+}
+
+/// Columns padded to their widest cell.
+fn print_rows(header: &[&str], table: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &table {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -127,14 +240,15 @@ fn print_table(rows: &[ProviderKeyInventory]) {
     let line = |cells: &[String]| {
         cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
             .to_owned()
     };
-    println!("{}", line(&header.map(str::to_owned)));
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    println!("{}", line(&header));
     for row in &table {
         println!("{}", line(row));
     }

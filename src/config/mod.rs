@@ -133,6 +133,7 @@ impl Config {
                 "must be at least 50ms",
             ));
         }
+        self.anomaly.validate()?;
         if self.limits.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "limits.max_body_bytes",
@@ -187,3 +188,35 @@ fn flatten_figment_error(e: figment::Error) -> String {
 
 #[cfg(test)]
 mod tests;
+
+impl AnomalyConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        use std::time::Duration;
+        let bad = |f: &str, why: &str| Err(ConfigError::invalid(format!("anomaly.{f}"), why));
+        if self.check_interval < Duration::from_millis(50) {
+            return bad("check_interval", "must be at least 50ms");
+        }
+        if self.window < Duration::from_secs(1) {
+            return bad("window", "must be at least 1s");
+        }
+        if self.baseline < self.window {
+            return bad("baseline", "must be at least anomaly.window");
+        }
+        if !(self.multiple.is_finite() && self.multiple > 1.0) {
+            return bad("multiple", "must be a number greater than 1");
+        }
+        let usd = [
+            ("min_spend_usd", Some(self.min_spend_usd)),
+            ("subject_max_spend_usd", self.subject_max_spend_usd),
+            ("key_max_spend_usd", self.key_max_spend_usd),
+        ];
+        for (f, v) in usd {
+            if let Some(v) = v
+                && !(v.is_finite() && (0.0..=1e9).contains(&v))
+            {
+                return bad(f, "must be an amount in USD between 0 and 1e9");
+            }
+        }
+        Ok(())
+    }
+}

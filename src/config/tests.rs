@@ -202,3 +202,34 @@ fn alert_webhooks_parse_and_bad_ones_name_the_field() {
     .to_string();
     assert!(e.contains("alerts.webhooks[0].url"), "{e}");
 }
+
+#[test]
+fn the_anomaly_guard_is_on_by_default_and_bad_settings_name_the_field() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert!(c.anomaly.enabled);
+    assert_eq!(c.anomaly.window, std::time::Duration::from_secs(300));
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}[anomaly]\nwindow = \"1m\"\nbaseline = \"1h\"\nkey_max_spend_usd = 50\n"
+    ))
+    .unwrap();
+    assert_eq!(c.anomaly.key_max_spend_usd, Some(50.0));
+    for (bad, field) in [
+        ("multiple = 1", "anomaly.multiple"),
+        ("window = \"1h\"\nbaseline = \"5m\"", "anomaly.baseline"),
+        ("min_spend_usd = -1", "anomaly.min_spend_usd"),
+        (
+            "subject_max_spend_usd = nan",
+            "anomaly.subject_max_spend_usd",
+        ),
+        ("check_interval = \"1ms\"", "anomaly.check_interval"),
+    ] {
+        let e = Config::from_toml_str(&format!("{MINIMAL}[anomaly]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+    let e = Config::from_toml_str(&format!("{MINIMAL}[anomaly]\nmultiplier = 3\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiplier"), "{e}");
+}

@@ -66,6 +66,9 @@ pub struct Config {
     /// Budget threshold alerts.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// The anomaly guard: pauses a workload or a provider key whose spend runs away.
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
     /// Graceful shutdown.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -358,6 +361,55 @@ impl Default for AlertsConfig {
         AlertsConfig {
             webhooks: Vec::new(),
             check_interval: default_alert_check(),
+        }
+    }
+}
+
+/// `[anomaly]`: when a subject's or a provider key's spend (or token) velocity runs far past
+/// its own baseline, pause it until an admin lifts the pause.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    /// Off: nothing is ever paused.
+    pub enabled: bool,
+    /// How often recent spend is judged.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// The recent window velocity is measured over.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How far back before the window the baseline reaches.
+    #[serde(with = "humantime_serde")]
+    pub baseline: Duration,
+    /// Pause when the window's spend or tokens pass this multiple of the baseline's average
+    /// per window.
+    pub multiple: f64,
+    /// ... and the window's spend is at least this (USD): pennies never pause anyone.
+    pub min_spend_usd: f64,
+    /// ... or, for token velocity, the window's tokens are at least this.
+    pub min_tokens: u64,
+    /// Pause a subject spending more than this (USD) in one window, whatever its baseline.
+    pub subject_max_spend_usd: Option<f64>,
+    /// Pause a provider key spending more than this (USD) in one window.
+    pub key_max_spend_usd: Option<f64>,
+    /// After an admin lifts a pause, the same subject or key is not paused again for this long.
+    #[serde(with = "humantime_serde")]
+    pub lift_grace: Duration,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            enabled: true,
+            check_interval: Duration::from_secs(30),
+            window: Duration::from_secs(5 * 60),
+            baseline: Duration::from_secs(24 * 3600),
+            multiple: 10.0,
+            min_spend_usd: 5.0,
+            min_tokens: 1_000_000,
+            subject_max_spend_usd: None,
+            key_max_spend_usd: None,
+            lift_grace: Duration::from_secs(3600),
         }
     }
 }

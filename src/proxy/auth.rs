@@ -5,6 +5,7 @@ use crate::app::AppState;
 use crate::error::{ApiError, Code};
 use crate::providers::Family;
 use crate::revocation::Principal;
+use crate::store::PauseKind;
 use crate::token::Claims;
 use axum::http::HeaderMap;
 use std::sync::Arc;
@@ -64,6 +65,14 @@ pub async fn authenticate(
             issued_at: claims.iat,
         })
         .map_err(|r| ApiError::new(Code::TokenRevoked, r.to_string()))?;
+    if let Some(reason) = state.revocations.paused(PauseKind::Subject, &claims.sub) {
+        return Err(ApiError::new(
+            Code::WorkloadPaused,
+            format!(
+                "this workload is paused by the anomaly guard ({reason}); an admin must lift the pause"
+            ),
+        ));
+    }
     Ok(claims)
 }
 

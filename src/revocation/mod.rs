@@ -2,11 +2,16 @@
 //! from the store on an interval. Propagation between replicas (LISTEN/NOTIFY) and the admin
 //! API arrive with the incident-response issue; the set and its semantics are final here.
 //!
+//! The set also holds the anomaly guard's pauses (`pauses`, see [`crate::anomaly`]): a paused
+//! subject is refused until an admin lifts the pause, a paused provider key serves nothing.
+//!
 //! Semantics: a `jti` revocation refuses that token; a `subject`, `team`, `pool`, `issuer` or
 //! `pod_uid` revocation refuses every token of that principal issued at or before the
 //! revocation, and the token endpoint refuses to mint for it while it is active.
 
-use crate::store::{NewRevocation, RevocationKind, RevocationRecord, Store, StoreError};
+use crate::store::{
+    NewRevocation, PauseKind, PauseRecord, RevocationKind, RevocationRecord, Store, StoreError,
+};
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -57,6 +62,8 @@ struct Snapshot {
     /// allocation per request).
     cutoffs: HashMap<RevocationKind, HashMap<String, i64>>,
     provider_keys: HashSet<String>,
+    /// Active pauses by kind and value, with their reason.
+    paused: HashMap<(PauseKind, String), String>,
 }
 
 /// The live revocation set.
@@ -81,8 +88,9 @@ impl RevocationSet {
     /// Re-read the store.
     pub async fn sync(&self) -> Result<usize, StoreError> {
         let rows = self.store.active_revocations(now_ms()).await?;
-        let n = rows.len();
-        self.snap.store(Arc::new(build(rows)));
+        let pauses = self.store.pauses(None).await?;
+        let n = rows.len() + pauses.len();
+        self.snap.store(Arc::new(build(rows, pauses)));
         *self.synced_at.lock() = std::time::Instant::now();
         Ok(n)
     }
@@ -130,9 +138,29 @@ impl RevocationSet {
         Ok(())
     }
 
-    /// Is this provider key disabled?
+    /// Why `value` is paused, if it is.
+    pub fn paused(&self, kind: PauseKind, value: &str) -> Option<String> {
+        let snap = self.snap.load();
+        if snap.paused.is_empty() {
+            return None;
+        }
+        snap.paused.get(&(kind, value.to_owned())).cloned()
+    }
+
+    /// Active pauses by kind (metrics).
+    pub fn pause_counts(&self) -> [(PauseKind, usize); 2] {
+        let snap = self.snap.load();
+        PauseKind::ALL.map(|k| (k, snap.paused.keys().filter(|(pk, _)| *pk == k).count()))
+    }
+
+    /// Is this provider key disabled (revoked, or paused by the anomaly guard)?
     pub fn key_disabled(&self, key_id: &str) -> bool {
-        self.snap.load().provider_keys.contains(key_id)
+        let snap = self.snap.load();
+        snap.provider_keys.contains(key_id)
+            || (!snap.paused.is_empty()
+                && snap
+                    .paused
+                    .contains_key(&(PauseKind::ProviderKey, key_id.to_owned())))
     }
 
     /// Re-sync every `every` until cancelled; failures keep the last set and are logged.
@@ -152,8 +180,11 @@ impl RevocationSet {
     }
 }
 
-fn build(rows: Vec<RevocationRecord>) -> Snapshot {
+fn build(rows: Vec<RevocationRecord>, pauses: Vec<PauseRecord>) -> Snapshot {
     let mut s = Snapshot::default();
+    for p in pauses {
+        s.paused.insert((p.kind, p.value), p.reason);
+    }
     for r in rows {
         match r.kind {
             RevocationKind::Jti => {

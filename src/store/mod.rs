@@ -6,6 +6,7 @@
 
 mod budget;
 mod keys;
+mod pauses;
 mod rates;
 mod records;
 mod spend;
@@ -13,6 +14,7 @@ mod workers;
 
 pub use budget::{DAY_MS, LeaseRecord, LeaseReport};
 pub use keys::{ProviderKeyInventory, ProviderKeyRecord};
+pub use pauses::{PauseKind, PauseRecord, Velocity};
 pub use records::*;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

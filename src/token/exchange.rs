@@ -179,6 +179,18 @@ pub async fn exchange(
             issued_at: i64::MIN,
         })
         .map_err(|r| err("invalid_grant", r.to_string()))?;
+    if let Some(reason) = ctx
+        .revocations
+        .paused(crate::store::PauseKind::Subject, &workload.subject)
+    {
+        return Err(err(
+            "invalid_grant",
+            format!(
+                "workload {} is paused by the anomaly guard ({reason}); an admin must lift the pause",
+                workload.subject
+            ),
+        ));
+    }
 
     let models = narrow_scope(p("scope"), &binding.models)?;
     let ttl_cap = binding.token_ttl.as_secs().min(MAX_TTL_SECS as u64);

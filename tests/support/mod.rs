@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod db;
+pub mod hooks;
 pub mod oidc;
 pub mod peers;
 pub mod upstream;
