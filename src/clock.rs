@@ -1,5 +1,12 @@
 //! Wall-clock helpers: Tollgate stores and compares times as unix milliseconds / seconds.
+//!
+//! Two readings: [`now_ms`] is the wall clock (tokens, leases of signing keys, caches); the
+//! *ledger* clock [`ledger_ms`] dates what money and limits are counted against — budget days
+//! and windows, per-minute rate windows, spend rows, alerts, the anomaly guard. They are the
+//! same instant unless a drill or a test shifts the ledger ([`shift_ledger`]) to cross a window
+//! boundary without waiting for it; tokens keep verifying against the real time meanwhile.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Now, unix milliseconds.
@@ -12,4 +19,18 @@ pub fn now_ms() -> i64 {
 /// Now, unix seconds.
 pub fn now_secs() -> i64 {
     now_ms().div_euclid(1000)
+}
+
+static LEDGER_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Now on the ledger clock, unix milliseconds.
+pub fn ledger_ms() -> i64 {
+    now_ms().saturating_add(LEDGER_OFFSET_MS.load(Ordering::Relaxed))
+}
+
+/// Move the ledger clock of this process so that it reads `at_ms` now (and runs on from
+/// there). For tests and drills that cross a budget window; never needed in operation. Every
+/// replica in the process moves together.
+pub fn shift_ledger(at_ms: i64) {
+    LEDGER_OFFSET_MS.store(at_ms - now_ms(), Ordering::Relaxed);
 }

@@ -140,24 +140,24 @@ async fn a_dead_replicas_promised_money_is_reclaimed_once() {
             .acquire_budget("dead", "p", DAY, DAY, 100, 80, 1)
             .await
             .unwrap();
-        store
-            .heartbeat(
-                "dead",
-                1_000,
-                &[LeaseReport {
-                    pool: "p".into(),
-                    day: DAY,
-                    available: 50,
-                    allowance: 15,
-                }],
-            )
+        let report = LeaseReport {
+            pool: "p".into(),
+            day: DAY,
+            available: 50,
+            allowance: 15,
+            held: 80,
+        };
+        let granted = store
+            .heartbeat("dead", std::slice::from_ref(&report))
             .await
             .unwrap();
-        store.heartbeat("alive", 9_000, &[]).await.unwrap();
-        // Not expired yet.
-        assert_eq!(store.reclaim_expired(500).await.unwrap(), 0);
-        assert_eq!(store.reclaim_expired(5_000).await.unwrap(), 35);
-        assert_eq!(store.reclaim_expired(5_000).await.unwrap(), 0, "idempotent");
+        assert_eq!(granted, vec![("p".to_owned(), DAY, 80)]);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        store.heartbeat("alive", &[]).await.unwrap();
+        // Silence is judged by the store's clock: 300 ms is not a minute.
+        assert_eq!(store.reclaim_expired(60_000).await.unwrap(), 0);
+        assert_eq!(store.reclaim_expired(150).await.unwrap(), 35);
+        assert_eq!(store.reclaim_expired(150).await.unwrap(), 0, "idempotent");
         assert_eq!(store.budget_granted("p", DAY, DAY).await.unwrap(), 45);
         assert_eq!(
             store
@@ -165,6 +165,26 @@ async fn a_dead_replicas_promised_money_is_reclaimed_once() {
                 .await
                 .unwrap(),
             55
+        );
+        // The "dead" replica was only stalled: its next heartbeat learns that it holds 35
+        // less, and the store keeps its report consistent with what it still grants.
+        let granted = store.heartbeat("dead", &[report]).await.unwrap();
+        assert_eq!(granted, vec![("p".to_owned(), DAY, 45)]);
+        let lease = store
+            .budget_leases("p")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|l| l.replica == "dead")
+            .unwrap();
+        assert_eq!(
+            (lease.available_micro_usd, lease.allowance_micro_usd),
+            (15, 15)
+        );
+        assert_eq!(
+            store.reclaim_expired(150).await.unwrap(),
+            0,
+            "nothing promised is left to reclaim"
         );
     })
     .await;
@@ -223,7 +243,12 @@ async fn a_month_boundary_starts_a_clean_window_exactly_once_for_every_replica()
         1_796_083_199_000_i64,
         1_796_083_201_000_i64,
     );
-    let at = |ms: i64| (first_day(&BudgetWindow::Monthly, ms), ms / DAY_MS);
+    let at = |ms: i64| {
+        (
+            first_day(&BudgetWindow::Monthly { start: 1 }, ms),
+            ms / DAY_MS,
+        )
+    };
     each_store(|store| async move {
         let (first, day) = at(mid);
         assert_eq!(

@@ -111,7 +111,7 @@ impl Alerts {
     /// Compare every budgeted pool with its thresholds; send what fires. Returns the alerts
     /// this replica sent.
     pub async fn check(&self) -> Vec<Alert> {
-        let now = crate::clock::now_ms();
+        let now = crate::clock::ledger_ms();
         let at_cap: HashSet<String> = std::mem::take(&mut *self.at_cap.lock());
         let mut sent = Vec::new();
         let pools: Vec<_> = self.policy.current().pools().cloned().collect();
@@ -233,8 +233,8 @@ impl Alerts {
 fn window_name(w: &BudgetWindow) -> String {
     match w {
         BudgetWindow::Daily => "daily".into(),
-        BudgetWindow::Weekly => "weekly".into(),
-        BudgetWindow::Monthly => "monthly".into(),
+        BudgetWindow::Weekly { .. } => "weekly".into(),
+        BudgetWindow::Monthly { .. } => "monthly".into(),
         BudgetWindow::Rolling { days } => format!("rolling:{days}"),
     }
 }

@@ -59,7 +59,7 @@ impl Guard {
         if !self.cfg.enabled {
             return Ok(Vec::new());
         }
-        let now = crate::clock::now_ms();
+        let now = crate::clock::ledger_ms();
         let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
         let recent_from = now - ms(self.cfg.window);
         let baseline_from = recent_from.saturating_sub(ms(self.cfg.baseline));

@@ -79,7 +79,7 @@ impl Leases {
                 Ok(true)
             }
             Need::Money(want) => {
-                let now = crate::clock::now_ms();
+                let now = crate::clock::ledger_ms();
                 let day = now.div_euclid(DAY_MS);
                 let Some(l) = self
                     .quota
@@ -116,12 +116,18 @@ impl Leases {
                 day: p.day,
                 available: p.available,
                 allowance: p.allowance,
+                held: p.held,
             })
             .collect();
-        self.store
-            .heartbeat(&self.replica, crate::clock::now_ms(), &reports)
-            .await?;
+        let granted = self.store.heartbeat(&self.replica, &reports).await?;
         self.quota.reported(&pending);
+        for (pool, day, g) in granted {
+            let lost = self.quota.reconcile(&pool, day, g);
+            if lost > 0 {
+                tracing::warn!(pool = %pool, micro_usd = lost,
+                    "budget lease was reclaimed while this replica was alive (its upkeep stalled past the lease TTL); dropped from memory");
+            }
+        }
         Ok(())
     }
 
@@ -131,7 +137,7 @@ impl Leases {
         if self.closed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let now = crate::clock::now_ms();
+        let now = crate::clock::ledger_ms();
         let today = now.div_euclid(DAY_MS);
         for l in self.quota.leases() {
             let s = slice(l.cap);
@@ -152,7 +158,7 @@ impl Leases {
         self.quota.forget_spent_leases(today);
         self.report().await?;
         let ttl = i64::try_from(LEASE_TTL.as_millis()).unwrap_or(i64::MAX);
-        let reclaimed = self.store.reclaim_expired(now - ttl).await?;
+        let reclaimed = self.store.reclaim_expired(ttl).await?;
         if reclaimed > 0 {
             tracing::info!(
                 micro_usd = reclaimed,
@@ -216,7 +222,7 @@ mod tests {
         store.migrate().await.unwrap();
         let quota = Quota::new();
         let leases = Leases::new(store.clone(), Arc::clone(&quota));
-        let now = crate::clock::now_ms();
+        let now = crate::clock::ledger_ms();
         let day = now.div_euclid(DAY_MS);
         let ask = Ask {
             jti: "t",
@@ -249,5 +255,56 @@ mod tests {
             0,
             "a released replica holds no budget"
         );
+    }
+
+    #[tokio::test]
+    async fn a_replica_whose_lease_was_reclaimed_while_alive_gives_the_money_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let quota = Quota::new();
+        let leases = Leases::new(store.clone(), Arc::clone(&quota));
+        let now = crate::clock::ledger_ms();
+        let day = now.div_euclid(DAY_MS);
+        let ask = Ask {
+            jti: "t",
+            token_limits: Limits::default(),
+            pool: "p",
+            pool_limits: Limits::default(),
+            budget: Some(BudgetSpec {
+                cap: Usd(100_000),
+                window: crate::policy::BudgetWindow::Daily,
+            }),
+            worst_tokens: 1,
+            worst_cost: Usd(10),
+            now_ms: now,
+        };
+        let Err(Denied::NeedsBudget { want, .. }) = quota.admit(&ask) else {
+            panic!("an empty ledger needs budget");
+        };
+        // Far more than the allowance it will promise (a slice of $0.005), so most of it is
+        // reclaimable.
+        assert!(
+            leases
+                .refill("p", Need::Money(want.max(50_000)))
+                .await
+                .unwrap()
+        );
+        let held = quota.admit(&ask).unwrap();
+        leases.report().await.unwrap();
+        // Another replica thought this one dead (a negative TTL: every heartbeat is old) and
+        // took back what it had promised not to use.
+        let taken = store.reclaim_expired(-60_000).await.unwrap();
+        assert!(taken > 0);
+        leases.report().await.unwrap();
+        let granted = store.budget_granted("p", day, day).await.unwrap();
+        let l = quota.leases().into_iter().find(|l| l.day == day).unwrap();
+        assert_eq!(
+            l.available + l.reserved + quota.spent("p").micros(),
+            granted,
+            "memory holds exactly what the store grants"
+        );
+        held.settle(1, Usd(5));
     }
 }

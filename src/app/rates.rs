@@ -95,7 +95,7 @@ impl RateLeases {
     pub fn spawn(self: Arc<Self>, cancel: CancellationToken) -> JoinHandle<()> {
         crate::tasks::every(TICK, cancel, move || {
             let this = Arc::clone(&self);
-            async move { this.tick(crate::clock::now_ms()).await }
+            async move { this.tick(crate::clock::ledger_ms()).await }
         })
     }
 }

@@ -367,10 +367,11 @@ impl Validator<'_> {
                     0
                 }
             };
-            let window = parse_window(&b.window).unwrap_or_else(|e| {
-                self.err(src, bl, format!("budget.window: {e}"));
-                BudgetWindow::Daily
-            });
+            let window = parse_window(&b.window, b.anchor.as_ref().map(|a| a.0.as_str()))
+                .unwrap_or_else(|e| {
+                    self.err(src, bl, format!("budget.{e}"));
+                    BudgetWindow::Daily
+                });
             Budget {
                 limit_micro_usd,
                 window,
@@ -662,21 +663,51 @@ impl Validator<'_> {
     }
 }
 
-fn parse_window(w: &str) -> Result<BudgetWindow, String> {
-    match w {
-        "daily" => Ok(BudgetWindow::Daily),
-        "weekly" => Ok(BudgetWindow::Weekly),
-        "monthly" => Ok(BudgetWindow::Monthly),
+const WEEKDAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+
+/// `window` and its `anchor`; an error names the field at fault.
+fn parse_window(w: &str, anchor: Option<&str>) -> Result<BudgetWindow, String> {
+    let window = match w {
+        "daily" => BudgetWindow::Daily,
+        "weekly" => BudgetWindow::Weekly { start: 0 },
+        "monthly" => BudgetWindow::Monthly { start: 1 },
         other => {
             let days = other
                 .strip_prefix("rolling:")
                 .and_then(|d| d.parse::<u16>().ok())
                 .filter(|d| (1..=366).contains(d))
                 .ok_or_else(|| {
-                    format!("{other:?} is not daily, weekly, monthly or rolling:<1..366>")
+                    format!("window: {other:?} is not daily, weekly, monthly or rolling:<1..366>")
                 })?;
-            Ok(BudgetWindow::Rolling { days })
+            BudgetWindow::Rolling { days }
         }
+    };
+    let Some(a) = anchor else {
+        return Ok(window);
+    };
+    match window {
+        BudgetWindow::Weekly { .. } => WEEKDAYS
+            .iter()
+            .position(|d| d.eq_ignore_ascii_case(a) || d[..3].eq_ignore_ascii_case(a))
+            .map(|i| BudgetWindow::Weekly { start: i as u8 })
+            .ok_or_else(|| format!("anchor: a weekly window starts on a weekday (monday … sunday), not {a:?}")),
+        BudgetWindow::Monthly { .. } => a
+            .parse::<u8>()
+            .ok()
+            .filter(|d| (1..=28).contains(d))
+            .map(|start| BudgetWindow::Monthly { start })
+            .ok_or_else(|| {
+                format!("anchor: a monthly window starts on a day of the month from 1 to 28 (every month has it), not {a:?}")
+            }),
+        _ => Err("anchor: only weekly and monthly windows take an anchor (daily windows start at 00:00 UTC, rolling windows end now)".to_owned()),
     }
 }
 

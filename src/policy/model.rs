@@ -60,10 +60,16 @@ pub struct Budget {
 pub enum BudgetWindow {
     /// Calendar day.
     Daily,
-    /// ISO week (Monday).
-    Weekly,
-    /// Calendar month.
-    Monthly,
+    /// A week starting on one weekday.
+    Weekly {
+        /// 0 = Monday (ISO weeks, the default) … 6 = Sunday.
+        start: u8,
+    },
+    /// A month starting on one day of the month.
+    Monthly {
+        /// 1 (calendar months, the default) … 28.
+        start: u8,
+    },
     /// The last N days.
     Rolling {
         /// N.

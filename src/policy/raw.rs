@@ -53,6 +53,9 @@ pub(super) struct RawPool {
 pub(super) struct RawBudget {
     pub usd: Decimal,
     pub window: String,
+    /// Where a calendar window starts: a day of the month (monthly) or a weekday (weekly).
+    /// Read as text whether written as a number or a word.
+    pub anchor: Option<Decimal>,
 }
 
 #[derive(Deserialize, Default)]

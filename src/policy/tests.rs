@@ -154,6 +154,58 @@ fn duplicates_across_files_and_unknown_fields_are_errors() {
 }
 
 #[test]
+fn calendar_windows_take_an_anchor_and_others_refuse_one() {
+    let pool = |budget: &str| format!("pools:\n  p:\n    budget: {budget}\n");
+    let window = |budget: &str| {
+        let d = dir_with(&[("a.yaml", &pool(budget))]);
+        load_dir(d.path())
+            .unwrap()
+            .pool("p")
+            .unwrap()
+            .budget
+            .clone()
+            .unwrap()
+            .window
+    };
+    assert_eq!(
+        window("{ usd: 1, window: monthly }"),
+        BudgetWindow::Monthly { start: 1 }
+    );
+    assert_eq!(
+        window("{ usd: 1, window: monthly, anchor: 15 }"),
+        BudgetWindow::Monthly { start: 15 }
+    );
+    assert_eq!(
+        window("{ usd: 1, window: weekly, anchor: sunday }"),
+        BudgetWindow::Weekly { start: 6 }
+    );
+    assert_eq!(
+        window("{ usd: 1, window: weekly, anchor: Wed }"),
+        BudgetWindow::Weekly { start: 2 }
+    );
+    for (budget, needle) in [
+        ("{ usd: 1, window: monthly, anchor: 31 }", "from 1 to 28"),
+        ("{ usd: 1, window: monthly, anchor: first }", "from 1 to 28"),
+        ("{ usd: 1, window: weekly, anchor: 3 }", "weekday"),
+        (
+            "{ usd: 1, window: daily, anchor: 1 }",
+            "only weekly and monthly",
+        ),
+        (
+            "{ usd: 1, window: \"rolling:7\", anchor: 1 }",
+            "only weekly and monthly",
+        ),
+    ] {
+        let errs = errors(&[("a.yaml", &pool(budget))]);
+        assert!(
+            errs.iter()
+                .any(|(l, e)| *l == 3 && e.contains("budget.anchor") && e.contains(needle)),
+            "{budget}: {errs:?}"
+        );
+    }
+}
+
+#[test]
 fn at_cap_actions_take_their_own_fields_and_nothing_else() {
     let pool = |body: &str| format!("pools:\n  p:\n{body}");
     let ok = dir_with(&[(

@@ -165,7 +165,7 @@ async fn pipeline(
             Some(cap),
         ) => Some(Degrade {
             overdraft: Usd(i64::try_from(*overdraft_micro_usd).unwrap_or(0)),
-            first_day: crate::quota::first_day(&b.window, crate::clock::now_ms()),
+            first_day: crate::quota::first_day(&b.window, crate::clock::ledger_ms()),
             cap,
         }),
         _ => None,
@@ -201,7 +201,7 @@ async fn pipeline(
         }),
         worst_tokens: plan.input_estimate + plan.reserved_out,
         worst_cost: plan.worst_cost,
-        now_ms: crate::clock::now_ms(),
+        now_ms: crate::clock::ledger_ms(),
     };
     let over_overdraft = |mut e: ApiError, d: &Degrade| {
         if e.code == Code::BudgetExceeded {
@@ -242,7 +242,7 @@ async fn pipeline(
 
     let record = SpendRecord {
         request_id: request_id.to_owned(),
-        at: crate::clock::now_ms(),
+        at: crate::clock::ledger_ms(),
         jti: claims.jti.clone(),
         subject: claims.sub.clone(),
         team: claims.tollgate.team.clone(),
@@ -573,7 +573,7 @@ async fn admit(
         Code::BudgetExceeded => ask
             .budget
             .as_ref()
-            .is_some_and(|b| b.window != BudgetWindow::Monthly),
+            .is_some_and(|b| !matches!(b.window, BudgetWindow::Monthly { .. })),
         _ => false,
     };
     if !queueable(&refused) {
@@ -605,7 +605,7 @@ async fn admit(
             () = tokio::time::sleep_until(until) => {}
         }
         let again = Ask {
-            now_ms: crate::clock::now_ms(),
+            now_ms: crate::clock::ledger_ms(),
             ..ask.clone()
         };
         match admit_once(state, &again).await {

@@ -57,6 +57,11 @@ impl Lease {
         self.available += worst - actual;
     }
 
+    /// Everything this lease holds: what the store should be granting it.
+    pub fn held(&self) -> i64 {
+        self.available + self.reserved + self.spent
+    }
+
     /// Money granted by the store (which adds it to the allowance: usable at once).
     pub fn grant(&mut self, amount: i64) {
         self.available += amount;

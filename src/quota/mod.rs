@@ -425,6 +425,8 @@ pub struct PendingReport {
     pub available: i64,
     /// The new allowance.
     pub allowance: i64,
+    /// Held in all (available + reserved + spent).
+    pub held: i64,
 }
 
 /// The in-memory ledger of one replica.
@@ -636,6 +638,7 @@ impl Quota {
                     day: *day,
                     available,
                     allowance,
+                    held: l.held(),
                 });
             }
         }
@@ -653,6 +656,21 @@ impl Quota {
                 l.confirm_report(r.available, r.allowance);
             }
         }
+    }
+
+    /// The store grants only `granted` for `pool`'s lease on `day`: what this replica holds
+    /// beyond it was reclaimed while the replica looked dead (a stalled upkeep), and is given
+    /// up here. Returns what was given up.
+    pub fn reconcile(&self, pool: &str, day: i64, granted: i64) -> i64 {
+        let mut pools = self.pools.lock();
+        let Some(l) = pools.get_mut(pool).and_then(|ps| ps.leases.get_mut(&day)) else {
+            return 0;
+        };
+        let lost = (l.held() - granted).clamp(0, l.available.max(0));
+        if lost > 0 {
+            l.give_back(lost);
+        }
+        lost
     }
 
     /// Add units the store granted (`got` of `asked`; `fleet` in the window in all) to a

@@ -19,6 +19,9 @@ pub struct LeaseReport {
     pub available: i64,
     /// The most the replica may newly reserve before its next heartbeat.
     pub allowance: i64,
+    /// What the replica holds of the lease in all (available + reserved + spent): when the
+    /// store's grant is less, the difference was reclaimed while the replica was thought dead.
+    pub held: i64,
 }
 
 /// A lease row (tests, admin).
@@ -129,39 +132,67 @@ impl Store {
         Ok(back)
     }
 
-    /// Record a heartbeat: the replica is alive at `now` and reports its leases.
+    /// The store's clock in unix ms: replicas judge each other's liveness by it, never by
+    /// their own clocks, so skew between replicas (or a shifted ledger clock) cannot make a
+    /// live replica look dead.
+    fn db_now_ms(&self) -> &'static str {
+        match self.backend() {
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        }
+    }
+
+    /// Record a heartbeat: the replica is alive now (by the store's clock) and reports its
+    /// leases. Returns, per reported lease, what the store still grants it; a lease reclaimed
+    /// while the replica looked dead is reported with that much less available, and the
+    /// replica must drop the difference (see [`LeaseReport::held`]).
     pub async fn heartbeat(
         &self,
         replica: &str,
-        now: i64,
         reports: &[LeaseReport],
-    ) -> Result<(), StoreError> {
-        let alive = "INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
-                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at";
-        let report = "UPDATE budget_leases SET available_micro_usd = $4, allowance_micro_usd = $5, reported_at = $6 \
-                      WHERE pool = $1 AND day = $2 AND replica = $3";
-        on_db!(self, p => {
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let now = self.db_now_ms();
+        let (least, greatest) = if self.backend() == Backend::Postgres {
+            ("LEAST", "GREATEST")
+        } else {
+            ("MIN", "MAX")
+        };
+        let alive = format!(
+            "INSERT INTO replicas (id, started_at, heartbeat_at) VALUES ($1, {now}, {now}) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+        );
+        let kept = format!("{greatest}(0, $4 - {greatest}(0, $6 - granted_micro_usd))");
+        let report = format!(
+            "UPDATE budget_leases SET available_micro_usd = {kept}, \
+               allowance_micro_usd = {least}($5, {kept}), reported_at = {now} \
+             WHERE pool = $1 AND day = $2 AND replica = $3 RETURNING granted_micro_usd"
+        );
+        let granted = on_db!(self, p => {
             let mut tx = p.begin().await?;
-            sqlx::query(alive).bind(replica).bind(now).execute(&mut *tx).await?;
+            sqlx::query(&alive).bind(replica).execute(&mut *tx).await?;
+            let mut out = Vec::with_capacity(reports.len());
             for r in reports {
-                sqlx::query(report).bind(&r.pool).bind(r.day).bind(replica)
-                    .bind(r.available.max(0)).bind(r.allowance.max(0)).bind(now)
-                    .execute(&mut *tx).await?;
+                let g: Option<i64> = sqlx::query_scalar(&report).bind(&r.pool).bind(r.day).bind(replica)
+                    .bind(r.available.max(0)).bind(r.allowance.max(0)).bind(r.held)
+                    .fetch_optional(&mut *tx).await?;
+                out.extend(g.map(|g| (r.pool.clone(), r.day, g)));
             }
             tx.commit().await?;
+            out
         });
-        Ok(())
+        Ok(granted)
     }
 
-    /// Reclaim, from every replica whose heartbeat is older than `expired_before`, the money it
-    /// reported as available beyond its allowance. Idempotent: a reclaimed lease reports
-    /// `available = allowance`. Returns the total reclaimed.
-    pub async fn reclaim_expired(&self, expired_before: i64) -> Result<i64, StoreError> {
+    /// Reclaim, from every replica silent for longer than `ttl_ms` (by the store's clock), the
+    /// money it reported as available beyond its allowance. Idempotent: a reclaimed lease
+    /// reports `available = allowance`. Returns the total reclaimed.
+    pub async fn reclaim_expired(&self, ttl_ms: i64) -> Result<i64, StoreError> {
         let pg = self.backend() == Backend::Postgres;
         let select = format!(
             "SELECT l.pool, l.day, l.replica, l.available_micro_usd - l.allowance_micro_usd \
              FROM budget_leases l JOIN replicas r ON r.id = l.replica \
-             WHERE r.heartbeat_at < $1 AND l.available_micro_usd > l.allowance_micro_usd{}",
+             WHERE r.heartbeat_at < {} - $1 AND l.available_micro_usd > l.allowance_micro_usd{}",
+            self.db_now_ms(),
             if pg { " FOR UPDATE OF l" } else { "" }
         );
         let lease = "UPDATE budget_leases SET granted_micro_usd = granted_micro_usd - $4, \
@@ -172,7 +203,7 @@ impl Store {
             let mut tx = p.begin().await?;
             // Take SQLite's write lock first (no-op write), so the read below is not stale.
             sqlx::query("UPDATE replicas SET heartbeat_at = heartbeat_at WHERE id = ''").execute(&mut *tx).await?;
-            let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(&select).bind(expired_before)
+            let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(&select).bind(ttl_ms)
                 .fetch_all(&mut *tx).await?;
             let mut total = 0;
             for (pool, day, replica, amount) in rows {

@@ -226,28 +226,27 @@ issuer = "{issuer}"
 
 /// `n` replicas on one database (the first one's), all with `policy`.
 pub async fn spawn_fleet(kind: TestDbKind, policy: &str, n: usize) -> Vec<TestApp> {
-    let first = spawn_app_with(
-        kind,
-        Options {
-            policy: Some(policy.into()),
-            ..Options::default()
-        },
-    )
-    .await;
+    spawn_fleet_with(kind, policy, "", n).await
+}
+
+/// `n` replicas on one database, all with `policy` and `extra_config`.
+pub async fn spawn_fleet_with(
+    kind: TestDbKind,
+    policy: &str,
+    extra_config: &str,
+    n: usize,
+) -> Vec<TestApp> {
+    let opts = |database_url: Option<String>| Options {
+        policy: Some(policy.into()),
+        extra_config: extra_config.into(),
+        database_url,
+        ..Options::default()
+    };
+    let first = spawn_app_with(kind, opts(None)).await;
     let url = first.db.url.clone();
     let mut apps = vec![first];
     for _ in 1..n {
-        apps.push(
-            spawn_app_with(
-                kind,
-                Options {
-                    policy: Some(policy.into()),
-                    database_url: Some(url.clone()),
-                    ..Options::default()
-                },
-            )
-            .await,
-        );
+        apps.push(spawn_app_with(kind, opts(Some(url.clone()))).await);
     }
     apps
 }
