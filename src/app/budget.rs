@@ -214,29 +214,39 @@ mod tests {
     use crate::pricing::Usd;
     use crate::quota::{Ask, BudgetSpec, Denied, Limits};
 
-    #[tokio::test]
-    async fn nothing_is_acquired_once_the_leases_are_released() {
+    async fn sqlite_leases() -> (tempfile::TempDir, Store, Arc<Quota>, Arc<Leases>) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = Store::connect(&url, 2).await.unwrap();
         store.migrate().await.unwrap();
         let quota = Quota::new();
         let leases = Leases::new(store.clone(), Arc::clone(&quota));
-        let now = crate::clock::ledger_ms();
-        let day = now.div_euclid(DAY_MS);
-        let ask = Ask {
+        (dir, store, quota, leases)
+    }
+
+    /// A request of pool `p` costing up to 10 µ$, under a daily cap.
+    fn ask(cap: i64, now_ms: i64) -> Ask<'static> {
+        Ask {
             jti: "t",
             token_limits: Limits::default(),
             pool: "p",
             pool_limits: Limits::default(),
             budget: Some(BudgetSpec {
-                cap: Usd(1_000),
+                cap: Usd(cap),
                 window: crate::policy::BudgetWindow::Daily,
             }),
             worst_tokens: 1,
             worst_cost: Usd(10),
-            now_ms: now,
-        };
+            now_ms,
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_acquired_once_the_leases_are_released() {
+        let (_dir, store, quota, leases) = sqlite_leases().await;
+        let now = crate::clock::ledger_ms();
+        let day = now.div_euclid(DAY_MS);
+        let ask = ask(1_000, now);
         // The first request finds no lease and fetches one; the tick keeps it topped up.
         let Err(Denied::NeedsBudget { want, .. }) = quota.admit(&ask) else {
             panic!("an empty ledger needs budget");
@@ -259,27 +269,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_replica_whose_lease_was_reclaimed_while_alive_gives_the_money_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("t.db").display());
-        let store = Store::connect(&url, 2).await.unwrap();
-        store.migrate().await.unwrap();
-        let quota = Quota::new();
-        let leases = Leases::new(store.clone(), Arc::clone(&quota));
+        let (_dir, store, quota, leases) = sqlite_leases().await;
         let now = crate::clock::ledger_ms();
         let day = now.div_euclid(DAY_MS);
-        let ask = Ask {
-            jti: "t",
-            token_limits: Limits::default(),
-            pool: "p",
-            pool_limits: Limits::default(),
-            budget: Some(BudgetSpec {
-                cap: Usd(100_000),
-                window: crate::policy::BudgetWindow::Daily,
-            }),
-            worst_tokens: 1,
-            worst_cost: Usd(10),
-            now_ms: now,
-        };
+        let ask = ask(100_000, now);
         let Err(Denied::NeedsBudget { want, .. }) = quota.admit(&ask) else {
             panic!("an empty ledger needs budget");
         };
