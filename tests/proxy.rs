@@ -579,7 +579,24 @@ async fn rate_limits_and_budgets_refuse_with_429(app: &TestApp) {
             r.headers()["x-ratelimit-remaining-requests"],
             (1 - i).to_string().as_str()
         );
+        let reset = r.headers()["x-ratelimit-reset-requests"].to_str().unwrap();
+        let secs: u64 = reset
+            .strip_suffix("ms")
+            .map(|_| 0)
+            .or_else(|| reset.strip_suffix('s').and_then(|n| n.parse().ok()))
+            .unwrap_or_else(|| panic!("OpenAI duration format: {reset}"));
+        assert!(secs <= 60, "{reset}");
+        assert!(
+            !r.headers().contains_key("x-ratelimit-limit-tokens"),
+            "no token limit on this token or its pool"
+        );
     }
+    // A token without limits of its own sees its pool's (rpm 100000).
+    let pooled = app.token_for("team-a").await;
+    let r = app.post("/v1/chat/completions", &pooled, &body).await;
+    assert_eq!(r.headers()["x-ratelimit-limit-requests"], "100000");
+    assert!(r.headers().contains_key("x-ratelimit-reset-requests"));
+
     let r = app.post("/v1/chat/completions", &token, &body).await;
     let retry: u64 = r.headers()["retry-after"]
         .to_str()

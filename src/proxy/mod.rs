@@ -718,4 +718,20 @@ fn set_rate_headers(h: &mut HeaderMap, r: &RateInfo) {
             h.insert(HeaderName::from_static(name), HeaderValue::from(v));
         }
     }
+    // OpenAI's duration format ("12s", "850ms"): when the current window ends.
+    let reset = if r.reset_ms >= 1_000 {
+        format!("{}s", (r.reset_ms + 999) / 1_000)
+    } else {
+        format!("{}ms", r.reset_ms.max(0))
+    };
+    for (limited, name) in [
+        (r.limit_requests, "x-ratelimit-reset-requests"),
+        (r.limit_tokens, "x-ratelimit-reset-tokens"),
+    ] {
+        if limited.is_some()
+            && let Ok(v) = HeaderValue::from_str(&reset)
+        {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    }
 }

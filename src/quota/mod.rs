@@ -214,9 +214,12 @@ pub struct RateNeed {
     pub want: u64,
 }
 
-/// Limits and remaining capacity, for `x-ratelimit-*` headers (the token's own limits).
+/// Limits and remaining capacity, for `x-ratelimit-*` headers: per unit, the tighter of the
+/// token's own window and its pool's.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RateInfo {
+    /// Until the current windows end (`x-ratelimit-reset-*`).
+    pub reset_ms: i64,
     /// `x-ratelimit-limit-requests`.
     pub limit_requests: Option<u64>,
     /// `x-ratelimit-remaining-requests`.
@@ -504,11 +507,24 @@ impl Quota {
         }
         tc.take(ask.worst_tokens);
         ps.counters.take(ask.worst_tokens);
+        // A client paces itself by the tighter of its token's and its pool's windows.
+        let tighter = |t: Option<&Window>, p: Option<&Window>| {
+            let w = match (t, p) {
+                (Some(t), Some(p)) if p.remaining() < t.remaining() => Some(p),
+                (Some(t), _) => Some(t),
+                (None, p) => p,
+            };
+            (w.map(Window::limit), w.map(Window::remaining))
+        };
+        let (limit_requests, remaining_requests) =
+            tighter(tc.rpm.as_ref(), ps.counters.rpm.as_ref());
+        let (limit_tokens, remaining_tokens) = tighter(tc.tpm.as_ref(), ps.counters.tpm.as_ref());
         let info = RateInfo {
-            limit_requests: tc.rpm.as_ref().map(Window::limit),
-            remaining_requests: tc.rpm.as_ref().map(Window::remaining),
-            limit_tokens: tc.tpm.as_ref().map(Window::limit),
-            remaining_tokens: tc.tpm.as_ref().map(Window::remaining),
+            limit_requests,
+            remaining_requests,
+            limit_tokens,
+            remaining_tokens,
+            reset_ms: rate::MINUTE_MS - now.rem_euclid(rate::MINUTE_MS),
         };
         Ok(Admission {
             quota: Arc::clone(self),
