@@ -126,8 +126,11 @@ impl Window {
 
     /// The store granted `got` of `asked` units for `minute`; `fleet` is the window's total.
     pub(crate) fn grant(&mut self, minute: i64, got: u64, asked: u64, fleet: u64) {
+        // Only a lease ahead is for a later minute than the window's next one (the window
+        // has not rolled since: no request came): it lands in the next minute, never makes
+        // the window jump into the future.
         if minute > self.minute + 1 {
-            self.roll(minute * MINUTE_MS);
+            self.roll((minute - 1) * MINUTE_MS);
         }
         if minute == self.minute {
             self.granted += got;
@@ -240,5 +243,115 @@ mod tests {
             0,
             "a past minute's settlement changes nothing now"
         );
+    }
+
+    mod fleet {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::HashMap;
+
+        /// The store's side of a limit: units granted per minute, never past the limit.
+        #[derive(Default)]
+        struct Store(HashMap<i64, u64>);
+
+        impl Store {
+            fn acquire(&mut self, minute: i64, limit: u64, want: u64) -> (u64, u64) {
+                let total = self.0.entry(minute).or_default();
+                let got = want.min(limit.saturating_sub(*total));
+                *total += got;
+                (got, *total)
+            }
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A replica admits a request of `n` units (leasing when short).
+            Admit { replica: usize, n: u64 },
+            /// A reservation settles at a share of what it reserved.
+            Settle { pick: usize, percent: u8 },
+            /// The upkeep leases the next minute's first slice.
+            LeaseAhead { replica: usize },
+            /// Time passes.
+            Wait { ms: i64 },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0usize..3, 1u64..40).prop_map(|(replica, n)| Op::Admit { replica, n }),
+                2 => (any::<usize>(), 0u8..=100).prop_map(|(pick, percent)| Op::Settle { pick, percent }),
+                1 => (0usize..3).prop_map(|replica| Op::LeaseAhead { replica }),
+                1 => (0i64..40_000).prop_map(|ms| Op::Wait { ms }),
+            ]
+        }
+
+        proptest! {
+            /// Three replicas, any interleaving of admissions, settlements, leases ahead and
+            /// minutes passing: the store never grants a minute past the limit, and what the
+            /// fleet holds in use in a minute — reservations and settled usage — never passes
+            /// what the store granted for it, so never the limit.
+            #[test]
+            fn the_fleet_never_takes_more_than_the_limit_in_a_minute(
+                limit in 1u64..300,
+                ops in proptest::collection::vec(op(), 1..400),
+            ) {
+                let mut now = T0;
+                let mut store = Store::default();
+                let mut windows: Vec<Window> = (0..3).map(|_| Window::new(limit, now)).collect();
+                // (replica, minute, reserved) of reservations not yet settled.
+                let mut open: Vec<(usize, i64, u64)> = Vec::new();
+                for o in ops {
+                    match o {
+                        Op::Admit { replica, n } => {
+                            let w = &mut windows[replica];
+                            let mut ok = false;
+                            for _ in 0..3 {
+                                match w.check(n, now) {
+                                    Ok(()) => { ok = true; break; }
+                                    Err(Short::Lease { minute, want }) => {
+                                        let asked = want.max(slice(limit));
+                                        let (got, fleet) = store.acquire(minute, limit, asked);
+                                        w.grant(minute, got, asked, fleet);
+                                    }
+                                    Err(Short::Full { retry_after }) => {
+                                        prop_assert!((1..=60).contains(&retry_after));
+                                        break;
+                                    }
+                                }
+                            }
+                            if ok {
+                                w.take(n);
+                                open.push((replica, w.minute(), n));
+                            }
+                        }
+                        Op::Settle { pick, percent } if !open.is_empty() => {
+                            let (replica, minute, reserved) = open.remove(pick % open.len());
+                            windows[replica].settle(minute, reserved, reserved * u64::from(percent) / 100);
+                        }
+                        Op::LeaseAhead { replica } => {
+                            let w = &mut windows[replica];
+                            if w.leased_ahead() == 0 {
+                                let next = now.div_euclid(MINUTE_MS) + 1;
+                                let (got, fleet) = store.acquire(next, limit, slice(limit));
+                                w.grant(next, got, slice(limit), fleet);
+                            }
+                        }
+                        Op::Wait { ms } => now += ms,
+                        Op::Settle { .. } => {}
+                    }
+                    for (m, total) in &store.0 {
+                        prop_assert!(*total <= limit, "minute {} granted {} > {}", m, total, limit);
+                    }
+                    let mut in_use: HashMap<i64, u64> = HashMap::new();
+                    for w in &windows {
+                        prop_assert!(w.used() <= w.granted, "a replica used more than it leased");
+                        *in_use.entry(w.minute()).or_default() += w.used();
+                    }
+                    for (m, used) in in_use {
+                        let granted = store.0.get(&m).copied().unwrap_or(0);
+                        prop_assert!(used <= granted, "minute {}: {} in use, {} granted", m, used, granted);
+                    }
+                }
+            }
+        }
     }
 }
