@@ -5,8 +5,8 @@ mod support;
 
 use support::db::{TestDb, kinds};
 use tollgate::store::{
-    IssuedTokenRecord, NewRevocation, PauseKind, RevocationKind, SigningKeyRecord, SpendRecord,
-    Store, Velocity,
+    IssuedTokenRecord, NewRevocation, PauseKind, RATE_BATCH, RateAsk, RevocationKind,
+    SigningKeyRecord, SpendRecord, Store, Velocity,
 };
 
 async fn each_store<F, Fut>(f: F)
@@ -354,6 +354,53 @@ async fn rate_window_leases_racing_never_grant_past_the_limit() {
             (7, 7),
             "a forgotten window starts again (only past minutes are forgotten)"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn many_rate_windows_are_leased_in_one_batch_each_within_its_own_limit() {
+    each_store(|store| async move {
+        let ask = |scope: String, minute, limit, want| RateAsk {
+            scope,
+            minute,
+            limit,
+            want,
+        };
+        // More windows than one statement takes, each with its own limit.
+        let asks: Vec<RateAsk> = (0..RATE_BATCH as u64 + 5)
+            .map(|i| ask(format!("requests:token:t{i}"), 7, i % 10, 5))
+            .collect();
+        let got = store.acquire_rates(&asks).await.unwrap();
+        assert_eq!(got.len(), asks.len());
+        for (a, (g, total)) in asks.iter().zip(&got) {
+            assert_eq!(*g, a.want.min(a.limit), "{}", a.scope);
+            assert_eq!(*total, *g);
+        }
+        // Again: only what each window has left.
+        let again = store.acquire_rates(&asks).await.unwrap();
+        for (a, (g, total)) in asks.iter().zip(&again) {
+            assert_eq!(*g, a.limit.saturating_sub(5).min(5), "{}", a.scope);
+            assert_eq!(*total, (a.limit).min(10));
+        }
+        // A window asked twice in one batch is leased once (the larger want); a window of
+        // the single-lease API sees the batch's grants.
+        let dup = store
+            .acquire_rates(&[
+                ask("tokens:pool:p".into(), 9, 100, 3),
+                ask("tokens:pool:p".into(), 9, 100, 8),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(dup, vec![(8, 8), (0, 8)]);
+        assert_eq!(
+            store
+                .acquire_rate("tokens:pool:p", 9, 100, 1)
+                .await
+                .unwrap(),
+            (1, 9)
+        );
+        assert_eq!(store.acquire_rates(&[]).await.unwrap(), vec![]);
     })
     .await;
 }

@@ -9,7 +9,7 @@
 
 use crate::quota::rate::{self, MINUTE_MS};
 use crate::quota::{Quota, RateNeed};
-use crate::store::{Store, StoreError};
+use crate::store::{RateAsk, Store, StoreError};
 use parking_lot::Mutex;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -74,12 +74,30 @@ impl RateLeases {
         Ok(got)
     }
 
-    /// One upkeep round: top up, lease ahead, and forget past windows once a minute.
+    /// One upkeep round: top up, lease ahead (every window in one batch of statements), and
+    /// forget past windows once a minute.
     pub async fn tick(&self, now_ms: i64) {
-        for need in self.quota.rate_needs(now_ms) {
-            if let Err(e) = self.acquire(&need, need.want).await {
-                tracing::warn!(error = %e, "rate window upkeep failed; retried next tick");
-                break;
+        let needs = self.quota.rate_needs(now_ms);
+        if !needs.is_empty() {
+            let asks: Vec<RateAsk> = needs
+                .iter()
+                .map(|n| RateAsk {
+                    scope: n.scope.key(),
+                    minute: n.minute,
+                    limit: n.limit,
+                    want: n.want,
+                })
+                .collect();
+            match self.store.acquire_rates(&asks).await {
+                Ok(granted) => {
+                    for (need, (got, fleet)) in needs.iter().zip(granted) {
+                        self.quota
+                            .grant_rate(&need.scope, need.minute, got, need.want, fleet);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, windows = needs.len(), "rate window upkeep failed; retried next tick");
+                }
             }
         }
         let minute = now_ms.div_euclid(MINUTE_MS);

@@ -335,7 +335,9 @@ impl Counters {
     }
 
     /// Leases the upkeep should take for this token's or pool's windows: a top-up when the
-    /// current window runs low, and the next minute's first slice near the end of a minute.
+    /// current window runs low, and, near the end of a minute, the next minute's first slice
+    /// of every window used in the last [`LEASE_AHEAD_IDLE`] minutes — so a token calling
+    /// every few minutes finds its window leased, not only one calling every minute.
     fn needs(&self, kind: RateKind, name: &str, now_ms: i64, out: &mut Vec<RateNeed>) {
         let minute = now_ms.div_euclid(rate::MINUTE_MS);
         let ahead = now_ms.rem_euclid(rate::MINUTE_MS) >= LEASE_AHEAD_MS;
@@ -344,7 +346,7 @@ impl Counters {
             (&self.tpm, RateUnit::Tokens),
         ] {
             let Some(w) = w else { continue };
-            if w.minute() != minute || w.used() == 0 {
+            if w.last_active() < minute - LEASE_AHEAD_IDLE {
                 continue;
             }
             let slice = rate::slice(w.limit());
@@ -353,7 +355,8 @@ impl Counters {
                 name: name.to_owned(),
                 unit,
             };
-            if !w.is_full() && w.available() < slice.div_ceil(2) {
+            let current = w.minute() == minute;
+            if current && w.used() > 0 && !w.is_full() && w.available() < slice.div_ceil(2) {
                 out.push(RateNeed {
                     scope: scope(),
                     minute,
@@ -361,7 +364,8 @@ impl Counters {
                     want: slice,
                 });
             }
-            if ahead && w.leased_ahead() == 0 {
+            // A window still at an earlier minute has nothing for the next one yet.
+            if ahead && !(current && w.leased_ahead() > 0) {
                 out.push(RateNeed {
                     scope: scope(),
                     minute: minute + 1,
@@ -372,6 +376,9 @@ impl Counters {
         }
     }
 }
+
+/// Minutes a window may go unused and still be leased ahead.
+const LEASE_AHEAD_IDLE: i64 = 5;
 
 /// Past this point of a minute the upkeep leases the next minute's first slice of every
 /// window in use, so a new minute starts without a store round trip.

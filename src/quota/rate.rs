@@ -46,6 +46,8 @@ pub(crate) struct Window {
     /// Units already leased for the next minute (leased ahead, so a new minute starts
     /// without a store round trip).
     next: u64,
+    /// The last minute anything was taken from this limit (kept across minutes).
+    active: i64,
 }
 
 impl Window {
@@ -58,6 +60,7 @@ impl Window {
             full: false,
             fleet: 0,
             next: 0,
+            active: i64::MIN,
         }
     }
 
@@ -73,6 +76,7 @@ impl Window {
             *self = Window {
                 granted: carried,
                 fleet: carried,
+                active: self.active,
                 ..Window::new(self.limit, now_ms)
             };
         }
@@ -109,6 +113,7 @@ impl Window {
 
     pub(crate) fn take(&mut self, n: u64) {
         self.used += n;
+        self.active = self.minute;
     }
 
     /// Settle a reservation of `reserved` units made in `minute` at `actual`. A window that
@@ -164,6 +169,11 @@ impl Window {
 
     pub(crate) fn leased_ahead(&self) -> u64 {
         self.next
+    }
+
+    /// The last minute anything was taken.
+    pub(crate) fn last_active(&self) -> i64 {
+        self.active
     }
 
     /// What the fleet may still take this minute, as far as this replica knows (headers).

@@ -185,6 +185,26 @@ fn the_upkeep_tops_up_low_windows_and_leases_the_next_minute_ahead() {
     assert_eq!((needs[0].minute, needs[0].want), (need.minute, 5));
     let late = q.rate_needs(NOW + 56_000);
     assert!(late.iter().any(|n| n.minute == need.minute + 1), "{late:?}");
+    let ahead = late.iter().find(|n| n.minute == need.minute + 1).unwrap();
+    q.grant_rate(&ahead.scope, ahead.minute, 5, 5, 5);
+    assert!(
+        q.rate_needs(NOW + 57_000)
+            .iter()
+            .all(|n| n.minute == need.minute),
+        "leased ahead once per minute"
+    );
+    // Three idle minutes later the window is still leased ahead (a token calling every few
+    // minutes never waits on the store) ...
+    let later = NOW + 3 * 60_000 + 56_000;
+    let needs = q.rate_needs(later);
+    assert_eq!(needs.len(), 1, "{needs:?}");
+    assert_eq!(needs[0].minute, need.minute + 4);
+    q.grant_rate(&needs[0].scope, needs[0].minute, 5, 5, 5);
+    let mut b = a.clone();
+    b.now_ms = NOW + 4 * 60_000 + 1_000;
+    assert!(q.admit(&b).is_ok(), "served from the slice leased ahead");
+    // ... but not once it has been idle for longer than LEASE_AHEAD_IDLE minutes.
+    assert!(q.rate_needs(NOW + 11 * 60_000 + 56_000).is_empty());
 }
 
 #[test]

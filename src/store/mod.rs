@@ -15,6 +15,7 @@ mod workers;
 pub use budget::{DAY_MS, LeaseRecord, LeaseReport};
 pub use keys::{ProviderKeyInventory, ProviderKeyRecord};
 pub use pauses::{PauseKind, PauseRecord, Velocity};
+pub use rates::{RATE_BATCH, RateAsk};
 pub use records::*;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -5,6 +5,23 @@
 
 use super::{Backend, Db, Store, StoreError, on_db};
 
+/// Windows leased per statement by [`Store::acquire_rates`] (four parameters each, well
+/// under either database's limit).
+pub const RATE_BATCH: usize = 1000;
+
+/// One window to lease units of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateAsk {
+    /// The limit's key (`requests:pool:main`).
+    pub scope: String,
+    /// The window (unix minute).
+    pub minute: i64,
+    /// What the fleet may be granted for it in all.
+    pub limit: u64,
+    /// Units wanted.
+    pub want: u64,
+}
+
 impl Store {
     /// Lease up to `want` units of `scope`'s window `minute`, whose fleet total may reach
     /// `limit`. Returns `(granted now, the window's total after the grant)`.
@@ -15,36 +32,104 @@ impl Store {
         limit: u64,
         want: u64,
     ) -> Result<(u64, u64), StoreError> {
-        let least = if self.backend() == Backend::Postgres {
-            "LEAST"
+        let got = self
+            .acquire_rates(&[RateAsk {
+                scope: scope.to_owned(),
+                minute,
+                limit,
+                want,
+            }])
+            .await?;
+        Ok(got.into_iter().next().unwrap_or((0, 0)))
+    }
+
+    /// [`Store::acquire_rate`] for many windows in as few statements as possible (one per
+    /// [`RATE_BATCH`] windows). Returns `(granted, total)` in the order asked. A window asked
+    /// twice is leased once, for the larger `want`.
+    pub async fn acquire_rates(&self, asks: &[RateAsk]) -> Result<Vec<(u64, u64)>, StoreError> {
+        let (least, greatest) = if self.backend() == Backend::Postgres {
+            ("LEAST", "GREATEST")
         } else {
-            "MIN"
+            ("MIN", "MAX")
         };
-        let greatest = if self.backend() == Backend::Postgres {
-            "GREATEST"
-        } else {
-            "MAX"
-        };
-        // Every SET expression reads the row as it was before the update, and the row lock
-        // (PostgreSQL) / the write lock (SQLite) serialises concurrent leases.
-        let sql = format!(
-            "INSERT INTO rate_windows (scope, minute, granted, last_grant) \
-             VALUES ($1, $2, {least}($3, $4), {least}($3, $4)) \
-             ON CONFLICT (scope, minute) DO UPDATE SET \
-               last_grant = {least}($3, {greatest}(0, $4 - rate_windows.granted)), \
-               granted = rate_windows.granted + {least}($3, {greatest}(0, $4 - rate_windows.granted)) \
-             RETURNING last_grant, granted"
-        );
-        let want = i64::try_from(want).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (got, total): (i64, i64) = on_db!(self, p => {
-            sqlx::query_as(&sql).bind(scope).bind(minute).bind(want).bind(limit)
-                .fetch_one(p).await?
-        });
-        Ok((
-            u64::try_from(got).unwrap_or(0),
-            u64::try_from(total).unwrap_or(0),
-        ))
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut unique: Vec<&RateAsk> = Vec::with_capacity(asks.len());
+        let mut index: std::collections::HashMap<(&str, i64), usize> =
+            std::collections::HashMap::with_capacity(asks.len());
+        for a in asks {
+            match index.get(&(a.scope.as_str(), a.minute)) {
+                Some(&i) if unique[i].want >= a.want => {}
+                Some(&i) => unique[i] = a,
+                None => {
+                    index.insert((a.scope.as_str(), a.minute), unique.len());
+                    unique.push(a);
+                }
+            }
+        }
+        let mut granted: std::collections::HashMap<(String, i64), (u64, u64)> =
+            std::collections::HashMap::with_capacity(unique.len());
+        for chunk in unique.chunks(RATE_BATCH) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = i * 4;
+                    format!(
+                        "(${}, ${}, {least}(${}, ${}), {least}(${}, ${}), ${})",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 3,
+                        p + 4,
+                        p + 4
+                    )
+                })
+                .collect();
+            // Every SET expression reads the row as it was before the update, and the row lock
+            // (PostgreSQL) / the write lock (SQLite) serialises concurrent leases; the inserted
+            // row's `granted` is min(want, limit), so the update grants min(that, room left).
+            let sql = format!(
+                "INSERT INTO rate_windows (scope, minute, granted, last_grant, limit_units) \
+                 VALUES {} \
+                 ON CONFLICT (scope, minute) DO UPDATE SET \
+                   last_grant = {least}(excluded.granted, {greatest}(0, excluded.limit_units - rate_windows.granted)), \
+                   granted = rate_windows.granted + {least}(excluded.granted, {greatest}(0, excluded.limit_units - rate_windows.granted)), \
+                   limit_units = excluded.limit_units \
+                 RETURNING scope, minute, last_grant, granted",
+                values.join(", ")
+            );
+            let rows: Vec<(String, i64, i64, i64)> = on_db!(self, p => {
+                let mut q = sqlx::query_as(&sql);
+                for a in chunk {
+                    q = q.bind(a.scope.as_str()).bind(a.minute).bind(clamp(a.want)).bind(clamp(a.limit));
+                }
+                q.fetch_all(p).await?
+            });
+            for (scope, minute, got, total) in rows {
+                granted.insert(
+                    (scope, minute),
+                    (
+                        u64::try_from(got).unwrap_or(0),
+                        u64::try_from(total).unwrap_or(0),
+                    ),
+                );
+            }
+        }
+        // Only the ask that was sent gets the grant; a duplicate sees the window's total.
+        let mut sent: std::collections::HashSet<(&str, i64)> = std::collections::HashSet::new();
+        Ok(asks
+            .iter()
+            .map(|a| {
+                let (got, total) = granted
+                    .get(&(a.scope.clone(), a.minute))
+                    .copied()
+                    .unwrap_or((0, 0));
+                if sent.insert((a.scope.as_str(), a.minute)) {
+                    (got, total)
+                } else {
+                    (0, total)
+                }
+            })
+            .collect())
     }
 
     /// Forget windows of minutes before `minute`.
