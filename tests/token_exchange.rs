@@ -121,6 +121,10 @@ async fn exchange_returns_an_rfc8693_response_with_quota_claims(app: &TestApp) {
         .unwrap();
     assert_eq!(meta["issuer"], "http://tollgate.test");
     assert_eq!(meta["token_endpoint"], "http://tollgate.test/v1/token");
+    assert_eq!(
+        meta["revocation_endpoint"],
+        "http://tollgate.test/v1/token/revoke"
+    );
     assert_eq!(meta["grant_types_supported"][0], GRANT);
 
     // The inventory records the token (never the token itself).
@@ -397,4 +401,110 @@ async fn revoked_subject_cannot_exchange(app: &TestApp) {
 on_both_stores!(
     revoked_subject_cannot_exchange_test,
     revoked_subject_cannot_exchange
+);
+
+async fn revoke_form(app: &TestApp, fields: &[(&str, &str)]) -> reqwest::Response {
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    app.http
+        .post(format!("{}/v1/token/revoke", app.url))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn a_workload_revokes_its_own_token_per_rfc7009(app: &TestApp) {
+    let token = app.token_for("team-a").await;
+    let chat = TestApp::chat("gpt-test", "hi");
+    assert_eq!(
+        app.post("/v1/chat/completions", &token, &chat)
+            .await
+            .status(),
+        200
+    );
+
+    let r = revoke_form(
+        app,
+        &[("token", &token), ("token_type_hint", "access_token")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert!(r.text().await.unwrap().is_empty());
+    let r = app.post("/v1/chat/completions", &token, &chat).await;
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "token_revoked", "{v}");
+    // Recorded for the fleet, by its holder, lapsing after the token would have.
+    let jti = jwt_part(&token, 1)["jti"].as_str().unwrap().to_owned();
+    let exp = jwt_part(&token, 1)["exp"].as_i64().unwrap();
+    let rows = app
+        .store()
+        .active_revocations(tollgate::clock::now_ms())
+        .await
+        .unwrap();
+    let row = rows.iter().find(|r| r.value == jti).expect("stored");
+    assert_eq!(row.kind, RevocationKind::Jti);
+    assert!(
+        row.created_by
+            .starts_with("self:system:serviceaccount:team-a:"),
+        "{row:?}"
+    );
+    assert!(row.expires_at.unwrap() > exp * 1000);
+    // Again, an unknown hint, a forged token: all 200 and nothing new (RFC 7009 2.2).
+    assert_eq!(
+        revoke_form(app, &[("token", &token), ("token_type_hint", "weird")])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        revoke_form(app, &[("token", "not.a.token")]).await.status(),
+        200
+    );
+    let n = app
+        .store()
+        .active_revocations(tollgate::clock::now_ms())
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(
+        n,
+        rows.len(),
+        "nothing recorded twice or for a forged token"
+    );
+    // Another token of the same workload still works: only the one token is revoked.
+    let other = app.token_for("team-a").await;
+    assert_eq!(
+        app.post("/v1/chat/completions", &other, &chat)
+            .await
+            .status(),
+        200
+    );
+    // Malformed requests get RFC 6749 errors.
+    assert_eq!(
+        oauth_error(revoke_form(app, &[]).await).await.0,
+        "invalid_request"
+    );
+    assert_eq!(
+        oauth_error(revoke_form(app, &[("token", "a"), ("token", "b")]).await)
+            .await
+            .0,
+        "invalid_request"
+    );
+    let r = app
+        .http
+        .post(format!("{}/v1/token/revoke", app.url))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oauth_error(r).await.0, "invalid_request");
+}
+on_both_stores!(
+    a_workload_revokes_its_own_token_per_rfc7009_test,
+    a_workload_revokes_its_own_token_per_rfc7009
 );

@@ -17,6 +17,7 @@ use std::time::Duration;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/token", post(token))
+        .route("/v1/token/revoke", post(token_revoke))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/oauth-authorization-server", get(metadata))
         .route("/healthz", get(healthz))
@@ -29,7 +30,12 @@ pub fn router() -> Router<AppState> {
         .route("/dev/oidc/jwks.json", get(dev_jwks))
 }
 
-async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+/// The form of an OAuth request: `application/x-www-form-urlencoded`, bounded, each
+/// parameter at most once.
+async fn read_form(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<std::collections::HashMap<String, String>, OAuthError> {
     let form_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -40,22 +46,55 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
             })
         });
     if !form_type {
-        return OAuthError::new(
+        return Err(OAuthError::new(
             "invalid_request",
             "Content-Type must be application/x-www-form-urlencoded",
-        )
-        .into_response();
+        ));
     }
     let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
-        return OAuthError::new(
+        return Err(OAuthError::new(
             "invalid_request",
             format!("request body must be at most {MAX_FORM_BYTES} bytes"),
+        ));
+    };
+    exchange::parse_form(&bytes).map_err(|e| OAuthError::new(e.code, e.description))
+}
+
+/// RFC 7009: a workload revokes its own Tollgate token (the token is the credential). A token
+/// that does not verify — expired, forged, not ours — is answered 200 like a revoked one, as
+/// the RFC asks: there is nothing left to revoke and nothing to learn.
+async fn token_revoke(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let form = match read_form(&headers, body).await {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let Some(token) = form.get("token").filter(|t| !t.is_empty()) else {
+        return OAuthError::new("invalid_request", "token is required").into_response();
+    };
+    // `token_type_hint` is only a hint (RFC 7009 2.1): Tollgate has one kind of token.
+    if let Ok(claims) = state.tokens.verify(token).await
+        && let Err(e) = state.revocations.revoke_token(&claims).await
+    {
+        tracing::warn!(error = %e, "token revocation could not be recorded");
+        let mut r = OAuthError::new(
+            "temporarily_unavailable",
+            "the revocation could not be recorded; retry shortly",
         )
         .into_response();
-    };
-    let form = match exchange::parse_form(&bytes) {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    let mut r = StatusCode::OK.into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let form = match read_form(&headers, body).await {
         Ok(f) => f,
-        Err(e) => return OAuthError::new(e.code, e.description).into_response(),
+        Err(e) => return e.into_response(),
     };
     let policy = state.policy.current();
     let ctx = ExchangeContext {

@@ -107,6 +107,26 @@ impl RevocationSet {
         Ok(rec)
     }
 
+    /// Revoke one Tollgate token (RFC 7009, by its holder) until it would have expired
+    /// anyway; a token already revoked is left as it is.
+    pub async fn revoke_token(&self, claims: &crate::token::Claims) -> Result<(), StoreError> {
+        if self.snap.load().jtis.contains(&claims.jti) {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.revoke(&NewRevocation {
+            kind: RevocationKind::Jti,
+            value: claims.jti.clone(),
+            reason: "revoked by its holder (RFC 7009)".into(),
+            created_at: now,
+            // Past its expiry (and any leeway) the token is refused anyway.
+            expires_at: Some(claims.exp.saturating_mul(1000).saturating_add(10 * 60_000)),
+            created_by: format!("self:{}", claims.sub),
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Is this principal refused?
     pub fn check(&self, p: &Principal<'_>) -> Result<(), Revoked> {
         let snap = self.snap.load();

@@ -240,6 +240,8 @@ impl TokenService {
         serde_json::json!({
             "issuer": self.issuer,
             "token_endpoint": format!("{base}/v1/token"),
+            "revocation_endpoint": format!("{base}/v1/token/revoke"),
+            "revocation_endpoint_auth_methods_supported": ["none"],
             "jwks_uri": format!("{base}/.well-known/jwks.json"),
             "grant_types_supported": [exchange::GRANT_TYPE],
             "token_endpoint_auth_methods_supported": ["none"],
