@@ -156,6 +156,19 @@ async fn revocations_expire_and_can_be_lifted() {
         assert!(s.delete_revocation(c.id).await.unwrap());
         assert!(!s.delete_revocation(c.id).await.unwrap());
         assert_eq!(s.active_revocations(2_000).await.unwrap().len(), 1);
+        // Purged: expired ones, and jti ones older than the horizon; a subject revocation
+        // without expiry stays (it still refuses new tokens).
+        let d = s
+            .insert_revocation(&r(RevocationKind::Subject, "s", None))
+            .await
+            .unwrap();
+        assert_eq!(s.purge_revocations(1_500, 500).await.unwrap(), 0);
+        assert_eq!(
+            s.purge_revocations(2_000, 1_001).await.unwrap(),
+            2,
+            "the team's expired, j1 old"
+        );
+        assert_eq!(s.active_revocations(0).await.unwrap(), vec![d]);
     })
     .await;
 }

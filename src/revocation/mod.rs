@@ -1,5 +1,6 @@
 //! The revocation set every request is checked against, in memory (O(1), no I/O), re-synced
-//! from the store on an interval. Propagation between replicas (LISTEN/NOTIFY) and the admin
+//! from the store on an interval; once a minute, entries that can no longer refuse anything
+//! (expired, or `jti` ones older than the longest token lifetime) are deleted. Propagation between replicas (LISTEN/NOTIFY) and the admin
 //! API arrive with the incident-response issue; the set and its semantics are final here.
 //!
 //! The set also holds the anomaly guard's pauses (`pauses`, see [`crate::anomaly`]): a paused
@@ -18,6 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// The largest clock leeway a verifier may be configured with (`token.leeway`, issuers').
+const MAX_LEEWAY_SECS: i64 = 5 * 60;
+/// How often revocations past their use are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// What is checked about a token or a workload.
 #[derive(Debug, Default)]
@@ -183,15 +189,44 @@ impl RevocationSet {
                     .contains_key(&(PauseKind::ProviderKey, key_id.to_owned())))
     }
 
-    /// Re-sync every `every` until cancelled; failures keep the last set and are logged.
+    /// Delete what can no longer refuse anything (see [`Store::purge_revocations`]): a `jti`
+    /// revocation outlives every token it could match after the longest token lifetime plus
+    /// the largest leeway.
+    pub async fn purge(&self) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let horizon = (crate::token::MAX_TTL_SECS + MAX_LEEWAY_SECS) * 1000;
+        self.store.purge_revocations(now, now - horizon).await
+    }
+
+    /// Re-sync every `every` until cancelled, purging once a minute; failures keep the last
+    /// set and are logged.
     pub fn spawn_sync(
         self: Arc<Self>,
         every: Duration,
         cancel: CancellationToken,
     ) -> JoinHandle<()> {
+        let last_purge = Arc::new(parking_lot::Mutex::new(std::time::Instant::now()));
         crate::tasks::every(every, cancel, move || {
             let this = Arc::clone(&self);
+            let last_purge = Arc::clone(&last_purge);
             async move {
+                let due = {
+                    let mut at = last_purge.lock();
+                    let due = at.elapsed() >= PURGE_EVERY;
+                    if due {
+                        *at = std::time::Instant::now();
+                    }
+                    due
+                };
+                if due {
+                    match this.purge().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(purged = n, "revocations past their use deleted"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revocation purge failed; retried later")
+                        }
+                    }
+                }
                 if let Err(e) = this.sync().await {
                     tracing::warn!(error = %e, "revocation re-sync failed; enforcing the last known set");
                 }

@@ -249,6 +249,16 @@ impl Store {
         rows.into_iter().map(RevocationRow::into_record).collect()
     }
 
+    /// Delete revocations that can no longer refuse anything: those past their expiry at
+    /// `now`, and `jti` revocations made before `jti_before` (every token they could match
+    /// has expired by then). Returns how many were deleted.
+    pub async fn purge_revocations(&self, now: i64, jti_before: i64) -> Result<u64, StoreError> {
+        let sql = "DELETE FROM revocations WHERE (expires_at IS NOT NULL AND expires_at <= $1) \
+                   OR (kind = 'jti' AND created_at < $2)";
+        let n = on_db!(self, p => sqlx::query(sql).bind(now).bind(jti_before).execute(p).await?.rows_affected());
+        Ok(n)
+    }
+
     /// Lift a revocation; `false` when it did not exist.
     pub async fn delete_revocation(&self, id: i64) -> Result<bool, StoreError> {
         let n = on_db!(self, p => sqlx::query("DELETE FROM revocations WHERE id = $1").bind(id).execute(p).await?.rows_affected());
