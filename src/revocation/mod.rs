@@ -68,8 +68,8 @@ struct Snapshot {
     /// allocation per request).
     cutoffs: HashMap<RevocationKind, HashMap<String, i64>>,
     provider_keys: HashSet<String>,
-    /// Active pauses by kind and value, with their reason.
-    paused: HashMap<(PauseKind, String), String>,
+    /// Active pauses: kind -> value -> reason (looked up by `&str`, like `cutoffs`).
+    paused: HashMap<PauseKind, HashMap<String, String>>,
 }
 
 /// The live revocation set.
@@ -166,27 +166,23 @@ impl RevocationSet {
 
     /// Why `value` is paused, if it is.
     pub fn paused(&self, kind: PauseKind, value: &str) -> Option<String> {
-        let snap = self.snap.load();
-        if snap.paused.is_empty() {
-            return None;
-        }
-        snap.paused.get(&(kind, value.to_owned())).cloned()
+        self.snap.load().paused.get(&kind)?.get(value).cloned()
     }
 
     /// Active pauses by kind (metrics).
     pub fn pause_counts(&self) -> [(PauseKind, usize); 2] {
         let snap = self.snap.load();
-        PauseKind::ALL.map(|k| (k, snap.paused.keys().filter(|(pk, _)| *pk == k).count()))
+        PauseKind::ALL.map(|k| (k, snap.paused.get(&k).map_or(0, HashMap::len)))
     }
 
     /// Is this provider key disabled (revoked, or paused by the anomaly guard)?
     pub fn key_disabled(&self, key_id: &str) -> bool {
         let snap = self.snap.load();
         snap.provider_keys.contains(key_id)
-            || (!snap.paused.is_empty()
-                && snap
-                    .paused
-                    .contains_key(&(PauseKind::ProviderKey, key_id.to_owned())))
+            || snap
+                .paused
+                .get(&PauseKind::ProviderKey)
+                .is_some_and(|m| m.contains_key(key_id))
     }
 
     /// Delete what can no longer refuse anything (see [`Store::purge_revocations`]): a `jti`
@@ -238,7 +234,10 @@ impl RevocationSet {
 fn build(rows: Vec<RevocationRecord>, pauses: Vec<PauseRecord>) -> Snapshot {
     let mut s = Snapshot::default();
     for p in pauses {
-        s.paused.insert((p.kind, p.value), p.reason);
+        s.paused
+            .entry(p.kind)
+            .or_default()
+            .insert(p.value, p.reason);
     }
     for r in rows {
         match r.kind {

@@ -66,8 +66,8 @@ impl Store {
                 }
             }
         }
-        let mut granted: std::collections::HashMap<(String, i64), (u64, u64)> =
-            std::collections::HashMap::with_capacity(unique.len());
+        // What each distinct window got, in `unique`'s order.
+        let mut granted = vec![(0_u64, 0_u64); unique.len()];
         for chunk in unique.chunks(RATE_BATCH) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
@@ -104,29 +104,27 @@ impl Store {
                 }
                 q.fetch_all(p).await?
             });
+            // RETURNING does not promise the VALUES order: match rows by window.
             for (scope, minute, got, total) in rows {
-                granted.insert(
-                    (scope, minute),
-                    (
+                if let Some(&i) = index.get(&(scope.as_str(), minute)) {
+                    granted[i] = (
                         u64::try_from(got).unwrap_or(0),
                         u64::try_from(total).unwrap_or(0),
-                    ),
-                );
+                    );
+                }
             }
         }
         // Only the ask that was sent gets the grant; a duplicate sees the window's total.
-        let mut sent: std::collections::HashSet<(&str, i64)> = std::collections::HashSet::new();
+        let mut sent = vec![false; unique.len()];
         Ok(asks
             .iter()
             .map(|a| {
-                let (got, total) = granted
-                    .get(&(a.scope.clone(), a.minute))
-                    .copied()
-                    .unwrap_or((0, 0));
-                if sent.insert((a.scope.as_str(), a.minute)) {
-                    (got, total)
-                } else {
+                let i = index[&(a.scope.as_str(), a.minute)];
+                let (got, total) = granted[i];
+                if std::mem::replace(&mut sent[i], true) {
                     (0, total)
+                } else {
+                    (got, total)
                 }
             })
             .collect())
