@@ -175,6 +175,7 @@ impl Application {
             Arc::clone(&revocations)
                 .spawn_sync(config.revocation_sync_interval, cancel.child_token()),
         );
+        tasks.push(Arc::clone(&revocations).spawn_listener(cancel.child_token()));
         tasks.push(super::keys::spawn_refresher(
             Arc::clone(&keys),
             store.clone(),

@@ -133,7 +133,15 @@ impl Collector for RevocationCollector {
             Some(&Unit::Seconds),
             age.metric_type(),
         )?;
-        age.encode(family)
+        age.encode(family)?;
+        let notified = ConstCounter::new(self.0.notifications());
+        let family = encoder.encode_descriptor(
+            "revocation_notifications",
+            "Change notifications (PostgreSQL NOTIFY) that made this replica re-read the revocation list",
+            None,
+            notified.metric_type(),
+        )?;
+        notified.encode(family)
     }
 }
 

@@ -1,7 +1,12 @@
-//! The revocation set every request is checked against, in memory (O(1), no I/O), re-synced
-//! from the store on an interval; once a minute, entries that can no longer refuse anything
-//! (expired, or `jti` ones older than the longest token lifetime) are deleted. Propagation between replicas (LISTEN/NOTIFY) and the admin
-//! API arrive with the incident-response issue; the set and its semantics are final here.
+//! The revocation set every request is checked against, in memory (O(1), no I/O).
+//!
+//! Propagation: on PostgreSQL every change to `revocations` or `pauses` is announced by a
+//! trigger (`NOTIFY tollgate_revocations`) and every replica that `LISTEN`s re-reads the set at
+//! once (tens of milliseconds across a fleet, see `tests/revocation_propagation.rs`). The
+//! periodic re-sync (`revocation_sync_interval`) covers notifications lost while a listener
+//! reconnects, and is the only path on SQLite (one node, which applies its own writes at once).
+//! Once a minute, entries that can no longer refuse anything (expired, or `jti` ones older than
+//! the longest token lifetime) are deleted.
 //!
 //! The set also holds the anomaly guard's pauses (`pauses`, see [`crate::anomaly`]): a paused
 //! subject is refused until an admin lifts the pause, a paused provider key serves nothing.
@@ -77,6 +82,9 @@ pub struct RevocationSet {
     store: Store,
     snap: ArcSwap<Snapshot>,
     synced_at: parking_lot::Mutex<std::time::Instant>,
+    /// One re-read at a time: two racing ones could otherwise publish the older read last.
+    syncing: tokio::sync::Mutex<()>,
+    notified: std::sync::atomic::AtomicU64,
 }
 
 impl RevocationSet {
@@ -86,6 +94,8 @@ impl RevocationSet {
             store,
             snap: ArcSwap::from_pointee(Snapshot::default()),
             synced_at: parking_lot::Mutex::new(std::time::Instant::now()),
+            syncing: tokio::sync::Mutex::new(()),
+            notified: std::sync::atomic::AtomicU64::new(0),
         });
         set.sync().await?;
         Ok(set)
@@ -93,6 +103,7 @@ impl RevocationSet {
 
     /// Re-read the store.
     pub async fn sync(&self) -> Result<usize, StoreError> {
+        let _one = self.syncing.lock().await;
         let rows = self.store.active_revocations(now_ms()).await?;
         let pauses = self.store.pauses(None).await?;
         let n = rows.len() + pauses.len();
@@ -194,6 +205,68 @@ impl RevocationSet {
         self.store.purge_revocations(now, now - horizon).await
     }
 
+    /// Change notifications received from the store (metrics).
+    pub fn notifications(&self) -> u64 {
+        self.notified.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Follow the store's change feed until cancelled: re-read the set on every notification
+    /// and after every reconnect. Nothing to follow on SQLite (the task ends at once).
+    pub fn spawn_listener(self: Arc<Self>, cancel: CancellationToken) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                let feed = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    f = self.store.revocation_feed() => f,
+                };
+                let mut feed = match feed {
+                    Ok(Some(f)) => f,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "revocation feed: cannot listen; the periodic re-sync still runs");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                // Whatever changed before the LISTEN took effect.
+                self.sync_or_warn().await;
+                backoff = Duration::from_millis(100);
+                loop {
+                    let change = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        c = feed.wait() => c,
+                    };
+                    match change {
+                        Ok(crate::store::Change::Notified) => {
+                            self.notified
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            self.sync_or_warn().await;
+                        }
+                        Ok(crate::store::Change::Reconnected) => {
+                            tracing::info!("revocation feed reconnected; re-reading the set");
+                            self.sync_or_warn().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "revocation feed lost; listening again");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    async fn sync_or_warn(&self) {
+        if let Err(e) = self.sync().await {
+            tracing::warn!(error = %e, "revocation re-sync failed; enforcing the last known set");
+        }
+    }
+
     /// Re-sync every `every` until cancelled, purging once a minute; failures keep the last
     /// set and are logged.
     pub fn spawn_sync(
@@ -223,9 +296,7 @@ impl RevocationSet {
                         }
                     }
                 }
-                if let Err(e) = this.sync().await {
-                    tracing::warn!(error = %e, "revocation re-sync failed; enforcing the last known set");
-                }
+                this.sync_or_warn().await;
             }
         })
     }

@@ -92,7 +92,7 @@ pub struct TestApp {
 }
 
 /// Knobs a test may turn before start.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// Replace the default policy.
     pub policy: Option<String>,
@@ -103,6 +103,8 @@ pub struct Options {
     pub secrets: Option<String>,
     /// Share this database (another replica's) instead of a fresh one.
     pub database_url: Option<String>,
+    /// The periodic revocation re-sync (default 100ms).
+    pub revocation_sync_interval: Option<String>,
 }
 
 pub async fn spawn_app(kind: TestDbKind) -> TestApp {
@@ -137,8 +139,7 @@ pub async fn spawn_app_with(kind: TestDbKind, opts: Options) -> TestApp {
         &upstream.url,
         policy_dir.path().to_path_buf(),
         &keys_file,
-        &opts.extra_config,
-        opts.secrets.as_deref(),
+        &opts,
     );
     let config = Config::from_toml_str(&config).unwrap();
     let app = Application::build(config)
@@ -178,10 +179,11 @@ fn config_text(
     upstream: &str,
     policy_dir: PathBuf,
     keys: &Path,
-    extra: &str,
-    secrets: Option<&str>,
+    opts: &Options,
 ) -> String {
-    let secrets = secrets.map_or_else(
+    let extra = &opts.extra_config;
+    let revocation_sync = opts.revocation_sync_interval.as_deref().unwrap_or("100ms");
+    let secrets = opts.secrets.as_deref().map_or_else(
         || format!("[secrets]\npath = \"{}\"\n", keys.display()),
         str::to_owned,
     );
@@ -193,7 +195,7 @@ database_url = "{db}"
 database_max_connections = 4
 policy_dir = "{policy}"
 policy_reload_interval = "200ms"
-revocation_sync_interval = "100ms"
+revocation_sync_interval = "{revocation_sync}"
 drain_timeout = "5s"
 
 [signing]
@@ -236,17 +238,29 @@ pub async fn spawn_fleet_with(
     extra_config: &str,
     n: usize,
 ) -> Vec<TestApp> {
-    let opts = |database_url: Option<String>| Options {
-        policy: Some(policy.into()),
-        extra_config: extra_config.into(),
-        database_url,
-        ..Options::default()
-    };
-    let first = spawn_app_with(kind, opts(None)).await;
+    spawn_fleet_opts(
+        kind,
+        n,
+        Options {
+            policy: Some(policy.into()),
+            extra_config: extra_config.into(),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+/// `n` replicas on one database (the first one's), each started with `opts`.
+pub async fn spawn_fleet_opts(kind: TestDbKind, n: usize, opts: Options) -> Vec<TestApp> {
+    let first = spawn_app_with(kind, opts.clone()).await;
     let url = first.db.url.clone();
     let mut apps = vec![first];
     for _ in 1..n {
-        apps.push(spawn_app_with(kind, opts(Some(url.clone()))).await);
+        let opts = Options {
+            database_url: Some(url.clone()),
+            ..opts.clone()
+        };
+        apps.push(spawn_app_with(kind, opts).await);
     }
     apps
 }
