@@ -52,33 +52,13 @@ fn refused(app: &TestApp, kind: RevocationKind, value: &str) -> bool {
     if kind == RevocationKind::ProviderKey {
         return set.key_disabled(value);
     }
-    let other = "-";
+    let pick = |k: RevocationKind| if kind == k { value } else { "-" };
     let p = Principal {
-        jti: Some(if kind == RevocationKind::Jti {
-            value
-        } else {
-            other
-        }),
-        subject: if kind == RevocationKind::Subject {
-            value
-        } else {
-            other
-        },
-        team: if kind == RevocationKind::Team {
-            value
-        } else {
-            other
-        },
-        pool: if kind == RevocationKind::Pool {
-            value
-        } else {
-            other
-        },
-        issuer: if kind == RevocationKind::Issuer {
-            value
-        } else {
-            other
-        },
+        jti: Some(pick(RevocationKind::Jti)),
+        subject: pick(RevocationKind::Subject),
+        team: pick(RevocationKind::Team),
+        pool: pick(RevocationKind::Pool),
+        issuer: pick(RevocationKind::Issuer),
         pod_uid: (kind == RevocationKind::PodUid).then_some(value),
         // Issued a minute ago: every cut-off made now applies.
         issued_at: now_ms() / 1000 - 60,

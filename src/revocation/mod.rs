@@ -236,29 +236,40 @@ impl RevocationSet {
                 // Whatever changed before the LISTEN took effect.
                 self.sync_or_warn().await;
                 backoff = Duration::from_millis(100);
-                loop {
-                    let change = tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        c = feed.wait() => c,
-                    };
-                    match change {
-                        Ok(crate::store::Change::Notified) => {
-                            self.notified
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            self.sync_or_warn().await;
-                        }
-                        Ok(crate::store::Change::Reconnected) => {
-                            tracing::info!("revocation feed reconnected; re-reading the set");
-                            self.sync_or_warn().await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "revocation feed lost; listening again");
-                            break;
-                        }
-                    }
+                if !self.follow(&mut feed, &cancel).await {
+                    return;
                 }
             }
         })
+    }
+
+    /// Re-read on every change of `feed` until it fails (`true`: listen again) or `cancel`
+    /// fires (`false`).
+    async fn follow(
+        &self,
+        feed: &mut crate::store::ChangeFeed,
+        cancel: &CancellationToken,
+    ) -> bool {
+        loop {
+            let change = tokio::select! {
+                _ = cancel.cancelled() => return false,
+                c = feed.wait() => c,
+            };
+            match change {
+                Ok(crate::store::Change::Notified) => {
+                    self.notified
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(crate::store::Change::Reconnected) => {
+                    tracing::info!("revocation feed reconnected; re-reading the set");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation feed lost; listening again");
+                    return true;
+                }
+            }
+            self.sync_or_warn().await;
+        }
     }
 
     async fn sync_or_warn(&self) {

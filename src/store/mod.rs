@@ -15,7 +15,7 @@ mod workers;
 
 pub use budget::{DAY_MS, LeaseRecord, LeaseReport};
 pub use keys::{ProviderKeyInventory, ProviderKeyRecord};
-pub use notify::{Change, ChangeFeed, REVOCATIONS_CHANNEL};
+pub use notify::{Change, ChangeFeed};
 pub use pauses::{PauseKind, PauseRecord, Velocity};
 pub use rates::{RATE_BATCH, RateAsk};
 pub use records::*;

@@ -4,7 +4,7 @@
 use super::{Db, Store, StoreError};
 
 /// The channel revocation and pause changes are announced on.
-pub const REVOCATIONS_CHANNEL: &str = "tollgate_revocations";
+const REVOCATIONS_CHANNEL: &str = "tollgate_revocations";
 
 /// What a wait on the feed saw.
 #[derive(Debug, PartialEq, Eq)]
