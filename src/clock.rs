@@ -34,3 +34,38 @@ pub fn ledger_ms() -> i64 {
 pub fn shift_ledger(at_ms: i64) {
     LEDGER_OFFSET_MS.store(at_ms - now_ms(), Ordering::Relaxed);
 }
+
+/// Unix milliseconds as RFC 3339 in UTC, always with milliseconds (the admin API's time
+/// format); times before the epoch clamp to it.
+pub fn to_rfc3339(ms: i64) -> String {
+    let at = UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// An RFC 3339 timestamp (any offset) as unix milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(s, &Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_and_reads_offsets() {
+        assert_eq!(to_rfc3339(1_780_000_000_123), "2026-05-28T20:26:40.123Z");
+        assert_eq!(to_rfc3339(1_780_000_000_000), "2026-05-28T20:26:40.000Z");
+        assert_eq!(
+            parse_rfc3339("2026-05-28T20:26:40.123Z"),
+            Some(1_780_000_000_123)
+        );
+        assert_eq!(
+            parse_rfc3339("2026-05-28T22:26:40.123+02:00"),
+            Some(1_780_000_000_123)
+        );
+        assert_eq!(parse_rfc3339("2026-05-28"), None);
+        assert_eq!(parse_rfc3339("tomorrow"), None);
+    }
+}

@@ -6,6 +6,7 @@
 //! enforces limits and budgets, and records spend. `DESIGN.md` is the contract; each module
 //! below owns one concern of it.
 
+pub mod admin;
 pub mod alerts;
 pub mod anomaly;
 pub mod app;

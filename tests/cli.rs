@@ -191,3 +191,47 @@ fn admin_pauses_lists_and_unpause_lifts_a_pause_of_the_anomaly_guard() {
     assert_eq!(v[0]["lifted_by"], "oncall");
     assert_eq!(v[0]["kind"], "subject");
 }
+
+#[test]
+fn dev_admin_token_is_a_person_token_for_the_admin_audience() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = tollgate(&[
+        "dev",
+        "admin-token",
+        "--group",
+        "sre",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            out.trim().split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "admin@example.com");
+    assert_eq!(claims["aud"], serde_json::json!(["tollgate-admin"]));
+    assert_eq!(claims["groups"], serde_json::json!(["sre"]));
+}
+
+#[test]
+fn break_glass_token_prints_a_fresh_token_and_only_its_hash_is_kept() {
+    use sha2::Digest;
+    let (code, out, err) = tollgate(&["admin", "break-glass-token", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert!(
+        token.starts_with("tgbg_") && token.len() == 5 + 43,
+        "{token}"
+    );
+    assert_eq!(
+        v["sha256"].as_str().unwrap(),
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    );
+    let (_, again, _) = tollgate(&["admin", "break-glass-token", "--json"]);
+    assert_ne!(out, again);
+}

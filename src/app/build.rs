@@ -112,13 +112,19 @@ impl Application {
                 .timeout(Duration::from_secs(10))
                 .build()
         );
+        let own_issuers = vec![issuer.clone(), config.public_url.to_string()];
+        let admin = Arc::new(tryc!(
+            "admin",
+            crate::admin::AdminAuth::new(
+                &config.admin,
+                &config.issuers,
+                own_issuers.clone(),
+                identity_http.clone()
+            )
+        ));
         let identity = Arc::new(tryc!(
             "issuers",
-            IdentityVerifier::new(
-                config.issuers.clone(),
-                vec![issuer.clone(), config.public_url.to_string()],
-                identity_http
-            )
+            IdentityVerifier::new(config.issuers.clone(), own_issuers, identity_http)
         ));
         let revocations = tryc!("revocations", RevocationSet::load(store.clone()).await);
         let secret_store = tryc!("secrets", super::keys::open_store(&config.secrets).await);
@@ -185,6 +191,13 @@ impl Application {
         tasks.push(
             Arc::clone(&identity).spawn_refresher(Duration::from_secs(600), cancel.child_token()),
         );
+        if let Some(v) = admin.verifier() {
+            let prefetch = Arc::clone(v);
+            tasks.push(tokio::spawn(async move { prefetch.prefetch().await }));
+            tasks.push(
+                Arc::clone(v).spawn_refresher(Duration::from_secs(600), cancel.child_token()),
+            );
+        }
         tasks.push(spawn_token_gc(Arc::clone(&quota), cancel.child_token()));
         tasks.push(Arc::clone(&leases).spawn(cancel.child_token()));
         tasks.push(Arc::clone(&rates).spawn(cancel.child_token()));
@@ -215,11 +228,13 @@ impl Application {
             Arc::clone(&revocations),
             Arc::clone(&alerts),
             Arc::clone(&guard),
+            Arc::clone(&admin),
         );
         let state = AppState(Arc::new(Inner {
             store,
             policy,
             identity,
+            admin,
             tokens,
             revocations,
             keys,

@@ -2,6 +2,7 @@
 //! series (latency, tokens, spend) land with the telemetry work; what is here is what an
 //! operator needs to see a secret-store or revocation-sync outage before it bites.
 
+use crate::admin::AdminAuth;
 use crate::alerts::Alerts;
 use crate::anomaly::Guard;
 use crate::revocation::RevocationSet;
@@ -22,8 +23,10 @@ pub fn registry(
     revocations: Arc<RevocationSet>,
     alerts: Arc<Alerts>,
     guard: Arc<Guard>,
+    admin: Arc<AdminAuth>,
 ) -> Metrics {
     let mut m = Metrics::new();
+    m.register_collector(AdminCollector(admin));
     m.register_collector(SecretStoreCollector(keys));
     m.register_collector(RevocationCollector(Arc::clone(&revocations)));
     m.register_collector(GuardCollector {
@@ -142,6 +145,28 @@ impl Collector for RevocationCollector {
             notified.metric_type(),
         )?;
         notified.encode(family)
+    }
+}
+
+/// Uses of the break-glass token: any non-zero rate outside a drill deserves a page.
+struct AdminCollector(Arc<AdminAuth>);
+
+impl std::fmt::Debug for AdminCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminCollector")
+    }
+}
+
+impl Collector for AdminCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let uses = ConstCounter::new(self.0.break_glass_uses());
+        let family = encoder.encode_descriptor(
+            "admin_break_glass_uses",
+            "Admin API requests authenticated with the break-glass token",
+            None,
+            uses.metric_type(),
+        )?;
+        uses.encode(family)
     }
 }
 

@@ -20,6 +20,7 @@ use axum::Router;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(routes::router())
+        .merge(crate::admin::router())
         .merge(crate::proxy::router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

@@ -82,6 +82,8 @@ pub struct Inner {
     pub policy: Arc<PolicyStore>,
     /// Workload identity verification.
     pub identity: Arc<IdentityVerifier>,
+    /// Admin API callers.
+    pub admin: Arc<crate::admin::AdminAuth>,
     /// Tollgate tokens.
     pub tokens: Arc<TokenService>,
     /// Revocations.

@@ -13,6 +13,14 @@ use std::process::ExitCode;
 /// Admin commands.
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
+    /// Make a break-glass token for the admin API: prints the token (shown once: seal it
+    /// where on-call can reach it in an outage) and its SHA-256, which is all Tollgate keeps
+    /// (`[admin] break_glass_sha256`, or a file for `break_glass_sha256_file`).
+    BreakGlassToken {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The provider-key inventory: every key the secret store holds (never the secret), its
     /// versions and stages, state, last use and spend to date.
     Keys {
@@ -70,6 +78,21 @@ async fn open(config: &std::path::Path) -> anyhow::Result<Store> {
 /// Run an admin command.
 pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
+        AdminCommand::BreakGlassToken { json } => {
+            let (token, hash) = crate::admin::new_break_glass_token();
+            if json {
+                println!("{}", serde_json::json!({"token": token, "sha256": hash}));
+            } else {
+                println!("token:  {token}");
+                println!("sha256: {hash}");
+                eprintln!(
+                    "\nConfigure only the hash:  [admin] break_glass_sha256 = \"{hash}\"\n\
+                     The token is shown once; every use is logged at WARN and counted in \
+                     tollgate_admin_break_glass_uses_total."
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         AdminCommand::Pauses {
             config,
             lifted,

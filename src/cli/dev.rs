@@ -56,6 +56,22 @@ enum DevCommand {
         #[arg(long, value_enum, default_value_t)]
         algorithm: DevAlgorithm,
     },
+    /// Print an admin API token signed by the dev issuer: the token a person would get from
+    /// the company IdP. `policies/roles.yaml` grants `admin` to admin@example.com.
+    AdminToken {
+        /// The person (`sub`).
+        #[arg(long, default_value = "admin@example.com")]
+        subject: String,
+        /// IdP groups (repeatable), which policy roles may be granted to.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The dev broker's data directory.
+        #[arg(long, default_value = ".tollgate-dev")]
+        data_dir: PathBuf,
+        /// Lifetime of the token.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
     /// Print the dev issuer's JWKS, for a `tollgate serve` that trusts the dev issuer through
     /// `[[issuers]] jwks_file` (benchmarks, air-gapped rehearsals).
     IssuerJwks {
@@ -66,6 +82,8 @@ enum DevCommand {
 }
 
 const STATE_FILE: &str = "dev.json";
+/// The audience of admin tokens of the dev issuer (workload tokens carry `tollgate`).
+const DEV_ADMIN_AUDIENCE: &str = "tollgate-admin";
 
 /// Run `tollgate dev` or one of its subcommands.
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
@@ -91,6 +109,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
                     algorithm,
                 )
                 .context("minting the workload token")?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{token}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(DevCommand::AdminToken {
+            subject,
+            groups,
+            data_dir,
+            ttl,
+        }) => {
+            let issuer = DevIssuer::load_or_create(&data_dir).context("dev issuer key")?;
+            let token = issuer
+                .mint_person_token(
+                    &read_issuer_url(&data_dir),
+                    &subject,
+                    &groups,
+                    DEV_ADMIN_AUDIENCE,
+                    ttl,
+                )
+                .context("minting the admin token")?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{token}")?;
             Ok(ExitCode::SUCCESS)
@@ -142,6 +180,13 @@ from_env = true
 name = "dev"
 issuer = "{issuer_url}"
 discovery_url = "{issuer_url}/.well-known/openid-configuration"
+
+[[admin.issuers]]
+name = "dev-idp"
+issuer = "{issuer_url}"
+discovery_url = "{issuer_url}/.well-known/openid-configuration"
+kind = "oidc"
+audiences = ["{DEV_ADMIN_AUDIENCE}"]
 "#,
         db = args.data_dir.join("tollgate.db").display(),
         policies = args.policies.display(),
@@ -244,6 +289,11 @@ curl -s {base}/v1/messages -H "x-api-key: $TOKEN" -H 'anthropic-version: 2023-06
 
 # 4. Or with the official OpenAI Python SDK (pip install openai):
 python3 -c 'import os; from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key=os.environ["TOKEN"]); print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)'
+
+# 5. Incident response through the admin API (admin@example.com is an admin in policies/roles.yaml):
+export ADMIN=$("{exe}" dev admin-token --data-dir {dd})
+curl -s {base}/admin/v1/revocations -H "Authorization: Bearer $ADMIN" -H 'content-type: application/json' \
+  -d '{{"kind": "subject", "id": "system:serviceaccount:demo:app", "reason": "drill"}}'; echo
 "#
     );
     let mut out = std::io::stdout().lock();

@@ -47,6 +47,9 @@ pub struct Config {
     /// Trusted workload identity issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// Who may call the admin API.
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
     /// Upstream providers by id (the `provider` of policy models). `openai` and `anthropic`
     /// exist by default with their public URLs.
     #[serde(default)]

@@ -43,6 +43,14 @@ pub struct IssuerConfig {
     pub kind: IssuerKind,
     /// Extra CA certificate (PEM) for the issuer's HTTPS endpoints.
     pub ca_file: Option<PathBuf>,
+    /// The claim holding the caller's groups (a list of strings, or one string), which admin
+    /// roles may be granted to.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_owned()
 }
 
 fn default_audiences() -> Vec<String> {

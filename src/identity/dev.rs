@@ -146,6 +146,38 @@ impl DevIssuer {
     }
 }
 
+impl DevIssuer {
+    /// A person's token as a company IdP would mint it (`sub`, `groups`), RS256: what the
+    /// admin API accepts from the dev admin issuer.
+    pub fn mint_person_token(
+        &self,
+        issuer_url: &str,
+        subject: &str,
+        groups: &[String],
+        audience: &str,
+        ttl: Duration,
+    ) -> Result<String, DevIssuerError> {
+        let now = crate::clock::now_secs();
+        let claims = json!({
+            "iss": issuer_url,
+            "sub": subject,
+            "email": subject,
+            "groups": groups,
+            "aud": [audience],
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl.as_secs() as i64,
+            "jti": uuid::Uuid::new_v4().to_string(),
+        });
+        let k = self.key(DevAlgorithm::Rs256);
+        let mut header = Header::new(DevAlgorithm::Rs256.jws());
+        header.kid = Some(k.kid.clone());
+        k.key
+            .sign_jwt(&header, &claims)
+            .map_err(|_| DevIssuerError::Key)
+    }
+}
+
 /// Read the PKCS#8 key of `alg` under `dir`, or generate and store one.
 fn load_key(dir: &Path, alg: DevAlgorithm) -> Result<IssuerKey, DevIssuerError> {
     let path = dir.join(alg.key_file());

@@ -52,6 +52,8 @@ pub struct Workload {
     pub issued_at: i64,
     /// `exp` (unix s).
     pub expires_at: i64,
+    /// Groups from the issuer's `groups_claim` (empty when absent).
+    pub groups: Vec<String>,
 }
 
 /// Why a workload token is refused. Display is safe to show the caller.
@@ -337,7 +339,23 @@ fn workload(cfg: &IssuerConfig, c: Value) -> Result<Workload, IdentityError> {
         pod_uid,
         issued_at: iat.unwrap_or(now),
         expires_at: c["exp"].as_i64().unwrap_or(now),
+        groups: groups(&c[cfg.groups_claim.as_str()]),
     })
+}
+
+/// A groups claim: a list of strings (others ignored) or a single string; at most 256 kept so
+/// a hostile token cannot make role matching expensive.
+fn groups(v: &Value) -> Vec<String> {
+    match v {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .take(256)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -628,22 +628,16 @@ impl Validator<'_> {
     }
 
     fn role(&mut self, src: usize, line: usize, r: raw::RawRole) {
-        let role = match r.role.as_str() {
-            "admin" => Role::Admin,
-            "security" => Role::Security,
-            "responder" => Role::Responder,
-            "finops" => Role::Finops,
-            "viewer" => Role::Viewer,
-            other => {
-                self.err(
-                    src,
-                    line,
-                    format!(
-                        "role must be admin, security, responder, finops or viewer, not {other:?}"
-                    ),
-                );
-                return;
-            }
+        let Some(role) = Role::ALL.into_iter().find(|x| x.as_str() == r.role) else {
+            self.err(
+                src,
+                line,
+                format!(
+                    "role must be admin, security, responder, finops or viewer, not {:?}",
+                    r.role
+                ),
+            );
+            return;
         };
         if r.subjects.is_empty() && r.groups.is_empty() {
             self.err(src, line, "a role needs subjects or groups");

@@ -193,6 +193,28 @@ pub enum Role {
     Viewer,
 }
 
+impl Role {
+    /// Every role, most powerful first.
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Security,
+        Role::Responder,
+        Role::Finops,
+        Role::Viewer,
+    ];
+
+    /// The policy / wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Security => "security",
+            Role::Responder => "responder",
+            Role::Finops => "finops",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
 /// A role granted to OIDC subjects and groups.
 #[derive(Clone, Debug)]
 pub struct RoleGrant {

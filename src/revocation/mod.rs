@@ -124,6 +124,32 @@ impl RevocationSet {
         Ok(rec)
     }
 
+    /// Lift a revocation and apply it locally at once; `false` when it did not exist.
+    pub async fn lift(&self, id: i64) -> Result<bool, StoreError> {
+        let lifted = self.store.delete_revocation(id).await?;
+        if lifted {
+            self.sync().await?;
+        }
+        Ok(lifted)
+    }
+
+    /// Re-enable a provider key: lift every revocation of it. Returns how many there were.
+    pub async fn enable_key(&self, key_id: &str) -> Result<u64, StoreError> {
+        let n = self
+            .store
+            .delete_revocations_of(RevocationKind::ProviderKey, key_id)
+            .await?;
+        if n > 0 {
+            self.sync().await?;
+        }
+        Ok(n)
+    }
+
+    /// Is this provider key revoked (disabled by an admin; pauses not counted)?
+    pub fn key_revoked(&self, key_id: &str) -> bool {
+        self.snap.load().provider_keys.contains(key_id)
+    }
+
     /// Revoke one Tollgate token (RFC 7009, by its holder) until it would have expired
     /// anyway; a token already revoked is left as it is.
     pub async fn revoke_token(&self, claims: &crate::token::Claims) -> Result<(), StoreError> {

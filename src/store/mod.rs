@@ -218,6 +218,23 @@ impl Store {
         rows.into_iter().map(IssuedTokenRow::into_record).collect()
     }
 
+    /// Issued tokens, newest first: of one subject or all, still valid at `valid_at` or
+    /// (`None`) expired ones too, at most `limit`.
+    pub async fn issued_tokens(
+        &self,
+        subject: Option<&str>,
+        valid_at: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<IssuedTokenRecord>, StoreError> {
+        let sql = "SELECT jti, subject, issuer, team, pool, binding, models, issued_at, expires_at, pod_uid \
+                   FROM tokens_issued WHERE (CAST($1 AS TEXT) IS NULL OR subject = $1) AND expires_at > $2 \
+                   ORDER BY issued_at DESC, jti LIMIT $3";
+        let rows = on_db!(self, p => sqlx::query_as::<_, IssuedTokenRow>(sql)
+            .bind(subject).bind(valid_at.unwrap_or(i64::MIN)).bind(i64::from(limit))
+            .fetch_all(p).await?);
+        rows.into_iter().map(IssuedTokenRow::into_record).collect()
+    }
+
     // ---- revocations --------------------------------------------------------------------
 
     /// Record a revocation.
@@ -258,6 +275,25 @@ impl Store {
         let sql = "DELETE FROM revocations WHERE (expires_at IS NOT NULL AND expires_at <= $1) \
                    OR (kind = 'jti' AND created_at < $2)";
         let n = on_db!(self, p => sqlx::query(sql).bind(now).bind(jti_before).execute(p).await?.rows_affected());
+        Ok(n)
+    }
+
+    /// One revocation by id, active or lapsed (until purged).
+    pub async fn revocation(&self, id: i64) -> Result<Option<RevocationRecord>, StoreError> {
+        let sql = "SELECT id, kind, value, reason, created_at, expires_at, created_by FROM revocations WHERE id = $1";
+        let row = on_db!(self, p => sqlx::query_as::<_, RevocationRow>(sql).bind(id).fetch_optional(p).await?);
+        row.map(RevocationRow::into_record).transpose()
+    }
+
+    /// Delete every revocation of `kind` and `value` (re-enabling a provider key); returns how
+    /// many there were.
+    pub async fn delete_revocations_of(
+        &self,
+        kind: RevocationKind,
+        value: &str,
+    ) -> Result<u64, StoreError> {
+        let sql = "DELETE FROM revocations WHERE kind = $1 AND value = $2";
+        let n = on_db!(self, p => sqlx::query(sql).bind(kind.as_str()).bind(value).execute(p).await?.rows_affected());
         Ok(n)
     }
 

@@ -136,6 +136,21 @@ impl Store {
         rows.into_iter().map(PauseRow::into_record).collect()
     }
 
+    /// One pause by id, in force or lifted.
+    pub async fn pause_by_id(&self, id: i64) -> Result<Option<PauseRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM pauses WHERE id = $1");
+        let row = on_db!(self, p => sqlx::query_as::<_, PauseRow>(&sql).bind(id).fetch_optional(p).await?);
+        row.map(PauseRow::into_record).transpose()
+    }
+
+    /// Lift the pause `id` if it is in force; `false` when it was not (unknown or lifted).
+    pub async fn lift_pause_by_id(&self, id: i64, by: &str, now: i64) -> Result<bool, StoreError> {
+        let sql =
+            "UPDATE pauses SET lifted_at = $2, lifted_by = $3 WHERE id = $1 AND lifted_at IS NULL";
+        let n = on_db!(self, p => sqlx::query(sql).bind(id).bind(now).bind(by).execute(p).await?.rows_affected());
+        Ok(n > 0)
+    }
+
     /// Lift the active pause of `value`; `false` when there was none.
     pub async fn lift_pause(
         &self,

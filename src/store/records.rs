@@ -86,7 +86,10 @@ impl IssuedTokenRow {
 }
 
 /// What a revocation applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum RevocationKind {
     /// One token.
     Jti,

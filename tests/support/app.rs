@@ -105,7 +105,13 @@ pub struct Options {
     pub database_url: Option<String>,
     /// The periodic revocation re-sync (default 100ms).
     pub revocation_sync_interval: Option<String>,
+    /// Configure the admin API: the test issuer becomes admin issuer `idp` (kind oidc, audience
+    /// `tollgate-admin`), and these lines go into `[admin]` (e.g. a break-glass hash).
+    pub admin: Option<String>,
 }
+
+/// The audience of admin tokens in tests.
+pub const ADMIN_AUDIENCE: &str = "tollgate-admin";
 
 pub async fn spawn_app(kind: TestDbKind) -> TestApp {
     spawn_app_with(kind, Options::default()).await
@@ -182,6 +188,11 @@ fn config_text(
     opts: &Options,
 ) -> String {
     let extra = &opts.extra_config;
+    let admin = opts.admin.as_deref().map_or_else(String::new, |lines| {
+        format!(
+            "[admin]\n{lines}\n[[admin.issuers]]\nname = \"idp\"\nissuer = \"{issuer}\"\nkind = \"oidc\"\naudiences = [\"{ADMIN_AUDIENCE}\"]\n"
+        )
+    });
     let revocation_sync = opts.revocation_sync_interval.as_deref().unwrap_or("100ms");
     let secrets = opts.secrets.as_deref().map_or_else(
         || format!("[secrets]\npath = \"{}\"\n", keys.display()),
@@ -221,6 +232,7 @@ flush_interval = "50ms"
 name = "cluster"
 issuer = "{issuer}"
 {extra}
+{admin}
 "#,
         policy = policy_dir.display(),
     )
@@ -334,6 +346,37 @@ impl TestApp {
         let text = r.text().await.unwrap();
         assert!(text.ends_with("# EOF\n"), "{text}");
         Metrics(text)
+    }
+
+    /// An admin OIDC token of the test issuer for `subject` with `groups`.
+    pub fn admin_token(&self, subject: &str, groups: &[&str]) -> String {
+        let now = tollgate::clock::now_secs();
+        self.issuer.sign(&json!({
+            "iss": self.issuer.url,
+            "sub": subject,
+            "aud": [ADMIN_AUDIENCE],
+            "iat": now,
+            "exp": now + 600,
+            "groups": groups,
+        }))
+    }
+
+    /// An admin API call; `body` is sent as JSON when given.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut r = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        r.send().await.unwrap()
     }
 
     /// POST JSON with a bearer token.

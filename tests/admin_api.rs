@@ -1,0 +1,856 @@
+//! The admin API as an operator uses it: OIDC callers mapped to roles by policy, the
+//! break-glass token, 401 vs 403 on every documented operation (the role matrix is read from
+//! the served OpenAPI document, so the document, the router and the checks cannot drift),
+//! revocations, keys, tokens and pauses, and the bad inputs, each answered with an RFC 9457
+//! problem.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use support::app::{OPENAI_KEY, Options, POLICY, TestApp, spawn_app_with};
+use support::db::{TestDbKind, kinds};
+use tollgate::store::PauseKind;
+
+const ROLES: &str = r#"
+roles:
+  - role: admin
+    subjects: ["root@example.com"]
+  - role: security
+    groups: ["sec-team"]
+  - role: responder
+    subjects: ["resp@example.com"]
+  - role: finops
+    subjects: ["fin@example.com"]
+  - role: viewer
+    subjects: ["*@viewers.example.com"]
+"#;
+
+/// A caller per role, and one whom policy grants nothing.
+const CALLERS: [(&str, &str, &[&str]); 6] = [
+    ("admin", "root@example.com", &[]),
+    ("security", "sam@example.com", &["sec-team"]),
+    ("responder", "resp@example.com", &[]),
+    ("finops", "fin@example.com", &[]),
+    ("viewer", "val@viewers.example.com", &[]),
+    ("none", "mallory@example.com", &["other"]),
+];
+
+/// A break-glass token and its SHA-256 (made once by `tollgate admin break-glass-token`).
+const BREAK_GLASS: &str = "tgbg_8k2lZ0bqYc1x0h3m9TAtq3XcQbmH8nJvU5w6ZpRk1sE";
+
+async fn app(kind: TestDbKind) -> TestApp {
+    let hash = hex_sha256(BREAK_GLASS);
+    spawn_app_with(
+        kind,
+        Options {
+            policy: Some(format!("{POLICY}{ROLES}")),
+            admin: Some(format!("break_glass_sha256 = \"{hash}\"")),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+fn hex_sha256(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+fn token(app: &TestApp, role: &str) -> String {
+    let (_, sub, groups) = CALLERS.iter().find(|c| c.0 == role).unwrap();
+    app.admin_token(sub, groups)
+}
+
+/// Assert an RFC 9457 problem of `status` and return its body.
+async fn problem(r: reqwest::Response, status: u16) -> Value {
+    assert_eq!(r.status(), status, "status");
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/problem+json",
+        "content type"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], status, "{v}");
+    assert!(
+        v["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://tollgate.dev/problems/"),
+        "{v}"
+    );
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    v
+}
+
+async fn get_json(app: &TestApp, path: &str, token: &str) -> Value {
+    let r = app.admin(Method::GET, path, Some(token), None).await;
+    assert_eq!(r.status(), 200, "GET {path}");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    r.json().await.unwrap()
+}
+
+/// Every documented operation, called by every role with harmless arguments (unknown ids,
+/// empty bodies): a role the document names never gets 401/403, any other role gets 403, no
+/// credential gets 401 with a Bearer challenge. Also: the document lists exactly the
+/// operations below, and each one is routed (never a 404/405 from the router).
+#[tokio::test]
+async fn every_operation_enforces_the_roles_its_document_names() {
+    let app = app(TestDbKind::Sqlite).await;
+    let doc = get_json(&app, "/admin/v1/openapi.json", &token(&app, "viewer")).await;
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    let mut ops = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let roles: BTreeSet<&str> = op["x-tollgate-roles"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{method} {path} names no roles"))
+                .iter()
+                .map(|r| r.as_str().unwrap())
+                .collect();
+            ops.insert(format!("{} {path}", method.to_uppercase()));
+            let concrete = path
+                .replace("{revocation_id}", "999999")
+                .replace("{pause_id}", "999999")
+                .replace("{id}", "no-such-key");
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = (method == Method::POST).then(|| json!({}));
+
+            let r = app
+                .admin(method.clone(), &concrete, None, body.as_ref())
+                .await;
+            assert_eq!(
+                r.headers()["www-authenticate"],
+                "Bearer realm=\"tollgate-admin\""
+            );
+            problem(r, 401).await;
+
+            for (role, _, _) in CALLERS {
+                let r = app
+                    .admin(
+                        method.clone(),
+                        &concrete,
+                        Some(&token(&app, role)),
+                        body.as_ref(),
+                    )
+                    .await;
+                let status = r.status().as_u16();
+                if roles.contains(role) {
+                    assert!(
+                        ![401, 403, 404, 405].contains(&status)
+                            || (status == 404 && concrete.contains("999999"))
+                            || (status == 404 && concrete.contains("no-such-key")),
+                        "{role} on {method} {concrete}: {status}"
+                    );
+                } else {
+                    let v = problem(r, 403).await;
+                    assert_eq!(v["title"], "forbidden");
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "GET /admin/v1/whoami",
+        "GET /admin/v1/openapi.json",
+        "POST /admin/v1/revocations",
+        "GET /admin/v1/revocations",
+        "GET /admin/v1/revocations/{revocation_id}",
+        "DELETE /admin/v1/revocations/{revocation_id}",
+        "GET /admin/v1/keys",
+        "POST /admin/v1/keys/{id}/disable",
+        "POST /admin/v1/keys/{id}/enable",
+        "GET /admin/v1/tokens",
+        "GET /admin/v1/pauses",
+        "DELETE /admin/v1/pauses/{pause_id}",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(ops, expected);
+    // A route the document does not know is not served either.
+    let r = app
+        .admin(
+            Method::GET,
+            "/admin/v1/secrets",
+            Some(&token(&app, "admin")),
+            None,
+        )
+        .await;
+    problem(r, 404).await;
+}
+
+/// Credentials that are not admin credentials: workload tokens, Tollgate tokens, forged,
+/// expired, wrong audience, wrong scheme, garbage, a wrong break-glass token.
+#[tokio::test]
+async fn only_admin_credentials_authenticate() {
+    let app = app(TestDbKind::Sqlite).await;
+    let who = |t: String| {
+        let app = &app;
+        async move {
+            app.admin(Method::GET, "/admin/v1/whoami", Some(&t), None)
+                .await
+        }
+    };
+    let now = tollgate::clock::now_secs();
+    let expired = app.issuer.sign(&json!({
+        "iss": app.issuer.url, "sub": "root@example.com", "aud": ["tollgate-admin"],
+        "iat": now - 7200, "exp": now - 3600,
+    }));
+    let mut forged = app.admin_token("resp@example.com", &[]);
+    forged.replace_range(forged.len() - 6.., "AAAAAA");
+    let elevated = {
+        // A payload swapped for another subject's, signature kept.
+        let mine = app.admin_token("val@viewers.example.com", &[]);
+        let root = app.admin_token("root@example.com", &[]);
+        let m: Vec<&str> = mine.split('.').collect();
+        let r: Vec<&str> = root.split('.').collect();
+        format!("{}.{}.{}", m[0], r[1], m[2])
+    };
+    let cases = [
+        ("workload token", app.workload_token("team-a", "app")),
+        ("tollgate token", app.token_for("team-a").await),
+        ("expired", expired),
+        ("bad signature", forged),
+        ("swapped payload", elevated),
+        ("garbage", "not-a-jwt".to_owned()),
+        ("wrong break-glass", format!("{BREAK_GLASS}x")),
+    ];
+    for (what, t) in cases {
+        let r = who(t).await;
+        assert!(
+            r.headers()["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("error=\"invalid_token\""),
+            "{what}"
+        );
+        let v = problem(r, 401).await;
+        assert_eq!(v["title"], "invalid_token", "{what}: {v}");
+    }
+    for header in ["Basic cm9vdDpyb290", "Bearer", "Bearer    "] {
+        let r = app
+            .http
+            .get(format!("{}/admin/v1/whoami", app.url))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        problem(r, 401).await;
+    }
+    // The no-role caller learns why.
+    let v = problem(who(token(&app, "none")).await, 403).await;
+    let detail = v["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("mallory@example.com") && detail.contains("none"),
+        "{detail}"
+    );
+
+    let me = who(token(&app, "security")).await;
+    assert_eq!(me.status(), 200);
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(
+        me,
+        json!({"subject": "sam@example.com", "via": "oidc", "issuer": "idp",
+               "groups": ["sec-team"], "roles": ["security"]})
+    );
+}
+
+#[tokio::test]
+async fn the_break_glass_token_is_admin_and_counted() {
+    let app = app(TestDbKind::Sqlite).await;
+    let before = app
+        .metrics()
+        .await
+        .value("tollgate_admin_break_glass_uses_total")
+        .unwrap();
+    let me = get_json(&app, "/admin/v1/whoami", BREAK_GLASS).await;
+    assert_eq!(me["subject"], "break-glass");
+    assert_eq!(me["via"], "break_glass");
+    assert_eq!(me["roles"], json!(["admin"]));
+    let r = app
+        .admin(
+            Method::POST,
+            "/admin/v1/revocations",
+            Some(BREAK_GLASS),
+            Some(&json!({"kind": "team", "id": "a", "reason": "bootstrap drill"})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let rec: Value = r.json().await.unwrap();
+    assert_eq!(rec["created_by"], "break-glass");
+    let after = app
+        .metrics()
+        .await
+        .value("tollgate_admin_break_glass_uses_total")
+        .unwrap();
+    assert_eq!(after - before, 2.0);
+
+    // Without a configured hash the prefix alone opens nothing.
+    let bare = spawn_app_with(
+        TestDbKind::Sqlite,
+        Options {
+            policy: Some(format!("{POLICY}{ROLES}")),
+            admin: Some(String::new()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let r = bare
+        .admin(Method::GET, "/admin/v1/whoami", Some(BREAK_GLASS), None)
+        .await;
+    problem(r, 401).await;
+}
+
+/// An admin issuer that shares an audience with a workload issuer of the same `iss` would make
+/// every workload token an admin credential: refused at start, naming the field.
+#[tokio::test]
+async fn an_admin_audience_shared_with_workloads_is_refused_at_start() {
+    let text = r#"
+listen = "127.0.0.1:0"
+public_url = "http://tollgate.test"
+database_url = "sqlite::memory:"
+[signing]
+key_encryption_key = "3q2+78r+ur7erb7v3q2+78r+ur7erb7v3q2+78r+ur4="
+[secrets]
+path = "/nonexistent"
+[[issuers]]
+name = "cluster"
+issuer = "https://kubernetes.default.svc"
+[[admin.issuers]]
+name = "cluster-admin"
+issuer = "https://kubernetes.default.svc"
+"#;
+    let cfg = tollgate::config::Config::from_toml_str(text).unwrap();
+    let err = match tollgate::app::Application::build(cfg).await {
+        Ok(_) => panic!("started with a shared audience"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("admin.issuers[0].audiences") && err.contains("tollgate-admin"),
+        "{err}"
+    );
+}
+
+async fn chat_status(app: &TestApp, token: &str) -> (u16, Value) {
+    let r = app
+        .post(
+            "/v1/chat/completions",
+            token,
+            &TestApp::chat("gpt-test", "hi"),
+        )
+        .await;
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Revoke, list, read, lift — on SQLite and PostgreSQL — and the bad inputs of each.
+#[tokio::test]
+async fn revocations_cut_off_and_lift() {
+    for kind in kinds() {
+        let app = app(kind).await;
+        let resp = token(&app, "responder");
+        let sec = token(&app, "security");
+        let workload = app.token_for("team-a").await;
+        assert_eq!(chat_status(&app, &workload).await.0, 200);
+
+        let subject = "system:serviceaccount:team-a:app";
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(&resp),
+                Some(&json!({"kind": "subject", "id": subject, "reason": "leaked in CI log"})),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{kind:?}");
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        let rec: Value = r.json().await.unwrap();
+        let id = rec["revocation_id"].as_i64().unwrap();
+        assert_eq!(location, format!("/admin/v1/revocations/{id}"));
+        assert_eq!(rec["kind"], "subject");
+        assert_eq!(rec["id"], subject);
+        assert_eq!(rec["created_by"], "resp@example.com");
+        assert_eq!(rec["expires_at"], Value::Null);
+        assert!(tollgate::clock::parse_rfc3339(rec["created_at"].as_str().unwrap()).is_some());
+
+        // In force at once on this replica: the token is refused, no new one is minted.
+        let (status, body) = chat_status(&app, &workload).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("token_revoked"))
+        );
+        let r = app.exchange(&app.workload_token("team-a", "app")).await;
+        assert_eq!(r.status(), 400);
+
+        let one = get_json(&app, &location, &token(&app, "viewer")).await;
+        assert_eq!(one, rec);
+        let all = get_json(&app, "/admin/v1/revocations?kind=subject", &resp).await;
+        assert_eq!(all["revocations"], json!([rec]));
+        let none = get_json(&app, "/admin/v1/revocations?kind=team", &resp).await;
+        assert_eq!(none["revocations"], json!([]));
+
+        // A responder cuts; only security or admin restores.
+        let r = app
+            .admin(Method::DELETE, &location, Some(&resp), None)
+            .await;
+        problem(r, 403).await;
+        let r = app.admin(Method::DELETE, &location, Some(&sec), None).await;
+        assert_eq!(r.status(), 204);
+        assert_eq!(chat_status(&app, &workload).await.0, 200);
+        problem(
+            app.admin(Method::DELETE, &location, Some(&sec), None).await,
+            404,
+        )
+        .await;
+        problem(
+            app.admin(Method::GET, &location, Some(&sec), None).await,
+            404,
+        )
+        .await;
+
+        // A token revocation is final.
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(&resp),
+                Some(&json!({"kind": "jti", "id": "0192-jti", "reason": "r",
+                             "expires_at": "2099-01-01T00:00:00+02:00"})),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let rec: Value = r.json().await.unwrap();
+        assert_eq!(rec["expires_at"], "2098-12-31T22:00:00.000Z");
+        let path = format!("/admin/v1/revocations/{}", rec["revocation_id"]);
+        problem(
+            app.admin(Method::DELETE, &path, Some(&sec), None).await,
+            409,
+        )
+        .await;
+
+        // Bad inputs: each a 400 (or 404 for a target that does not exist) naming the field.
+        let bad: [(Value, u16, &str); 11] = [
+            (
+                json!({"kind": "planet", "id": "x", "reason": "r"}),
+                400,
+                "unknown variant",
+            ),
+            (json!({"id": "x", "reason": "r"}), 400, "kind"),
+            (
+                json!({"kind": "subject", "id": " ", "reason": "r"}),
+                400,
+                "id must not be empty",
+            ),
+            (
+                json!({"kind": "subject", "id": "x", "reason": ""}),
+                400,
+                "reason",
+            ),
+            (
+                json!({"kind": "subject", "id": "x".repeat(600), "reason": "r"}),
+                400,
+                "at most",
+            ),
+            (
+                json!({"kind": "subject", "id": "a\u{0}b", "reason": "r"}),
+                400,
+                "control",
+            ),
+            (
+                json!({"kind": "subject", "id": "x", "reason": "r", "expires_at": "tomorrow"}),
+                400,
+                "RFC 3339",
+            ),
+            (
+                json!({"kind": "subject", "id": "x", "reason": "r", "expires_at": "2001-01-01T00:00:00Z"}),
+                400,
+                "future",
+            ),
+            (
+                json!({"kind": "subject", "id": "x", "reason": "r", "extra": 1}),
+                400,
+                "unknown field",
+            ),
+            (
+                json!({"kind": "team", "id": "no-such-team", "reason": "r"}),
+                404,
+                "no-such-team",
+            ),
+            (
+                json!({"kind": "provider_key", "id": "no-such-key", "reason": "r"}),
+                404,
+                "no-such-key",
+            ),
+        ];
+        for (body, status, needle) in bad {
+            let r = app
+                .admin(
+                    Method::POST,
+                    "/admin/v1/revocations",
+                    Some(&resp),
+                    Some(&body),
+                )
+                .await;
+            let v = problem(r, status).await;
+            assert!(
+                v["detail"].as_str().unwrap().contains(needle),
+                "{body}: {v}"
+            );
+        }
+        for (path, needle) in [
+            ("/admin/v1/revocations/abc", "abc"),
+            ("/admin/v1/revocations?kind=planet", "planet"),
+            ("/admin/v1/revocations?color=red", "color"),
+        ] {
+            let v = problem(app.admin(Method::GET, path, Some(&resp), None).await, 400).await;
+            assert!(
+                v["detail"].as_str().unwrap().contains(needle),
+                "{path}: {v}"
+            );
+        }
+        let raw = |ct: &'static str, body: Vec<u8>| {
+            app.http
+                .post(format!("{}/admin/v1/revocations", app.url))
+                .bearer_auth(&resp)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+        };
+        problem(
+            raw("text/plain", b"kind=subject".to_vec()).await.unwrap(),
+            415,
+        )
+        .await;
+        problem(
+            raw("application/json", b"{\"kind\":".to_vec())
+                .await
+                .unwrap(),
+            400,
+        )
+        .await;
+        problem(
+            raw("application/json", vec![b' '; 100 * 1024])
+                .await
+                .unwrap(),
+            413,
+        )
+        .await;
+        app.stop().await;
+    }
+}
+
+/// The inventory never shows a secret; disabling every OpenAI key stops OpenAI traffic on
+/// this replica at once, enabling brings it back; ids with `/` travel percent-encoded.
+#[tokio::test]
+async fn keys_are_listed_disabled_and_enabled() {
+    let app = app(TestDbKind::Sqlite).await;
+    let resp = token(&app, "responder");
+    let sec = token(&app, "security");
+    let r = app
+        .admin(
+            Method::GET,
+            "/admin/v1/keys",
+            Some(&token(&app, "finops")),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(OPENAI_KEY), "{text}");
+    let keys: Value = serde_json::from_str(&text).unwrap();
+    let ids: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["anthropic-team-a", "openai-shared", "openai-team-a"]);
+    let k = &keys["keys"][2];
+    assert_eq!(
+        (
+            &k["provider"],
+            &k["billing_owner"],
+            &k["state"],
+            &k["disabled"]
+        ),
+        (
+            &json!("openai"),
+            &json!("team-a"),
+            &json!("active"),
+            &json!(false)
+        )
+    );
+
+    let workload = app.token_for("team-a").await;
+    for id in ["openai-team-a", "openai-shared"] {
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/keys/{id}/disable"),
+                Some(&resp),
+                Some(&json!({"reason": "leaked"})),
+            )
+            .await;
+        assert_eq!(r.status(), 201, "{id}");
+        let rec: Value = r.json().await.unwrap();
+        assert_eq!(rec["kind"], "provider_key");
+    }
+    // Disabling twice answers the revocation in force.
+    let r = app
+        .admin(
+            Method::POST,
+            "/admin/v1/keys/openai-shared/disable",
+            Some(&resp),
+            Some(&json!({"reason": "again"})),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let (status, body) = chat_status(&app, &workload).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("no_provider_key"))
+    );
+    let listed = get_json(&app, "/admin/v1/keys", &resp).await;
+    assert_eq!(listed["keys"][2]["disabled"], true);
+
+    problem(
+        app.admin(
+            Method::POST,
+            "/admin/v1/keys/openai-shared/enable",
+            Some(&resp),
+            None,
+        )
+        .await,
+        403,
+    )
+    .await;
+    for id in ["openai-team-a", "openai-shared"] {
+        let r = app
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/keys/{id}/enable"),
+                Some(&sec),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v, json!({"id": id, "lifted": 1}));
+    }
+    assert_eq!(chat_status(&app, &workload).await.0, 200);
+
+    let v = problem(
+        app.admin(
+            Method::POST,
+            "/admin/v1/keys/openai%2Fprod%2Fmain/disable",
+            Some(&resp),
+            Some(&json!({"reason": "r"})),
+        )
+        .await,
+        404,
+    )
+    .await;
+    assert!(
+        v["detail"].as_str().unwrap().contains("openai/prod/main"),
+        "{v}"
+    );
+    let v = problem(
+        app.admin(
+            Method::POST,
+            "/admin/v1/keys/openai-team-a/disable",
+            Some(&resp),
+            Some(&json!({})),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert!(v["detail"].as_str().unwrap().contains("reason"), "{v}");
+}
+
+fn jti_of(token: &str) -> String {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn tokens_are_listed_with_their_state() {
+    for kind in kinds() {
+        let app = app(kind).await;
+        let viewer = token(&app, "viewer");
+        let first = jti_of(&app.token_for("team-a").await);
+        let second = jti_of(&app.token_for("team-a").await);
+        let other = jti_of(&app.token_for("slow-lane").await);
+        let subject = "system:serviceaccount:team-a:app";
+        let path = format!("/admin/v1/tokens?subject={}", urlencode(subject));
+        let mut listed = Value::Null;
+        for _ in 0..100 {
+            listed = get_json(&app, &path, &viewer).await;
+            if listed["tokens"].as_array().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let jtis: BTreeSet<&str> = listed["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["jti"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            jtis,
+            BTreeSet::from([first.as_str(), second.as_str()]),
+            "{kind:?}"
+        );
+        let t = &listed["tokens"][0];
+        assert_eq!(
+            (&t["team"], &t["pool"], &t["binding"]),
+            (&json!("a"), &json!("main"), &json!("team-a"))
+        );
+        assert_eq!(
+            (&t["expired"], &t["revoked"]),
+            (&json!(false), &Value::Null)
+        );
+
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/v1/revocations",
+                Some(&token(&app, "responder")),
+                Some(&json!({"kind": "jti", "id": first, "reason": "r"})),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        let listed = get_json(&app, &path, &viewer).await;
+        for t in listed["tokens"].as_array().unwrap() {
+            let want = if t["jti"] == first.as_str() {
+                json!("jti")
+            } else {
+                Value::Null
+            };
+            assert_eq!(t["revoked"], want, "{t}");
+        }
+        let all = get_json(&app, "/admin/v1/tokens?limit=1", &viewer).await;
+        assert_eq!(all["tokens"].as_array().unwrap().len(), 1);
+        let everyone = get_json(&app, "/admin/v1/tokens?include_expired=true", &viewer).await;
+        assert!(
+            everyone["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["jti"] == other.as_str()),
+            "{everyone}"
+        );
+        for q in ["limit=0", "limit=5000", "limit=-1", "subject=x&sort=asc"] {
+            let r = app
+                .admin(
+                    Method::GET,
+                    &format!("/admin/v1/tokens?{q}"),
+                    Some(&viewer),
+                    None,
+                )
+                .await;
+            problem(r, 400).await;
+        }
+        app.stop().await;
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn pauses_are_listed_and_lifted() {
+    let app = app(TestDbKind::Sqlite).await;
+    let workload = app.token_for("team-a").await;
+    let now = tollgate::clock::now_ms();
+    let subject = "system:serviceaccount:team-a:app";
+    let paused = app
+        .store()
+        .pause(
+            PauseKind::Subject,
+            subject,
+            "spend ran away: $12 in 5 min",
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    app.state.revocations.sync().await.unwrap();
+    let (status, body) = chat_status(&app, &workload).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("workload_paused"))
+    );
+
+    let viewer = token(&app, "viewer");
+    let listed = get_json(&app, "/admin/v1/pauses", &viewer).await;
+    assert_eq!(listed["pauses"].as_array().unwrap().len(), 1);
+    let p = &listed["pauses"][0];
+    assert_eq!(
+        (&p["pause_id"], &p["kind"], &p["id"]),
+        (&json!(paused.id), &json!("subject"), &json!(subject))
+    );
+
+    let path = format!("/admin/v1/pauses/{}", paused.id);
+    problem(
+        app.admin(Method::DELETE, &path, Some(&viewer), None).await,
+        403,
+    )
+    .await;
+    let r = app
+        .admin(Method::DELETE, &path, Some(&token(&app, "finops")), None)
+        .await;
+    assert_eq!(r.status(), 200);
+    let lifted: Value = r.json().await.unwrap();
+    assert_eq!(lifted["lifted_by"], "fin@example.com");
+    assert!(lifted["lifted_at"].is_string());
+    assert_eq!(chat_status(&app, &workload).await.0, 200);
+
+    problem(
+        app.admin(Method::DELETE, &path, Some(&token(&app, "finops")), None)
+            .await,
+        409,
+    )
+    .await;
+    problem(
+        app.admin(
+            Method::DELETE,
+            "/admin/v1/pauses/424242",
+            Some(&token(&app, "admin")),
+            None,
+        )
+        .await,
+        404,
+    )
+    .await;
+    assert_eq!(
+        get_json(&app, "/admin/v1/pauses", &viewer).await["pauses"],
+        json!([])
+    );
+    let with_lifted = get_json(&app, "/admin/v1/pauses?lifted=true", &viewer).await;
+    assert_eq!(with_lifted["pauses"].as_array().unwrap().len(), 1);
+    problem(
+        app.admin(
+            Method::GET,
+            "/admin/v1/pauses?lifted=maybe",
+            Some(&viewer),
+            None,
+        )
+        .await,
+        400,
+    )
+    .await;
+}
