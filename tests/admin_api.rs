@@ -854,3 +854,102 @@ async fn pauses_are_listed_and_lifted() {
     )
     .await;
 }
+
+/// `tollgate admin …` run as a responder would, against a running broker: the token comes
+/// from the environment or a file, tables by default, `--json` for scripts, exit 2 when the
+/// credential is refused and 1 for any other problem.
+async fn cli(app: &TestApp, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    cmd.arg("admin")
+        .args(args)
+        .env("TOLLGATE_URL", &app.url)
+        .env_remove("TOLLGATE_ADMIN_TOKEN");
+    if let Some(t) = token {
+        cmd.env("TOLLGATE_ADMIN_TOKEN", t);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("the CLI hung")
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_revokes_lists_and_lifts_through_the_api() {
+    let app = app(TestDbKind::Sqlite).await;
+    let responder = token(&app, "responder");
+    let workload = app.token_for("team-a").await;
+    assert_eq!(chat_status(&app, &workload).await.0, 200);
+
+    let (code, out, err) = cli(&app, Some(&responder), &["whoami"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("resp@example.com"), "{out}");
+    assert!(out.contains("responder"), "{out}");
+
+    let subject = "system:serviceaccount:team-a:app";
+    let (code, out, err) = cli(
+        &app,
+        Some(&responder),
+        &[
+            "revoke",
+            "--kind",
+            "subject",
+            "--id",
+            subject,
+            "--reason",
+            "leaked in CI",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ID") && out.contains(subject), "{out}");
+    assert_eq!(chat_status(&app, &workload).await.0, 401);
+
+    let (code, out, err) = cli(&app, Some(&responder), &["revocations", "--json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let records = listed["revocations"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{out}");
+    assert_eq!(records[0]["created_by"], "resp@example.com");
+    let id = records[0]["revocation_id"].as_i64().unwrap().to_string();
+
+    let (code, out, err) = cli(&app, Some(&responder), &["tokens", "--subject", subject]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revoked (subject)"), "{out}");
+
+    // A responder may revoke but not restore: refused credential → exit 2, nothing changes.
+    let (code, _, err) = cli(&app, Some(&responder), &["lift", &id]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("403"), "{err}");
+
+    // The admin lifts it with the token in a file.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("{}\n", token(&app, "admin"))).unwrap();
+    let path = file.path().to_str().unwrap();
+    let (code, out, err) = cli(&app, None, &["lift", "--token-file", path, &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("lifted revocation {id}")), "{out}");
+    let (code, out, _) = cli(&app, None, &["revocations", "--token-file", path]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing is revoked"), "{out}");
+
+    // Bad input is the API's problem detail and exit 1; no credential, a clear hint and no call.
+    let (code, _, err) = cli(
+        &app,
+        Some(&responder),
+        &["revoke", "--kind", "galaxy", "--id", "x", "--reason", "r"],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("400"), "{err}");
+    let (code, _, err) = cli(&app, None, &["whoami"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("TOLLGATE_ADMIN_TOKEN"), "{err}");
+    let (code, _, err) = cli(&app, Some("not-a-token"), &["whoami"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("not-a-token"), "{err}");
+}

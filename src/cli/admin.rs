@@ -1,6 +1,7 @@
-//! `tollgate admin …`: operator commands that read the store directly (the admin API will
+//! `tollgate admin keys|pauses|unpause|break-glass-token`: operator commands that read the
+//! store directly (for a host with the configuration and no running broker); the commands that
+//! speak to the admin API, with roles, are in `admin_api`.
 #![allow(clippy::print_stdout)] // a CLI command prints its result
-//! serve the same data with role checks).
 
 use crate::config::Config;
 use crate::store::{PauseKind, ProviderKeyInventory, Store};
@@ -13,6 +14,8 @@ use std::process::ExitCode;
 /// Admin commands.
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
+    #[command(flatten)]
+    Api(super::admin_api::ApiCommand),
     /// Make a break-glass token for the admin API: prints the token (shown once: seal it
     /// where on-call can reach it in an outage) and its SHA-256, which is all Tollgate keeps
     /// (`[admin] break_glass_sha256`, or a file for `break_glass_sha256_file`).
@@ -78,6 +81,7 @@ async fn open(config: &std::path::Path) -> anyhow::Result<Store> {
 /// Run an admin command.
 pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
     match command {
+        AdminCommand::Api(c) => super::admin_api::run(c).await,
         AdminCommand::BreakGlassToken { json } => {
             let (token, hash) = crate::admin::new_break_glass_token();
             if json {
@@ -253,7 +257,7 @@ fn pause_json(p: &crate::store::PauseRecord) -> serde_json::Value {
 }
 
 /// Columns padded to their widest cell.
-fn print_rows(header: &[&str], table: Vec<Vec<String>>) {
+pub(super) fn print_rows(header: &[&str], table: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &table {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -2,6 +2,7 @@
 //! used here, at the edge, and nowhere else.
 
 mod admin;
+mod admin_api;
 mod dev;
 
 use crate::app::Application;

@@ -1,0 +1,321 @@
+//! `tollgate admin whoami|revoke|revocations|lift|tokens`: the admin API from a terminal, with
+//! the caller's own credential (so roles apply and the record names the person). Tables by
+//! default, `--json` prints the API's JSON for scripts; a problem is printed as its detail and
+//! exits 1 (2 when the credential is missing or refused).
+#![allow(clippy::print_stdout)] // a CLI command prints its result
+
+use super::admin::print_rows;
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Where the admin API is and who calls it.
+#[derive(Args, Debug)]
+pub struct Remote {
+    /// The Tollgate base URL.
+    #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A file holding the admin token (an OIDC token of an admin issuer, or break-glass).
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The admin token itself (prefer the environment variable: argv is visible to others).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Admin API commands.
+#[derive(Subcommand, Debug)]
+pub enum ApiCommand {
+    /// Who the admin API takes you for, and your roles.
+    Whoami {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a token, workload, team, pool, issuer, pod or provider key on every replica.
+    Revoke {
+        #[command(flatten)]
+        remote: Remote,
+        /// jti, subject, team, pool, issuer, pod_uid or provider_key.
+        #[arg(long)]
+        kind: String,
+        /// What to revoke (a subject is `system:serviceaccount:<ns>:<sa>`).
+        #[arg(long)]
+        id: String,
+        /// Why (kept with the record).
+        #[arg(long)]
+        reason: String,
+        /// When the revocation lapses (RFC 3339); never by default.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// The revocations in force.
+    Revocations {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Lift a revocation (not a jti one) by its id.
+    Lift {
+        #[command(flatten)]
+        remote: Remote,
+        /// The revocation id (`tollgate admin revocations` lists them).
+        revocation_id: i64,
+    },
+    /// Tollgate tokens issued, newest first.
+    Tokens {
+        #[command(flatten)]
+        remote: Remote,
+        /// Only this workload subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Include expired tokens.
+        #[arg(long)]
+        all: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: SecretString,
+}
+
+/// A refused call: the API's problem detail and the exit code it maps to.
+struct Refused(String, u8);
+
+impl Client {
+    fn new(r: &Remote) -> anyhow::Result<Client> {
+        let token = match (&r.token_file, &r.token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, Some(t)) => t.trim().to_owned(),
+            (None, None) => anyhow::bail!(
+                "no admin token: pass --token-file or set TOLLGATE_ADMIN_TOKEN \
+                 (with tollgate dev: export TOLLGATE_ADMIN_TOKEN=$(tollgate dev admin-token))"
+            ),
+        };
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()?,
+            base: r.url.trim_end_matches('/').to_owned(),
+            token: SecretString::from(token),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<Result<Value, Refused>> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token.expose_secret())
+            .query(query);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(Ok(serde_json::from_str(&text).unwrap_or(Value::Null)));
+        }
+        let detail = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        let code = if status.as_u16() == 401 || status.as_u16() == 403 {
+            2
+        } else {
+            1
+        };
+        Ok(Err(Refused(format!("{status}: {detail}"), code)))
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn revocation_rows(list: &[Value]) {
+    let rows = list
+        .iter()
+        .map(|r| {
+            [
+                "revocation_id",
+                "kind",
+                "id",
+                "created_at",
+                "expires_at",
+                "created_by",
+                "reason",
+            ]
+            .iter()
+            .map(|f| s(&r[*f]))
+            .collect()
+        })
+        .collect();
+    print_rows(
+        &["ID", "KIND", "TARGET", "SINCE", "EXPIRES", "BY", "REASON"],
+        rows,
+    );
+}
+
+/// Run an admin API command.
+pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
+    let (remote, outcome) = match &command {
+        ApiCommand::Whoami { remote } => (
+            remote,
+            Client::new(remote)?
+                .call(Method::GET, "/admin/v1/whoami", &[], None)
+                .await?,
+        ),
+        ApiCommand::Revoke {
+            remote,
+            kind,
+            id,
+            reason,
+            expires_at,
+        } => {
+            let mut body = json!({"kind": kind, "id": id, "reason": reason});
+            if let Some(at) = expires_at {
+                body["expires_at"] = json!(at);
+            }
+            (
+                remote,
+                Client::new(remote)?
+                    .call(Method::POST, "/admin/v1/revocations", &[], Some(body))
+                    .await?,
+            )
+        }
+        ApiCommand::Revocations { remote, kind } => {
+            let query: Vec<(&str, String)> = kind.iter().map(|k| ("kind", k.clone())).collect();
+            (
+                remote,
+                Client::new(remote)?
+                    .call(Method::GET, "/admin/v1/revocations", &query, None)
+                    .await?,
+            )
+        }
+        ApiCommand::Lift {
+            remote,
+            revocation_id,
+        } => (
+            remote,
+            Client::new(remote)?
+                .call(
+                    Method::DELETE,
+                    &format!("/admin/v1/revocations/{revocation_id}"),
+                    &[],
+                    None,
+                )
+                .await?,
+        ),
+        ApiCommand::Tokens {
+            remote,
+            subject,
+            all,
+            limit,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(sub) = subject {
+                query.push(("subject", sub.clone()));
+            }
+            if *all {
+                query.push(("include_expired", "true".to_owned()));
+            }
+            (
+                remote,
+                Client::new(remote)?
+                    .call(Method::GET, "/admin/v1/tokens", &query, None)
+                    .await?,
+            )
+        }
+    };
+    let v = match outcome {
+        Ok(v) => v,
+        Err(Refused(message, code)) => {
+            eprintln!("tollgate admin: {message}");
+            return Ok(ExitCode::from(code));
+        }
+    };
+    if remote.json {
+        if !v.is_null() {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &command {
+        ApiCommand::Whoami { .. } => {
+            println!("subject: {}", s(&v["subject"]));
+            println!("via:     {} {}", s(&v["via"]), s(&v["issuer"]));
+            println!("roles:   {}", s(&json!(v["roles"])));
+            println!("groups:  {}", s(&json!(v["groups"])));
+        }
+        ApiCommand::Revoke { .. } => revocation_rows(std::slice::from_ref(&v)),
+        ApiCommand::Revocations { .. } => {
+            let list = v["revocations"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("nothing is revoked");
+            } else {
+                revocation_rows(&list);
+            }
+        }
+        ApiCommand::Lift { revocation_id, .. } => println!("lifted revocation {revocation_id}"),
+        ApiCommand::Tokens { .. } => {
+            let rows = v["tokens"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let state = match (&t["revoked"], &t["expired"]) {
+                        (Value::String(k), _) => format!("revoked ({k})"),
+                        (_, Value::Bool(true)) => "expired".to_owned(),
+                        _ => "valid".to_owned(),
+                    };
+                    vec![
+                        s(&t["jti"]),
+                        s(&t["subject"]),
+                        s(&t["team"]),
+                        s(&t["pool"]),
+                        s(&t["issued_at"]),
+                        s(&t["expires_at"]),
+                        state,
+                    ]
+                })
+                .collect();
+            print_rows(
+                &[
+                    "JTI", "SUBJECT", "TEAM", "POOL", "ISSUED", "EXPIRES", "STATE",
+                ],
+                rows,
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
