@@ -10,6 +10,7 @@ pub mod admin;
 pub mod alerts;
 pub mod anomaly;
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;

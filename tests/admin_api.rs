@@ -167,6 +167,8 @@ async fn every_operation_enforces_the_roles_its_document_names() {
         "GET /admin/v1/tokens",
         "GET /admin/v1/pauses",
         "DELETE /admin/v1/pauses/{pause_id}",
+        "GET /admin/v1/audit",
+        "GET /admin/v1/audit/verify",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -917,9 +919,17 @@ async fn the_cli_revokes_lists_and_lifts_through_the_api() {
     assert_eq!(records[0]["created_by"], "resp@example.com");
     let id = records[0]["revocation_id"].as_i64().unwrap().to_string();
 
-    let (code, out, err) = cli(&app, Some(&responder), &["tokens", "--subject", subject]).await;
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("revoked (subject)"), "{out}");
+    // The issued-token inventory is written in the background (every 50 ms here).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = cli(&app, Some(&responder), &["tokens", "--subject", subject]).await;
+        assert_eq!(code, 0, "{err}");
+        if out.contains("revoked (subject)") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A responder may revoke but not restore: refused credential → exit 2, nothing changes.
     let (code, _, err) = cli(&app, Some(&responder), &["lift", &id]).await;

@@ -190,6 +190,61 @@ fn admin_pauses_lists_and_unpause_lifts_a_pause_of_the_anomaly_guard() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["lifted_by"], "oncall");
     assert_eq!(v[0]["kind"], "subject");
+
+    // The lift is on the audit log, which verifies and exports as JSON lines.
+    let (code, out, err) = tollgate(&["audit", "verify", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("1 chains, 3 entries") && out.contains("ok: the audit log is intact"),
+        "{out}"
+    );
+    let (code, out, err) = tollgate(&["audit", "export", "--config", c]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = lines
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["chain.start", "pause.lifted", "chain.end"]);
+    assert_eq!(lines[1]["actor"], "oncall");
+    assert_eq!(lines[1]["detail"]["via"], "cli");
+    let (code, out, _) = tollgate(&[
+        "audit",
+        "export",
+        "--config",
+        c,
+        "--since",
+        "2999-01-01T00:00:00Z",
+    ]);
+    assert_eq!((code, out.as_str()), (0, ""));
+    let (code, _, err) = tollgate(&["audit", "export", "--config", c, "--since", "last tuesday"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--since"), "{err}");
+
+    // Someone with the file rewrites an entry: verify names it and exits 1.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for s in [
+            "DROP TRIGGER audit_log_no_update",
+            "UPDATE audit_log SET actor = 'someone-else' WHERE action = 'pause.lifted'",
+        ] {
+            sqlx::query(s).execute(&pool).await.unwrap();
+        }
+    });
+    let (code, out, _) = tollgate(&["audit", "verify", "--config", c]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("BROKEN chain") && out.contains("at entry 1 (altered)"),
+        "{out}"
+    );
+    let (code, out, _) = tollgate(&["audit", "verify", "--config", c, "--json"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["problems"][0]["kind"], "altered");
+    assert_eq!(report["problems"][0]["seq"], 1);
 }
 
 #[test]

@@ -15,6 +15,7 @@ use crate::policy::{PolicySet, Role};
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -57,6 +58,36 @@ pub struct Identity {
     pub roles: Vec<Role>,
     /// How it authenticated.
     pub via: Via,
+}
+
+impl Identity {
+    /// Append an admin action to the audit log, with how the caller authenticated and the
+    /// roles it acted with.
+    pub fn audit(
+        &self,
+        audit: &crate::audit::Audit,
+        action: &str,
+        target: &str,
+        mut detail: Value,
+    ) {
+        let via = match &self.via {
+            Via::Oidc(issuer) => format!("oidc:{issuer}"),
+            Via::BreakGlass => "break_glass".to_owned(),
+        };
+        if let Value::Object(m) = &mut detail {
+            m.insert("via".into(), Value::String(via));
+            m.insert(
+                "roles".into(),
+                Value::Array(
+                    self.roles
+                        .iter()
+                        .map(|r| Value::String(r.as_str().into()))
+                        .collect(),
+                ),
+            );
+        }
+        audit.record(&self.subject, action, target, detail);
+    }
 }
 
 impl AdminAuth {
@@ -298,6 +329,12 @@ impl<R: Requirement> FromRequestParts<AppState> for Caller<R> {
                 method = %parts.method,
                 path = parts.uri.path(),
                 "BREAK-GLASS token used for the admin API"
+            );
+            identity.audit(
+                &state.audit,
+                "admin.break_glass",
+                parts.uri.path(),
+                serde_json::json!({"method": parts.method.as_str()}),
             );
         }
         if !identity.roles.iter().any(|r| R::ROLES.contains(r)) {

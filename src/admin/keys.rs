@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 /// One provider key as the inventory knows it.
@@ -173,6 +174,7 @@ pub async fn disable(
     }
     let rec = record(
         &state,
+        &caller,
         NewRevocation {
             kind: RevocationKind::ProviderKey,
             value: id,
@@ -218,6 +220,7 @@ pub async fn enable(
         .map_err(Problem::store)?;
     if lifted > 0 {
         tracing::info!(admin = %caller.subject, key = %id, "provider key enabled");
+        caller.audit(&state.audit, "key.enabled", &id, json!({"lifted": lifted}));
     }
     Ok(reply(StatusCode::OK, &Enabled { id, lifted }))
 }

@@ -1,9 +1,10 @@
-//! The admin API under `/admin/v1`: revocations, keys, tokens and pauses, for callers with a
+//! The admin API under `/admin/v1`: revocations, keys, tokens, pauses and the audit log, for callers with a
 //! role (see [`auth`]). JSON in and out, every error an RFC 9457 problem ([`problem`]), every
 //! operation documented in the OpenAPI 3.1 document served at `/admin/v1/openapi.json`, which
 //! is generated from the same registrations that build the router, so the two cannot drift.
 //! Each operation names the roles it needs in `x-tollgate-roles`.
 
+mod audit;
 pub mod auth;
 pub mod config;
 mod keys;
@@ -48,6 +49,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         (name = "keys", description = "Provider-key inventory, disable / enable"),
         (name = "tokens", description = "Issued Tollgate tokens"),
         (name = "pauses", description = "Anomaly-guard pauses"),
+        (name = "audit", description = "The hash-chained audit log"),
         (name = "meta", description = "The caller and this document"),
     )
 )]
@@ -84,6 +86,8 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::list))
         .routes(routes!(pauses::list))
         .routes(routes!(pauses::lift))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
         .split_for_parts()
 }
 
@@ -196,6 +200,6 @@ mod tests {
                 assert!(op["summary"].is_string(), "{method} {path}");
             }
         }
-        assert_eq!(n, 12);
+        assert_eq!(n, 14);
     }
 }

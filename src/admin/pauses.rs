@@ -126,6 +126,12 @@ pub async fn lift(
     // Apply here at once; the other replicas follow the change feed.
     state.revocations.sync().await.map_err(Problem::store)?;
     tracing::info!(admin = %caller.subject, kind = p.kind.as_str(), id = %p.value, pause_id, "pause lifted");
+    caller.audit(
+        &state.audit,
+        "pause.lifted",
+        &pause_id.to_string(),
+        serde_json::json!({"kind": p.kind.as_str(), "id": p.value}),
+    );
     let lifted = store
         .pause_by_id(pause_id)
         .await

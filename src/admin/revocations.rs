@@ -1,7 +1,7 @@
 //! `/admin/v1/revocations`: cut a token, workload, team, pool, issuer, pod or provider key off
 //! on every replica, list what is cut off, and lift a cut.
 
-use super::auth::{Caller, Read, Restore, Revoke};
+use super::auth::{Caller, Identity, Read, Restore, Revoke};
 use super::problem::{Json, Path, Problem, ProblemBody, Query, reply};
 use crate::app::AppState;
 use crate::clock::{now_ms, parse_rfc3339, to_rfc3339};
@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 
 /// The longest `id` a revocation names.
@@ -134,9 +135,16 @@ async fn check_target(state: &AppState, kind: RevocationKind, id: &str) -> Resul
 /// Record a revocation, apply it here at once and answer 201 with it.
 pub(super) async fn record(
     state: &AppState,
+    caller: &Identity,
     r: NewRevocation,
 ) -> Result<RevocationRecord, Problem> {
     let rec = state.revocations.revoke(&r).await.map_err(Problem::store)?;
+    caller.audit(
+        &state.audit,
+        "revocation.created",
+        &rec.id.to_string(),
+        json!({"kind": r.kind.as_str(), "id": r.value, "reason": r.reason, "expires_at": r.expires_at}),
+    );
     tracing::info!(
         admin = %r.created_by,
         kind = r.kind.as_str(),
@@ -196,6 +204,7 @@ pub async fn create(
     check_target(&state, req.kind, &id).await?;
     let rec = record(
         &state,
+        &caller,
         NewRevocation {
             kind: req.kind,
             value: id,
@@ -323,6 +332,12 @@ pub async fn lift(
         id = %rec.value,
         revocation_id,
         "revocation lifted"
+    );
+    caller.audit(
+        &state.audit,
+        "revocation.lifted",
+        &revocation_id.to_string(),
+        json!({"kind": rec.kind.as_str(), "id": rec.value}),
     );
     Ok(StatusCode::NO_CONTENT.into_response())
 }

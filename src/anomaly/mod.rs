@@ -28,6 +28,7 @@ pub struct Guard {
     store: Store,
     revocations: Arc<RevocationSet>,
     alerts: Arc<Alerts>,
+    audit: Arc<crate::audit::Audit>,
     /// Pauses this replica recorded, by [`PauseKind`] (metrics).
     paused: [AtomicU64; 2],
 }
@@ -39,12 +40,14 @@ impl Guard {
         store: Store,
         revocations: Arc<RevocationSet>,
         alerts: Arc<Alerts>,
+        audit: Arc<crate::audit::Audit>,
     ) -> Arc<Guard> {
         Arc::new(Guard {
             cfg,
             store,
             revocations,
             alerts,
+            audit,
             paused: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
@@ -98,6 +101,12 @@ impl Guard {
                 if let Some(p) = self.store.pause(kind, &v.id, &reason, now).await? {
                     self.paused[kind as usize].fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(kind = kind.as_str(), id = %p.value, reason = %p.reason, "anomaly guard: paused");
+                    self.audit.record(
+                        crate::audit::SYSTEM,
+                        "pause.created",
+                        &p.id.to_string(),
+                        serde_json::json!({"kind": kind.as_str(), "id": p.value, "reason": p.reason}),
+                    );
                     let what = format!("anomaly pause of {} {}", kind.as_str(), p.value);
                     self.alerts.send(&what, |f| body(&p, f)).await;
                     recorded.push(p);

@@ -170,6 +170,13 @@ impl Application {
             issued_sink(store.clone()),
             cancel.child_token(),
         );
+        let (audit, audit_task) =
+            crate::audit::Audit::start(store.clone(), wcfg, cancel.child_token()).await;
+        tasks.push(audit.spawn_anchoring(
+            store.clone(),
+            config.audit.anchor_interval,
+            cancel.child_token(),
+        ));
 
         tasks.push(
             Arc::clone(&policy).spawn_watcher(config.policy_reload_interval, cancel.child_token()),
@@ -213,6 +220,7 @@ impl Application {
             store.clone(),
             Arc::clone(&revocations),
             Arc::clone(&alerts),
+            Arc::clone(&audit),
         );
         tasks.push(Arc::clone(&guard).spawn(cancel.child_token()));
 
@@ -250,6 +258,7 @@ impl Application {
             limits: config.limits.clone(),
             spend,
             issued,
+            audit: Arc::clone(&audit),
             dev: dev.issuer,
             metrics,
         }));
@@ -258,7 +267,7 @@ impl Application {
             state,
             cancel,
             tasks,
-            writers: vec![spend_task, issued_task],
+            writers: vec![spend_task, issued_task, audit_task],
             drain_timeout: config.drain_timeout,
         })
     }
@@ -295,6 +304,7 @@ impl Application {
         }
         // In-flight requests are settled: hand the unreserved budget back for the fleet.
         self.state.leases.release_all().await;
+        self.state.audit.close();
         drop(self.state);
         self.cancel.cancel();
         for t in self.tasks {

@@ -72,9 +72,11 @@ async fn token_revoke(State(state): State<AppState>, headers: HeaderMap, body: B
         return OAuthError::new("invalid_request", "token is required").into_response();
     };
     // `token_type_hint` is only a hint (RFC 7009 2.1): Tollgate has one kind of token.
-    if let Ok(claims) = state.tokens.verify(token).await
-        && let Err(e) = state.revocations.revoke_token(&claims).await
-    {
+    let Ok(claims) = state.tokens.verify(token).await else {
+        // RFC 7009 2.2: an invalid or unknown token is answered 200 all the same.
+        return revoked_ok();
+    };
+    if let Err(e) = state.revocations.revoke_token(&claims).await {
         tracing::warn!(error = %e, "token revocation could not be recorded");
         let mut r = OAuthError::new(
             "temporarily_unavailable",
@@ -85,6 +87,16 @@ async fn token_revoke(State(state): State<AppState>, headers: HeaderMap, body: B
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
+    state.audit.record(
+        &claims.sub,
+        "token.revoked",
+        &claims.jti,
+        serde_json::json!({"via": "rfc7009", "team": claims.tollgate.team, "pool": claims.tollgate.pool}),
+    );
+    revoked_ok()
+}
+
+fn revoked_ok() -> Response {
     let mut r = StatusCode::OK.into_response();
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -105,6 +117,21 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
     };
     match exchange::exchange(&ctx, &form).await {
         Ok((resp, record)) => {
+            // What was granted, never the token: its jti identifies it.
+            state.audit.record(
+                &record.subject,
+                "token.issued",
+                &record.jti,
+                serde_json::json!({
+                    "issuer": record.issuer,
+                    "team": record.team,
+                    "pool": record.pool,
+                    "binding": record.binding,
+                    "models": record.models,
+                    "expires_at": record.expires_at,
+                    "pod_uid": record.pod_uid,
+                }),
+            );
             state.issued.record(record);
             let mut r = (StatusCode::OK, axum::Json(resp)).into_response();
             r.headers_mut()

@@ -114,6 +114,8 @@ pub struct Inner {
     pub spend: Writer<SpendRecord>,
     /// Issued-token inventory rows.
     pub issued: Writer<IssuedTokenRecord>,
+    /// This replica's chain of the audit log.
+    pub audit: Arc<crate::audit::Audit>,
     /// Dev issuer (only in `tollgate dev`).
     pub dev: Option<DevIdentity>,
     /// What `GET /metrics` exposes.

@@ -69,7 +69,8 @@ pub enum AdminCommand {
     },
 }
 
-async fn open(config: &std::path::Path) -> anyhow::Result<Store> {
+/// The store of a configuration file, migrated.
+pub(super) async fn open(config: &std::path::Path) -> anyhow::Result<Store> {
     let cfg = Config::load(config)?;
     let store = Store::connect(cfg.database_url.expose_secret(), 2)
         .await
@@ -151,6 +152,14 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .context("pauses")?
             {
+                crate::audit::Audit::record_once(
+                    &store,
+                    &by,
+                    "pause.lifted",
+                    &value,
+                    serde_json::json!({"kind": kind.as_str(), "id": value, "via": "cli"}),
+                )
+                .await;
                 println!("lifted the pause of {} {value}", kind.as_str());
                 Ok(ExitCode::SUCCESS)
             } else {

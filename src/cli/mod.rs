@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_api;
+mod audit;
 mod dev;
 
 use crate::app::Application;
@@ -48,6 +49,11 @@ enum Command {
     Admin {
         #[command(subcommand)]
         command: admin::AdminCommand,
+    },
+    /// The hash-chained audit log: verify it, export it.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
     /// Policy tools.
     Policy {
@@ -127,6 +133,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admin { command } => {
             let _log = telemetry::init(LogFormat::Pretty, "warn");
             admin::run(command).await
+        }
+        Command::Audit { command } => {
+            let _log = telemetry::init(LogFormat::Pretty, "warn");
+            audit::run(command).await
         }
         Command::Policy {
             command: PolicyCommand::Check { dir },

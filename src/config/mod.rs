@@ -134,6 +134,12 @@ impl Config {
             ));
         }
         self.anomaly.validate()?;
+        if self.audit.anchor_interval < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "audit.anchor_interval",
+                "must be at least 1s",
+            ));
+        }
         if self.limits.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "limits.max_body_bytes",

@@ -72,6 +72,9 @@ pub struct Config {
     /// The anomaly guard: pauses a workload or a provider key whose spend runs away.
     #[serde(default)]
     pub anomaly: AnomalyConfig,
+    /// The hash-chained audit log.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
     /// Graceful shutdown.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,

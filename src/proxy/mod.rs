@@ -5,6 +5,7 @@
 
 mod auth;
 mod client;
+mod decisions;
 mod forward;
 mod settle;
 
@@ -144,9 +145,18 @@ async fn pipeline(
     // Past the pool's `fallback_at`, the policy routes the model to its cheaper fallback (one
     // step; policy check guarantees it exists and shares the provider).
     let requested = model.name.clone();
+    let rerouted = |action: &str, to: &str| {
+        decisions::rerouted(state, &claims.sub, &pool.name, action, &requested, to);
+    };
     let model = match (pool.fallback_at, &model.fallback) {
         (Some(at), Some(fb)) if state.alerts.level(&pool.name) >= i64::from(at) => {
-            policy.model(fb).unwrap_or(model)
+            match policy.model(fb) {
+                Some(cheaper) => {
+                    rerouted("budget.fallback", &cheaper.name);
+                    cheaper
+                }
+                None => model,
+            }
         }
         _ => model,
     };
@@ -174,7 +184,9 @@ async fn pipeline(
         .as_ref()
         .is_some_and(|d| state.quota.is_capped(&pool.name, d.first_day, d.cap));
     let model = if degraded {
-        cheapest(state, &policy, &claims.tollgate.models, api).unwrap_or(model)
+        let cheapest = cheapest(state, &policy, &claims.tollgate.models, api).unwrap_or(model);
+        rerouted("budget.degrade", &cheapest.name);
+        cheapest
     } else {
         model
     };
@@ -212,22 +224,30 @@ async fn pipeline(
         }
         e
     };
-    let admission = match (admit(state, &ask(&plan, degraded), pool).await, &degrade) {
+    let refused = |e: ApiError, model: &str| {
+        decisions::refused(state, &claims.sub, &pool.name, model, &e);
+        e
+    };
+    let first = admit(state, &ask(&plan, degraded), pool, &claims.sub).await;
+    let admission = match (first, &degrade) {
         (Ok(a), _) => a,
-        (Err(e), Some(d)) if degraded => return Err(over_overdraft(e, d)),
+        (Err(e), Some(d)) if degraded => {
+            return Err(refused(over_overdraft(e, d), &plan.model.name));
+        }
         (Err(e), Some(d)) if e.code == Code::BudgetExceeded => {
             state.quota.mark_capped(&pool.name, d.first_day, d.cap);
             let Some(m) = cheapest(state, &policy, &claims.tollgate.models, api) else {
-                return Err(e);
+                return Err(refused(e, &plan.model.name));
             };
             tracing::info!(pool = %pool.name, model = %m.name, "pool at its cap: serving the cheapest model from the overdraft");
+            rerouted("budget.degrade", &m.name);
             plan = self::plan(state, api, &claims, m, &mut req)?;
             degraded = true;
-            admit(state, &ask(&plan, true), pool)
+            admit(state, &ask(&plan, true), pool, &claims.sub)
                 .await
-                .map_err(|e| over_overdraft(e, d))?
+                .map_err(|e| refused(over_overdraft(e, d), &plan.model.name))?
         }
-        (Err(e), _) => return Err(e),
+        (Err(e), _) => return Err(refused(e, &plan.model.name)),
     };
     let Plan {
         model,
@@ -556,6 +576,7 @@ async fn admit(
     state: &AppState,
     ask: &Ask<'_>,
     pool: &Pool,
+    subject: &str,
 ) -> Result<crate::quota::Admission, ApiError> {
     let refused = match admit_once(state, ask).await {
         Ok(a) => return Ok(a),
@@ -609,7 +630,10 @@ async fn admit(
             ..ask.clone()
         };
         match admit_once(state, &again).await {
-            Ok(a) => return Ok(a),
+            Ok(a) => {
+                decisions::queued(state, subject, ask.pool, started.elapsed());
+                return Ok(a);
+            }
             Err(e) if queueable(&e) => last = e,
             Err(e) => return Err(e),
         }

@@ -74,6 +74,14 @@ impl<T: Send + 'static> Writer<T> {
         )
     }
 
+    /// A writer whose rows the caller receives (tests drive the queue by hand).
+    #[cfg(test)]
+    pub(crate) fn detached(name: &'static str, capacity: usize) -> (Writer<T>, mpsc::Receiver<T>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        (Writer { tx, dropped, name }, rx)
+    }
+
     /// Queue a row without waiting. Returns false (and logs) when the queue is full.
     pub fn record(&self, row: T) -> bool {
         match self.tx.try_send(row) {

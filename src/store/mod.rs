@@ -4,6 +4,7 @@
 //! micro-dollars. Statements use `$n` placeholders, which both backends accept, so each query
 //! is written once; [`on_db!`] runs it on whichever pool is configured.
 
+mod audit;
 mod budget;
 mod keys;
 mod notify;
@@ -13,6 +14,7 @@ mod records;
 mod spend;
 mod workers;
 
+pub use audit::{AuditHead, AuditRecord};
 pub use budget::{DAY_MS, LeaseRecord, LeaseReport};
 pub use keys::{ProviderKeyInventory, ProviderKeyRecord};
 pub use notify::{Change, ChangeFeed};
