@@ -169,6 +169,8 @@ async fn every_operation_enforces_the_roles_its_document_names() {
         "DELETE /admin/v1/pauses/{pause_id}",
         "GET /admin/v1/audit",
         "GET /admin/v1/audit/verify",
+        "GET /admin/v1/spend",
+        "GET /admin/v1/budgets",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -962,4 +964,251 @@ async fn the_cli_revokes_lists_and_lifts_through_the_api() {
     let (code, _, err) = cli(&app, Some("not-a-token"), &["whoami"]).await;
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains("not-a-token"), "{err}");
+}
+
+fn spent(
+    id: &str,
+    subject: &str,
+    team: &str,
+    pool: &str,
+    model: &str,
+    at: i64,
+    cost: i64,
+) -> tollgate::store::SpendRecord {
+    tollgate::store::SpendRecord {
+        request_id: id.into(),
+        at,
+        jti: "j".into(),
+        subject: subject.into(),
+        team: team.into(),
+        pool: pool.into(),
+        billing_owner: team.into(),
+        provider: "openai".into(),
+        provider_key_id: format!("key-{team}"),
+        model: model.into(),
+        upstream_model: model.into(),
+        endpoint: "/v1/chat/completions".into(),
+        stream: false,
+        input_tokens: 100,
+        output_tokens: 10,
+        cached_input_tokens: 0,
+        cost_micro_usd: cost,
+        status: 200,
+        latency_ms: 5,
+        prompt_sha256: None,
+    }
+}
+
+#[tokio::test]
+async fn spend_is_grouped_as_json_and_csv_and_budgets_show_each_pool() {
+    for kind in kinds() {
+        let app = app(kind).await;
+        let viewer = token(&app, "viewer");
+        let day = tollgate::store::DAY_MS;
+        let today = tollgate::clock::now_ms().div_euclid(day) * day;
+        let rows = [
+            spent(
+                "r1",
+                "system:serviceaccount:a:x",
+                "a",
+                "main",
+                "gpt-test",
+                today + 1_000,
+                1_500_000,
+            ),
+            spent(
+                "r2",
+                "system:serviceaccount:a:y",
+                "a",
+                "main",
+                "embed-test",
+                today + 2_000,
+                250_000,
+            ),
+            spent(
+                "r3",
+                "=HYPERLINK(\"x\")",
+                "b",
+                "tiny",
+                "gpt-test",
+                today + 3_000,
+                40,
+            ),
+            spent(
+                "r4",
+                "system:serviceaccount:a:x",
+                "a",
+                "main",
+                "gpt-test",
+                today - day + 5,
+                1_000_000,
+            ),
+        ];
+        app.store().insert_spend(&rows).await.unwrap();
+        let range = format!(
+            "since={}&until={}",
+            urlencode(&tollgate::clock::to_rfc3339(today - day)),
+            urlencode(&tollgate::clock::to_rfc3339(today + day)),
+        );
+
+        let report = get_json(
+            &app,
+            &format!("/admin/v1/spend?group_by=team&{range}"),
+            &viewer,
+        )
+        .await;
+        assert_eq!(report["group_by"], "team");
+        let groups = report["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0]["key"], "a");
+        assert_eq!(groups[0]["requests"], 3);
+        assert_eq!(groups[0]["cost_micro_usd"], 2_750_000);
+        assert_eq!(groups[0]["cost_usd"], 2.75);
+        assert_eq!(report["total"]["cost_micro_usd"], 2_750_040);
+        assert_eq!(report["total"]["requests"], 4);
+        let day_report = get_json(
+            &app,
+            &format!("/admin/v1/spend?group_by=day&{range}"),
+            &viewer,
+        )
+        .await;
+        let days: Vec<&str> = day_report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["key"].as_str().unwrap())
+            .collect();
+        let yesterday = tollgate::clock::to_rfc3339(today - day)[..10].to_owned();
+        let this_day = tollgate::clock::to_rfc3339(today)[..10].to_owned();
+        assert_eq!(days, [yesterday.as_str(), this_day.as_str()]);
+        for (by, first, n) in [
+            ("pool", "main", 2),
+            ("subject", "system:serviceaccount:a:x", 3),
+            ("key", "key-a", 2),
+            ("model", "gpt-test", 2),
+        ] {
+            let r = get_json(
+                &app,
+                &format!("/admin/v1/spend?group_by={by}&{range}"),
+                &viewer,
+            )
+            .await;
+            let groups = r["groups"].as_array().unwrap();
+            assert_eq!(
+                (groups[0]["key"].as_str().unwrap(), groups.len()),
+                (first, n),
+                "{by}: {r}"
+            );
+        }
+        // Only today (the default range is this UTC month, which may or may not hold yesterday).
+        let since_today = format!("since={}", urlencode(&tollgate::clock::to_rfc3339(today)));
+        let r = get_json(&app, &format!("/admin/v1/spend?{since_today}"), &viewer).await;
+        assert_eq!(r["total"]["cost_micro_usd"], 1_750_040);
+
+        let r = app
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/spend?group_by=subject&format=csv&{range}"),
+                Some(&viewer),
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+        let csv = r.text().await.unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            "subject,requests,input_tokens,output_tokens,cached_input_tokens,cost_usd"
+        );
+        assert_eq!(lines[1], "system:serviceaccount:a:x,2,200,20,0,2.500000");
+        // A spreadsheet must not run a subject as a formula.
+        assert!(
+            lines.contains(&"\"'=HYPERLINK(\"\"x\"\")\",1,100,10,0,0.000040"),
+            "{csv}"
+        );
+        assert_eq!(*lines.last().unwrap(), "total,4,400,40,0,2.750040");
+        let r = app
+            .http
+            .get(format!("{}/admin/v1/spend", app.url))
+            .bearer_auth(&viewer)
+            .header("accept", "text/csv")
+            .send()
+            .await
+            .unwrap();
+        assert!(r.text().await.unwrap().starts_with("team,requests"));
+        for bad in [
+            "group_by=colour",
+            "since=yesterday",
+            "format=xml",
+            "since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z",
+            "limit=3",
+        ] {
+            problem(
+                app.admin(
+                    Method::GET,
+                    &format!("/admin/v1/spend?{bad}"),
+                    Some(&viewer),
+                    None,
+                )
+                .await,
+                400,
+            )
+            .await;
+        }
+
+        let b = get_json(&app, "/admin/v1/budgets", &viewer).await;
+        let list = b["budgets"].as_array().unwrap();
+        let names: Vec<&str> = list.iter().map(|p| p["pool"].as_str().unwrap()).collect();
+        assert_eq!(names, ["main", "tiny"]);
+        let tiny = &list[1];
+        assert_eq!(tiny["window"], "daily");
+        assert_eq!(tiny["cap_usd"], 0.0001);
+        assert_eq!(tiny["spent_usd"], 0.00004);
+        assert_eq!(tiny["percent"], 40.0);
+        assert_eq!(tiny["window_start"], tollgate::clock::to_rfc3339(today));
+        assert_eq!(tiny["at_cap"], "reject");
+        assert!(
+            list[0]["cap_usd"].is_null() && list[0]["window"].is_null(),
+            "{}",
+            list[0]
+        );
+
+        if kind == TestDbKind::Sqlite {
+            let (code, out, err) = cli(
+                &app,
+                Some(&viewer),
+                &[
+                    "spend",
+                    "--group-by",
+                    "team",
+                    "--since",
+                    &tollgate::clock::to_rfc3339(today - day),
+                ],
+            )
+            .await;
+            assert_eq!(code, 0, "{err}");
+            assert!(
+                out.contains("TEAM") && out.contains("$2.75") && out.contains("total"),
+                "{out}"
+            );
+            let (code, out, err) = cli(
+                &app,
+                Some(&viewer),
+                &["spend", "--group-by", "model", "--csv"],
+            )
+            .await;
+            assert_eq!(code, 0, "{err}");
+            assert!(out.starts_with("model,requests"), "{out}");
+            let (code, out, err) = cli(&app, Some(&viewer), &["budgets"]).await;
+            assert_eq!(code, 0, "{err}");
+            assert!(
+                out.contains("tiny") && out.contains("daily") && out.contains("40.0%"),
+                "{out}"
+            );
+            let (code, _, err) = cli(&app, Some(&viewer), &["spend", "--group-by", "colour"]).await;
+            assert_eq!(code, 1, "{err}");
+            assert!(err.contains("group_by"), "{err}");
+        }
+    }
 }

@@ -213,6 +213,7 @@ async fn spend_recorded_before_leases_is_not_forgotten() {
             cost_micro_usd: cost,
             status: 200,
             latency_ms: 1,
+            prompt_sha256: None,
         };
         store
             .insert_spend(&[

@@ -1,5 +1,7 @@
 //! A full scenario with recognisable credentials: the provider keys, the workload token and
-//! the Tollgate token must appear in no log line (captured at TRACE) and no response body.
+//! the Tollgate token must appear in no log line (captured at TRACE) and no response body; a
+//! prompt is logged as its SHA-256, and as content only for a binding with `log_prompts`,
+//! with its secrets redacted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -8,7 +10,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use std::io::Write;
 use std::sync::Arc;
-use support::app::{ANTHROPIC_KEY, OPENAI_KEY, TestApp, spawn_app};
+use support::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, POLICY, TestApp, spawn_app_with};
 use support::db::kinds;
 
 #[derive(Clone, Default)]
@@ -24,6 +26,21 @@ impl Write for Capture {
     }
 }
 
+/// A binding that opts into prompt content logging.
+const CHATTY: &str = "  - name: chatty\n    match: { namespace: chatty }\n    team: c\n    pool: main\n    models: [gpt-test]\n    log_prompts: true\n";
+
+/// What Tollgate records for a chat body's prompt (see `InboundRequest::prompt_sha256`).
+fn prompt_sha256(body: &serde_json::Value) -> String {
+    use sha2::Digest;
+    let raw = serde_json::to_string(&body["messages"]).unwrap();
+    let mut h = sha2::Sha256::new();
+    for part in ["messages", raw.as_str()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_credential_reaches_a_log_line_or_a_response() {
     let capture = Capture::default();
@@ -37,7 +54,14 @@ async fn no_credential_reaches_a_log_line_or_a_response() {
     let mut bodies = String::new();
     let mut secrets = vec![OPENAI_KEY.to_owned(), ANTHROPIC_KEY.to_owned()];
     for kind in kinds() {
-        let app = spawn_app(kind).await;
+        let app = spawn_app_with(
+            kind,
+            Options {
+                policy: Some(format!("{POLICY}{CHATTY}")),
+                ..Options::default()
+            },
+        )
+        .await;
         let wl = app.workload_token("team-a", "app");
         secrets.push(wl.clone());
         let r = app.exchange(&wl).await;
@@ -84,6 +108,22 @@ async fn no_credential_reaches_a_log_line_or_a_response() {
                 .await
                 .unwrap(),
         );
+        // Prompts: the hash always, the content only where the binding asks, redacted.
+        let quiet = TestApp::chat("gpt-test", "unlogged-phrase-9917");
+        let r = app.post("/v1/chat/completions", &token, &quiet).await;
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(
+            app.spend_row(&id).await.prompt_sha256.as_deref(),
+            Some(prompt_sha256(&quiet).as_str())
+        );
+        let chatty = app.token_for("chatty").await;
+        let loud = TestApp::chat(
+            "gpt-test",
+            &format!("logged-phrase-4412 AKIAIOSFODNN7EXAMPLE {OPENAI_KEY} Bearer {token}"),
+        );
+        let r = app.post("/v1/chat/completions", &chatty, &loud).await;
+        assert_eq!(r.status(), 200);
         // A forged subject token with the right shape.
         bodies.push_str(&app.exchange(&format!("{wl}x")).await.text().await.unwrap());
         app.stop().await;
@@ -93,6 +133,23 @@ async fn no_credential_reaches_a_log_line_or_a_response() {
         logs.contains("request settled"),
         "the scenario logged requests"
     );
+    assert!(
+        !logs.contains("unlogged-phrase-9917"),
+        "a prompt was logged"
+    );
+    assert!(
+        logs.contains("logged-phrase-4412"),
+        "log_prompts logs the prompt"
+    );
+    assert!(logs.contains("[REDACTED aws access key id]"), "{logs}");
+    assert!(
+        !logs.contains("AKIAIOSFODNN7EXAMPLE"),
+        "a secret in a logged prompt"
+    );
+    assert!(logs.contains(&prompt_sha256(&TestApp::chat(
+        "gpt-test",
+        "unlogged-phrase-9917"
+    ))));
     for s in &secrets {
         assert!(!logs.contains(s.as_str()), "a credential reached the logs");
         assert!(

@@ -60,6 +60,7 @@ fn spend(id: &str, pool: &str, at: i64, cost: i64) -> SpendRecord {
         cost_micro_usd: cost,
         status: 200,
         latency_ms: 42,
+        prompt_sha256: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The admin API under `/admin/v1`: revocations, keys, tokens, pauses and the audit log, for callers with a
+//! The admin API under `/admin/v1`: revocations, keys, tokens, pauses, spend, budgets and the audit log, for callers with a
 //! role (see [`auth`]). JSON in and out, every error an RFC 9457 problem ([`problem`]), every
 //! operation documented in the OpenAPI 3.1 document served at `/admin/v1/openapi.json`, which
 //! is generated from the same registrations that build the router, so the two cannot drift.
@@ -11,6 +11,7 @@ mod keys;
 mod pauses;
 pub mod problem;
 mod revocations;
+mod spend;
 mod tokens;
 
 pub use auth::{AdminAuth, Identity, Via, new_break_glass_token};
@@ -50,6 +51,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         (name = "tokens", description = "Issued Tollgate tokens"),
         (name = "pauses", description = "Anomaly-guard pauses"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "spend", description = "Spend and budgets"),
         (name = "meta", description = "The caller and this document"),
     )
 )]
@@ -88,6 +90,8 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(pauses::lift))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(spend::spend))
+        .routes(routes!(spend::budgets))
         .split_for_parts()
 }
 
@@ -200,6 +204,6 @@ mod tests {
                 assert!(op["summary"].is_string(), "{method} {path}");
             }
         }
-        assert_eq!(n, 14);
+        assert_eq!(n, 16);
     }
 }

@@ -6,7 +6,7 @@
 //! `fallback_at` routing on the hot path ([`Alerts::level`]).
 
 use crate::config::{AlertsConfig, WebhookConfig, WebhookFormat};
-use crate::policy::{BudgetWindow, PolicyStore};
+use crate::policy::PolicyStore;
 use crate::quota::first_day;
 use crate::store::{DAY_MS, Store};
 use parking_lot::Mutex;
@@ -152,7 +152,7 @@ impl Alerts {
                             spent,
                             cap,
                             window_start: start,
-                            window: window_name(&budget.window),
+                            window: budget.window.name(),
                         };
                         tracing::warn!(pool = %alert.pool, threshold = t, spent_micro_usd = spent, cap_micro_usd = cap, "budget threshold reached");
                         self.deliver(&alert).await;
@@ -227,14 +227,5 @@ impl Alerts {
                 this.check().await;
             }
         })
-    }
-}
-
-fn window_name(w: &BudgetWindow) -> String {
-    match w {
-        BudgetWindow::Daily => "daily".into(),
-        BudgetWindow::Weekly { .. } => "weekly".into(),
-        BudgetWindow::Monthly { .. } => "monthly".into(),
-        BudgetWindow::Rolling { days } => format!("rolling:{days}"),
     }
 }

@@ -1,4 +1,4 @@
-//! `tollgate admin whoami|revoke|revocations|lift|tokens`: the admin API from a terminal, with
+//! `tollgate admin whoami|revoke|revocations|lift|tokens|spend|budgets`: the admin API from a terminal, with
 //! the caller's own credential (so roles apply and the record names the person). Tables by
 //! default, `--json` prints the API's JSON for scripts; a problem is printed as its detail and
 //! exits 1 (2 when the credential is missing or refused).
@@ -84,6 +84,28 @@ pub enum ApiCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// What the fleet spent, grouped (the current UTC month by default).
+    Spend {
+        #[command(flatten)]
+        remote: Remote,
+        /// team, pool, subject, key, model or day.
+        #[arg(long, default_value = "team")]
+        group_by: String,
+        /// From (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Until (RFC 3339, exclusive).
+        #[arg(long)]
+        until: Option<String>,
+        /// Print CSV (for a spreadsheet) instead of a table.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+    },
+    /// Every pool's budget window, spend, what is left and its alert level.
+    Budgets {
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 struct Client {
@@ -124,6 +146,20 @@ impl Client {
         query: &[(&str, String)],
         body: Option<Value>,
     ) -> anyhow::Result<Result<Value, Refused>> {
+        Ok(self
+            .call_text(method, path, query, body)
+            .await?
+            .map(|text| serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// The body of a successful call as text (CSV), or the problem.
+    async fn call_text(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> anyhow::Result<Result<String, Refused>> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -139,7 +175,7 @@ impl Client {
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         if status.is_success() {
-            return Ok(Ok(serde_json::from_str(&text).unwrap_or(Value::Null)));
+            return Ok(Ok(text));
         }
         let detail = serde_json::from_str::<Value>(&text)
             .ok()
@@ -188,6 +224,25 @@ fn revocation_rows(list: &[Value]) {
 
 /// Run an admin API command.
 pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
+    if let ApiCommand::Spend {
+        remote, csv: true, ..
+    } = &command
+    {
+        let query = spend_query(&command);
+        return match Client::new(remote)?
+            .call_text(Method::GET, "/admin/v1/spend", &query, None)
+            .await?
+        {
+            Ok(text) => {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(Refused(message, code)) => {
+                eprintln!("tollgate admin: {message}");
+                Ok(ExitCode::from(code))
+            }
+        };
+    }
     let (remote, outcome) = match &command {
         ApiCommand::Whoami { remote } => (
             remote,
@@ -256,6 +311,18 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                     .await?,
             )
         }
+        ApiCommand::Spend { remote, .. } => (
+            remote,
+            Client::new(remote)?
+                .call(Method::GET, "/admin/v1/spend", &spend_query(&command), None)
+                .await?,
+        ),
+        ApiCommand::Budgets { remote } => (
+            remote,
+            Client::new(remote)?
+                .call(Method::GET, "/admin/v1/budgets", &[], None)
+                .await?,
+        ),
     };
     let v = match outcome {
         Ok(v) => v,
@@ -316,6 +383,80 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                 rows,
             );
         }
+        ApiCommand::Spend { .. } => {
+            println!("{} to {}", s(&v["since"]), s(&v["until"]));
+            let groups = v["groups"].as_array().cloned().unwrap_or_default();
+            let rows = groups
+                .iter()
+                .chain(std::iter::once(&v["total"]))
+                .map(|g| {
+                    vec![
+                        s(&g["key"]),
+                        s(&g["requests"]),
+                        s(&g["input_tokens"]),
+                        s(&g["output_tokens"]),
+                        dollars(&g["cost_usd"]),
+                    ]
+                })
+                .collect();
+            let by = s(&v["group_by"]).to_uppercase();
+            print_rows(&[&by, "REQUESTS", "INPUT", "OUTPUT", "COST"], rows);
+        }
+        ApiCommand::Budgets { .. } => {
+            let rows = v["budgets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    let percent = match b["percent"].as_f64() {
+                        Some(p) => format!("{p:.1}%"),
+                        None => "-".to_owned(),
+                    };
+                    vec![
+                        s(&b["pool"]),
+                        s(&b["window"]),
+                        dollars(&b["cap_usd"]),
+                        dollars(&b["spent_usd"]),
+                        percent,
+                        dollars(&b["remaining_usd"]),
+                        s(&b["at_cap"]),
+                    ]
+                })
+                .collect();
+            print_rows(
+                &["POOL", "WINDOW", "CAP", "SPENT", "USED", "LEFT", "AT CAP"],
+                rows,
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn dollars(v: &Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".to_owned(), |d| format!("${d:.2}"))
+}
+
+fn spend_query(command: &ApiCommand) -> Vec<(&'static str, String)> {
+    let ApiCommand::Spend {
+        group_by,
+        since,
+        until,
+        csv,
+        ..
+    } = command
+    else {
+        return Vec::new();
+    };
+    let mut q = vec![("group_by", group_by.clone())];
+    if let Some(t) = since {
+        q.push(("since", t.clone()));
+    }
+    if let Some(t) = until {
+        q.push(("until", t.clone()));
+    }
+    if *csv {
+        q.push(("format", "csv".to_owned()));
+    }
+    q
 }

@@ -612,6 +612,7 @@ impl Validator<'_> {
         self.set.bindings.push(Binding {
             billing_owner: b.billing_owner.unwrap_or_else(|| b.team.clone()),
             shared_keys: b.shared_keys.unwrap_or(true),
+            log_prompts: b.log_prompts.unwrap_or(false),
             name: b.name,
             team: b.team,
             pool: b.pool,

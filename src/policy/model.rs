@@ -77,6 +77,18 @@ pub enum BudgetWindow {
     },
 }
 
+impl BudgetWindow {
+    /// `daily`, `weekly`, `monthly` or `rolling:<days>` (alerts, the admin API).
+    pub fn name(&self) -> String {
+        match self {
+            BudgetWindow::Daily => "daily".into(),
+            BudgetWindow::Weekly { .. } => "weekly".into(),
+            BudgetWindow::Monthly { .. } => "monthly".into(),
+            BudgetWindow::Rolling { days } => format!("rolling:{days}"),
+        }
+    }
+}
+
 /// Action at the cap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AtCap {
@@ -175,6 +187,8 @@ pub struct Binding {
     pub max_tokens: MaxTokens,
     /// Most one request may cost (worst case), micro-dollars.
     pub max_request_micro_usd: Option<u64>,
+    /// Log prompt content (secrets redacted first) besides its SHA-256.
+    pub log_prompts: bool,
     pub(crate) matcher: Matcher,
 }
 

@@ -81,6 +81,7 @@ pub(super) struct RawBinding {
     pub token_ttl: Option<RawDuration>,
     pub max_tokens: Option<RawMaxTokens>,
     pub max_request_usd: Option<Decimal>,
+    pub log_prompts: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -316,6 +316,28 @@ impl InboundRequest {
         n
     }
 
+    /// SHA-256 (hex) of the prompt as sent: each prompt field's name and raw JSON,
+    /// length-prefixed, so the same prompt gives the same hash whatever else the body holds
+    /// (model, `max_tokens`, stream options) and two prompts cannot collide by concatenation.
+    pub fn prompt_sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for name in PROMPT_FIELDS {
+            if let Some(raw) = self.member(name) {
+                for part in [name, raw] {
+                    h.update((part.len() as u64).to_be_bytes());
+                    h.update(part.as_bytes());
+                }
+            }
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// The prompt's text parts, joined (what content logging logs, after redaction).
+    pub fn prompt_text(&self) -> String {
+        self.prompt().text
+    }
+
     /// The exact tiktoken count of the prompt text (the mock provider's usage).
     pub(crate) fn prompt_tokens(&self) -> u64 {
         tokens::count(&self.model, &self.prompt().text)

@@ -7,6 +7,7 @@ mod auth;
 mod client;
 mod decisions;
 mod forward;
+pub mod hygiene;
 mod settle;
 
 pub use client::{SendError, UpstreamClient};
@@ -142,6 +143,19 @@ async fn pipeline(
             ),
         )
     })?;
+    let prompt_sha256 = req.prompt_sha256();
+    if policy
+        .binding(&claims.tollgate.binding)
+        .is_some_and(|b| b.log_prompts)
+    {
+        tracing::info!(
+            request_id,
+            subject = %claims.sub,
+            prompt_sha256 = %prompt_sha256,
+            prompt = %hygiene::loggable(&req.prompt_text()),
+            "prompt (binding logs prompts; secrets redacted)"
+        );
+    }
     // Past the pool's `fallback_at`, the policy routes the model to its cheaper fallback (one
     // step; policy check guarantees it exists and shares the provider).
     let requested = model.name.clone();
@@ -282,6 +296,7 @@ async fn pipeline(
         cost_micro_usd: 0,
         status: 0,
         latency_ms: 0,
+        prompt_sha256: Some(prompt_sha256),
     };
     let settle = Settlement::new(
         admission,

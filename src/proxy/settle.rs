@@ -113,6 +113,7 @@ impl Settlement {
             output_tokens = rec.output_tokens,
             cost_micro_usd = rec.cost_micro_usd,
             latency_ms = rec.latency_ms,
+            prompt_sha256 = rec.prompt_sha256.as_deref().unwrap_or(""),
             "request settled"
         );
         self.writer.record(rec);

@@ -21,6 +21,7 @@ pub use notify::{Change, ChangeFeed};
 pub use pauses::{PauseKind, PauseRecord, Velocity};
 pub use rates::{RATE_BATCH, RateAsk};
 pub use records::*;
+pub use spend::{SpendGroup, SpendGroupBy};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -242,4 +242,6 @@ pub struct SpendRecord {
     pub status: i32,
     /// Latency until settlement.
     pub latency_ms: i64,
+    /// SHA-256 of the prompt (never the prompt): finds every request that sent one.
+    pub prompt_sha256: Option<String>,
 }

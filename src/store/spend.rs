@@ -2,12 +2,86 @@
 
 use super::{Db, SpendRecord, Store, StoreError, on_db};
 
+/// What spend is summed per.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpendGroupBy {
+    /// Team.
+    Team,
+    /// Budget pool.
+    Pool,
+    /// Workload subject.
+    Subject,
+    /// Provider key id.
+    Key,
+    /// Policy model name.
+    Model,
+    /// UTC day (the key is the unix day number).
+    Day,
+}
+
+impl SpendGroupBy {
+    /// Every grouping.
+    pub const ALL: [SpendGroupBy; 6] = [
+        SpendGroupBy::Team,
+        SpendGroupBy::Pool,
+        SpendGroupBy::Subject,
+        SpendGroupBy::Key,
+        SpendGroupBy::Model,
+        SpendGroupBy::Day,
+    ];
+
+    /// `team`, `pool`, `subject`, `key`, `model`, `day`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpendGroupBy::Team => "team",
+            SpendGroupBy::Pool => "pool",
+            SpendGroupBy::Subject => "subject",
+            SpendGroupBy::Key => "key",
+            SpendGroupBy::Model => "model",
+            SpendGroupBy::Day => "day",
+        }
+    }
+
+    /// The inverse of [`SpendGroupBy::as_str`].
+    pub fn parse(s: &str) -> Option<SpendGroupBy> {
+        SpendGroupBy::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+
+    fn expression(self) -> &'static str {
+        match self {
+            SpendGroupBy::Team => "team",
+            SpendGroupBy::Pool => "pool",
+            SpendGroupBy::Subject => "subject",
+            SpendGroupBy::Key => "provider_key_id",
+            SpendGroupBy::Model => "model",
+            SpendGroupBy::Day => "CAST(at / 86400000 AS TEXT)",
+        }
+    }
+}
+
+/// Spend summed over one group.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct SpendGroup {
+    /// The team, pool, subject, key id, model, or unix day.
+    pub key: String,
+    /// Requests.
+    pub requests: i64,
+    /// Input tokens.
+    pub input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cached input tokens.
+    pub cached_input_tokens: i64,
+    /// Cost, micro-dollars.
+    pub cost_micro_usd: i64,
+}
+
 /// Rows per statement of a spend batch.
 const SPEND_CHUNK: usize = 64;
 
 const COLUMNS: &str = "request_id, at, jti, subject, team, pool, billing_owner, provider, provider_key_id, \
      model, upstream_model, endpoint, stream, input_tokens, output_tokens, cached_input_tokens, \
-     cost_micro_usd, status, latency_ms";
+     cost_micro_usd, status, latency_ms, prompt_sha256";
 
 impl Store {
     /// Insert a batch, idempotent on `request_id` (a replayed batch never double counts).
@@ -31,7 +105,7 @@ impl Store {
                         .push_bind(&r.upstream_model).push_bind(&r.endpoint).push_bind(r.stream)
                         .push_bind(r.input_tokens).push_bind(r.output_tokens)
                         .push_bind(r.cached_input_tokens).push_bind(r.cost_micro_usd)
-                        .push_bind(r.status).push_bind(r.latency_ms);
+                        .push_bind(r.status).push_bind(r.latency_ms).push_bind(&r.prompt_sha256);
                 });
                 qb.push(" ON CONFLICT (request_id) DO NOTHING");
                 n += qb.build().execute(&mut *tx).await?.rows_affected();
@@ -55,6 +129,27 @@ impl Store {
         Ok(
             on_db!(self, p => sqlx::query_as::<_, (String, i64)>(sql).bind(since).fetch_all(p).await?),
         )
+    }
+
+    /// Spend at `since..until` (unix ms) summed per `by`, largest cost first.
+    pub async fn spend_grouped(
+        &self,
+        by: SpendGroupBy,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<SpendGroup>, StoreError> {
+        // `by` is one of a closed set of column expressions, never caller text.
+        let key = by.expression();
+        let sql = format!(
+            "SELECT {key} AS key, CAST(COUNT(*) AS BIGINT) AS requests, \
+             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+             CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT) AS cached_input_tokens, \
+             CAST(COALESCE(SUM(cost_micro_usd), 0) AS BIGINT) AS cost_micro_usd \
+             FROM spend WHERE at >= $1 AND at < $2 GROUP BY {key} ORDER BY cost_micro_usd DESC, key"
+        );
+        Ok(on_db!(self, p => sqlx::query_as::<_, SpendGroup>(&sql)
+            .bind(since).bind(until).fetch_all(p).await?))
     }
 
     /// One request's row.
