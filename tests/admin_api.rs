@@ -171,6 +171,10 @@ async fn every_operation_enforces_the_roles_its_document_names() {
         "GET /admin/v1/audit/verify",
         "GET /admin/v1/spend",
         "GET /admin/v1/budgets",
+        "POST /admin/v1/budgets/{pool}/increases",
+        "GET /admin/v1/budgets/increases",
+        "POST /admin/v1/budgets/increases/{increase_id}/approve",
+        "POST /admin/v1/budgets/increases/{increase_id}/deny",
     ]
     .into_iter()
     .map(str::to_owned)
@@ -1209,6 +1213,285 @@ async fn spend_is_grouped_as_json_and_csv_and_budgets_show_each_pool() {
             let (code, _, err) = cli(&app, Some(&viewer), &["spend", "--group-by", "colour"]).await;
             assert_eq!(code, 1, "{err}");
             assert!(err.contains("group_by"), "{err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn budget_increases_need_a_second_person_and_raise_the_cap() {
+    for kind in kinds() {
+        let app = spawn_app_with(
+            kind,
+            Options {
+                policy: Some(format!("{POLICY}{ROLES}")),
+                admin: Some("increase_finops_above_usd = 1\nincrease_request_ttl = \"10m\"".into()),
+                ..Options::default()
+            },
+        )
+        .await;
+        let (responder, security, finops, viewer) = (
+            token(&app, "responder"),
+            token(&app, "security"),
+            token(&app, "finops"),
+            token(&app, "viewer"),
+        );
+        let broke = app.token_for("broke").await;
+        let chat = || async {
+            app.post(
+                "/v1/chat/completions",
+                &broke,
+                &TestApp::chat("gpt-test", "hi"),
+            )
+            .await
+            .status()
+            .as_u16()
+        };
+        assert_eq!(chat().await, 429, "the tiny pool is at its cap");
+        let ask = |amount: f64, who: &str| {
+            let who = who.to_owned();
+            let app = &app;
+            async move {
+                app.admin(
+                    Method::POST,
+                    "/admin/v1/budgets/tiny/increases",
+                    Some(&who),
+                    Some(&json!({"amount_usd": amount, "reason": "launch week"})),
+                )
+                .await
+            }
+        };
+        let decide = |id: i64, verb: &str, who: &str, body: Value| {
+            let (who, path) = (
+                who.to_owned(),
+                format!("/admin/v1/budgets/increases/{id}/{verb}"),
+            );
+            let app = &app;
+            async move {
+                app.admin(Method::POST, &path, Some(&who), Some(&body))
+                    .await
+            }
+        };
+
+        let r = ask(0.5, &responder).await;
+        assert_eq!(r.status(), 201);
+        assert!(
+            r.headers()["location"]
+                .to_str()
+                .unwrap()
+                .starts_with("/admin/v1/budgets/increases/")
+        );
+        let small: Value = r.json().await.unwrap();
+        assert_eq!(small["state"], "pending");
+        assert_eq!(small["requested_by"], "resp@example.com");
+        assert_eq!(
+            small["approvable_by"],
+            json!(["admin", "finops", "security"])
+        );
+        let small_id = small["increase_id"].as_i64().unwrap();
+        let pending = get_json(&app, "/admin/v1/budgets/increases", &viewer).await;
+        assert_eq!(pending["increases"].as_array().unwrap().len(), 1);
+
+        // A responder may ask but not approve; a viewer approves nothing.
+        let v = problem(
+            decide(small_id, "approve", &responder, json!({})).await,
+            403,
+        )
+        .await;
+        assert!(v["detail"].as_str().unwrap().contains("responder"), "{v}");
+        problem(decide(small_id, "approve", &viewer, json!({})).await, 403).await;
+        assert_eq!(chat().await, 429);
+        let r = decide(
+            small_id,
+            "approve",
+            &security,
+            json!({"reason": "ok for launch"}),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let approved: Value = r.json().await.unwrap();
+        assert_eq!(
+            (approved["state"].as_str(), approved["decided_by"].as_str()),
+            (Some("approved"), Some("sam@example.com"))
+        );
+        assert_eq!(chat().await, 200, "the cap rose on this replica at once");
+        let budgets = get_json(&app, "/admin/v1/budgets", &viewer).await;
+        let tiny = budgets["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["pool"] == "tiny")
+            .unwrap()
+            .clone();
+        assert_eq!(tiny["increase_usd"], 0.5);
+        assert_eq!(tiny["cap_usd"], 0.5001);
+        problem(decide(small_id, "approve", &finops, json!({})).await, 409).await;
+
+        // Above the threshold: finops or admin only.
+        let big: Value = ask(5.0, &responder).await.json().await.unwrap();
+        assert_eq!(big["approvable_by"], json!(["admin", "finops"]));
+        let big_id = big["increase_id"].as_i64().unwrap();
+        let v = problem(decide(big_id, "approve", &security, json!({})).await, 403).await;
+        assert!(
+            v["detail"].as_str().unwrap().contains("admin or finops"),
+            "{v}"
+        );
+        assert_eq!(
+            decide(big_id, "approve", &finops, json!({})).await.status(),
+            200
+        );
+
+        // Denial needs a reason and is final.
+        let third: Value = ask(0.1, &finops).await.json().await.unwrap();
+        let third_id = third["increase_id"].as_i64().unwrap();
+        // Nobody decides their own request, approver role or not.
+        let v = problem(decide(third_id, "approve", &finops, json!({})).await, 403).await;
+        assert!(v["detail"].as_str().unwrap().contains("two-person"), "{v}");
+        problem(decide(third_id, "deny", &security, json!({})).await, 400).await;
+        let r = decide(
+            third_id,
+            "deny",
+            &security,
+            json!({"reason": "not this week"}),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap()["state"], "denied");
+        problem(
+            decide(third_id, "approve", &token(&app, "admin"), json!({})).await,
+            409,
+        )
+        .await;
+
+        // An expired request cannot be approved; it lists as expired.
+        let now = tollgate::clock::now_ms();
+        let stale = app
+            .store()
+            .insert_increase(&tollgate::store::NewIncrease {
+                pool: "tiny".into(),
+                window_start: tollgate::quota::window_start(
+                    &tollgate::policy::BudgetWindow::Daily,
+                    now,
+                ),
+                amount_micro_usd: 1_000_000,
+                reason: "forgotten".into(),
+                requested_by: "resp@example.com".into(),
+                requested_at: now - 120_000,
+                expires_at: now - 60_000,
+            })
+            .await
+            .unwrap();
+        let v = problem(decide(stale.id, "approve", &finops, json!({})).await, 409).await;
+        assert!(v["detail"].as_str().unwrap().contains("expired"), "{v}");
+        let all = get_json(&app, "/admin/v1/budgets/increases?all=true", &viewer).await;
+        let states: Vec<&str> = all["increases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["expired", "denied", "approved", "approved"]);
+        assert_eq!(
+            get_json(&app, "/admin/v1/budgets/increases", &viewer).await["increases"],
+            json!([])
+        );
+
+        // Bad requests.
+        for (body, status) in [
+            (json!({"amount_usd": 0, "reason": "x"}), 400),
+            (json!({"amount_usd": -1, "reason": "x"}), 400),
+            (json!({"amount_usd": 1e9, "reason": "x"}), 400),
+            (json!({"amount_usd": "ten", "reason": "x"}), 400),
+            (json!({"amount_usd": 1, "reason": " "}), 400),
+            (json!({"amount_usd": 1}), 400),
+        ] {
+            let r = app
+                .admin(
+                    Method::POST,
+                    "/admin/v1/budgets/tiny/increases",
+                    Some(&responder),
+                    Some(&body),
+                )
+                .await;
+            problem(r, status).await;
+        }
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/v1/budgets/ghost/increases",
+                Some(&responder),
+                Some(&json!({"amount_usd": 1, "reason": "x"})),
+            )
+            .await;
+        problem(r, 404).await;
+        let r = app
+            .admin(
+                Method::POST,
+                "/admin/v1/budgets/main/increases",
+                Some(&responder),
+                Some(&json!({"amount_usd": 1, "reason": "x"})),
+            )
+            .await;
+        problem(r, 409).await;
+        problem(decide(424242, "approve", &finops, json!({})).await, 404).await;
+
+        // On the record.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = get_json(&app, "/admin/v1/audit?limit=1000", &viewer).await;
+            let actions: Vec<String> = log["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["action"].as_str().unwrap().to_owned())
+                .collect();
+            if [
+                "budget.increase_requested",
+                "budget.increase_approved",
+                "budget.increase_denied",
+            ]
+            .iter()
+            .all(|a| actions.iter().any(|x| x == a))
+            {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{actions:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        if kind == TestDbKind::Sqlite {
+            let (code, out, err) = cli(
+                &app,
+                Some(&finops),
+                &[
+                    "increase",
+                    "--pool",
+                    "tiny",
+                    "--amount-usd",
+                    "0.25",
+                    "--reason",
+                    "demo",
+                ],
+            )
+            .await;
+            assert_eq!(code, 0, "{err}");
+            assert!(out.contains("pending") && out.contains("$0.25"), "{out}");
+            let (code, out, _) = cli(&app, Some(&viewer), &["increases"]).await;
+            assert_eq!(code, 0);
+            let id = out
+                .lines()
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            let (code, _, err) = cli(&app, Some(&finops), &["approve", &id]).await;
+            assert_eq!(code, 2, "self-approval: {err}");
+            assert!(err.contains("two-person"), "{err}");
+            let (code, out, err) =
+                cli(&app, Some(&security), &["approve", &id, "--reason", "fine"]).await;
+            assert_eq!(code, 0, "{err}");
+            assert!(out.contains("approved"), "{out}");
         }
     }
 }

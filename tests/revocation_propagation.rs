@@ -9,7 +9,7 @@
 mod support;
 
 use std::time::{Duration, Instant};
-use support::app::{Options, TestApp, spawn_fleet_opts};
+use support::app::{Options, POLICY, TestApp, spawn_fleet_opts};
 use support::db::TestDbKind;
 use tollgate::revocation::Principal;
 use tollgate::store::{NewRevocation, RevocationKind};
@@ -168,7 +168,20 @@ async fn a_revocation_on_one_replica_is_refused_on_the_others_within_the_bound()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_token_is_refused_over_http_on_every_replica() {
-    let apps = fleet("1h").await;
+    // The responder's path: an admin token and the admin API of one replica.
+    let apps = spawn_fleet_opts(
+        TestDbKind::Postgres,
+        3,
+        Options {
+            revocation_sync_interval: Some("1h".into()),
+            policy: Some(format!(
+                "{POLICY}roles:\n  - role: responder\n    subjects: [\"oncall@example.com\"]\n"
+            )),
+            admin: Some(String::new()),
+            ..Options::default()
+        },
+    )
+    .await;
     let token = apps[0].token_for("team-a").await;
     let chat = TestApp::chat("gpt-test", "hi");
     for app in &apps {
@@ -176,13 +189,17 @@ async fn a_revoked_token_is_refused_over_http_on_every_replica() {
         assert_eq!(r.status(), 200);
     }
     let claims = apps[0].state.tokens.verify(&token).await.unwrap();
+    let admin = apps[0].admin_token("oncall@example.com", &[]);
     let start = Instant::now();
-    apps[0]
-        .state
-        .revocations
-        .revoke(&revocation(RevocationKind::Subject, &claims.sub))
-        .await
-        .unwrap();
+    let r = apps[0]
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/revocations",
+            Some(&admin),
+            Some(&serde_json::json!({"kind": "subject", "id": claims.sub, "reason": "leaked"})),
+        )
+        .await;
+    assert_eq!(r.status(), 201);
     for app in &apps[1..] {
         until_refused(app, RevocationKind::Subject, &claims.sub, start, HARD_BOUND)
             .await

@@ -1,7 +1,7 @@
 //! `/admin/v1/audit`: the hash-chained audit log, page by page, and its verification.
 
 use super::auth::{Caller, Read};
-use super::problem::{Problem, ProblemBody, Query, reply};
+use super::problem::{Problem, ProblemBody, Query, Refused, reply};
 use crate::app::AppState;
 use crate::audit::Report;
 use crate::clock::parse_rfc3339;
@@ -54,8 +54,7 @@ fn cursor(s: &str) -> Option<(i64, &str, i64)> {
     responses(
         (status = 200, description = "Entries", body = AuditPage),
         (status = 400, description = "Bad query", body = ProblemBody),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]
@@ -106,8 +105,7 @@ pub async fn list(
     tag = "audit",
     responses(
         (status = 200, description = "The report", body = Report),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]

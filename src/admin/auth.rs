@@ -36,6 +36,8 @@ pub struct AdminAuth {
     verifier: Option<Arc<IdentityVerifier>>,
     break_glass: Option<[u8; 32]>,
     break_glass_uses: AtomicU64,
+    finops_above_micro_usd: i64,
+    increase_ttl: std::time::Duration,
 }
 
 /// How a caller authenticated.
@@ -161,7 +163,19 @@ impl AdminAuth {
             verifier,
             break_glass,
             break_glass_uses: AtomicU64::new(0),
+            finops_above_micro_usd: (cfg.increase_finops_above_usd * 1e6).round() as i64,
+            increase_ttl: cfg.increase_request_ttl,
         })
+    }
+
+    /// Budget increases above this (micro-dollars) need `finops` or `admin`.
+    pub fn increase_finops_above_micro_usd(&self) -> i64 {
+        self.finops_above_micro_usd
+    }
+
+    /// How long an increase request can be approved.
+    pub fn increase_request_ttl(&self) -> std::time::Duration {
+        self.increase_ttl
     }
 
     /// The admin issuers' verifier (refreshed in the background like the workload one).
@@ -288,6 +302,13 @@ impl Requirement for Restore {
 pub struct LiftPause;
 impl Requirement for LiftPause {
     const ROLES: &'static [Role] = &[Role::Admin, Role::Security, Role::Responder, Role::Finops];
+}
+
+/// Approving or denying a budget increase (above `admin.increase_finops_above_usd`, only
+/// `admin` and `finops`; never the requester).
+pub struct Approve;
+impl Requirement for Approve {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Finops, Role::Security];
 }
 
 /// An authenticated caller holding one of `R`'s roles.

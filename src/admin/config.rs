@@ -3,9 +3,10 @@
 use crate::identity::IssuerConfig;
 use serde::Deserialize;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The admin API's callers.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// OIDC issuers of admin callers: the company IdP for people, a cluster for the security
@@ -19,4 +20,31 @@ pub struct AdminConfig {
     pub break_glass_sha256: Option<String>,
     /// A file holding that hash (a mounted secret); re-read at start only.
     pub break_glass_sha256_file: Option<PathBuf>,
+    /// Budget increases above this many USD may be approved only by `finops` or `admin`
+    /// (below it, `security` may approve too). Nobody approves their own request.
+    #[serde(default = "default_finops_above")]
+    pub increase_finops_above_usd: f64,
+    /// How long a budget increase request waits for approval before it expires.
+    #[serde(default = "default_increase_ttl", with = "humantime_serde")]
+    pub increase_request_ttl: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            issuers: Vec::new(),
+            break_glass_sha256: None,
+            break_glass_sha256_file: None,
+            increase_finops_above_usd: default_finops_above(),
+            increase_request_ttl: default_increase_ttl(),
+        }
+    }
+}
+
+fn default_finops_above() -> f64 {
+    100.0
+}
+
+fn default_increase_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
 }

@@ -3,7 +3,7 @@
 //! (`openai%2Fteam-a`).
 
 use super::auth::{Caller, Read, Restore, Revoke};
-use super::problem::{Json, Path, Problem, ProblemBody, reply};
+use super::problem::{Json, Path, Problem, ProblemBody, Refused, reply};
 use super::revocations::{MAX_REASON_BYTES, Revocation, created, key_known, record, text};
 use crate::app::AppState;
 use crate::clock::{now_ms, to_rfc3339};
@@ -117,8 +117,7 @@ fn key(state: &AppState, k: ProviderKeyInventory) -> Key {
     tag = "keys",
     responses(
         (status = 200, description = "The inventory", body = KeyList),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]
@@ -142,8 +141,7 @@ pub async fn list(
         (status = 201, description = "Disabled (a provider_key revocation)", body = Revocation),
         (status = 200, description = "It already was: the revocation in force", body = Revocation),
         (status = 400, description = "Bad request", body = ProblemBody),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No role that may disable", body = ProblemBody),
+        Refused,
         (status = 404, description = "No such key", body = ProblemBody),
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder"]))),
@@ -197,8 +195,7 @@ pub async fn disable(
     params(("id" = String, Path, description = "The key id, percent-encoded")),
     responses(
         (status = 200, description = "Enabled", body = Enabled),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No role that may enable", body = ProblemBody),
+        Refused,
         (status = 404, description = "No such key", body = ProblemBody),
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security"]))),

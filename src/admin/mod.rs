@@ -7,6 +7,7 @@
 mod audit;
 pub mod auth;
 pub mod config;
+mod increases;
 mod keys;
 mod pauses;
 pub mod problem;
@@ -23,7 +24,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
-use problem::{ProblemBody, reply};
+use problem::{Refused, reply};
 use serde::Serialize;
 use std::sync::OnceLock;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -92,6 +93,10 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(audit::verify))
         .routes(routes!(spend::spend))
         .routes(routes!(spend::budgets))
+        .routes(routes!(increases::request))
+        .routes(routes!(increases::list))
+        .routes(routes!(increases::approve))
+        .routes(routes!(increases::deny))
         .split_for_parts()
 }
 
@@ -138,8 +143,7 @@ struct WhoAmI {
     tag = "meta",
     responses(
         (status = 200, description = "The caller", body = WhoAmI),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "Authenticated, but policy grants no role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]
@@ -168,8 +172,7 @@ async fn whoami(caller: Caller<Read>) -> Response {
     tag = "meta",
     responses(
         (status = 200, description = "The OpenAPI document", content_type = "application/json"),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]
@@ -204,6 +207,6 @@ mod tests {
                 assert!(op["summary"].is_string(), "{method} {path}");
             }
         }
-        assert_eq!(n, 16);
+        assert_eq!(n, 20);
     }
 }

@@ -1,7 +1,7 @@
 //! `/admin/v1/pauses`: what the anomaly guard paused, and lifting a pause.
 
 use super::auth::{Caller, LiftPause, Read};
-use super::problem::{Path, Problem, ProblemBody, Query, reply};
+use super::problem::{Path, Problem, ProblemBody, Query, Refused, reply};
 use crate::app::AppState;
 use crate::clock::{now_ms, to_rfc3339};
 use crate::store::{DAY_MS, PauseRecord};
@@ -73,8 +73,7 @@ pub struct PauseList {
     responses(
         (status = 200, description = "Pauses", body = PauseList),
         (status = 400, description = "Bad query", body = ProblemBody),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]
@@ -97,8 +96,7 @@ pub async fn list(
     params(("pause_id" = i64, Path, description = "The pause's id")),
     responses(
         (status = 200, description = "Lifted", body = Pause),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No role that may lift a pause", body = ProblemBody),
+        Refused,
         (status = 404, description = "No such pause", body = ProblemBody),
         (status = 409, description = "Already lifted", body = ProblemBody),
     ),

@@ -24,6 +24,27 @@ pub struct Problem {
     retry_after: Option<u64>,
 }
 
+/// The answers of every operation to a caller it refuses before looking at the request: no
+/// or a bad credential (401), or no role the operation names in `x-tollgate-roles` (403).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a documentation type: its variants describe responses, none is built
+pub enum Refused {
+    /// No or bad credential.
+    #[response(
+        status = 401,
+        description = "No or bad credential",
+        content_type = "application/problem+json"
+    )]
+    Unauthenticated(ProblemBody),
+    /// No role that may call it.
+    #[response(
+        status = 403,
+        description = "No role that may call it (see x-tollgate-roles)",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(ProblemBody),
+}
+
 /// The documented shape of a problem (OpenAPI).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProblemBody {

@@ -2,7 +2,7 @@
 //! on every replica, list what is cut off, and lift a cut.
 
 use super::auth::{Caller, Identity, Read, Restore, Revoke};
-use super::problem::{Json, Path, Problem, ProblemBody, Query, reply};
+use super::problem::{Json, Path, Problem, ProblemBody, Query, Refused, reply};
 use crate::app::AppState;
 use crate::clock::{now_ms, parse_rfc3339, to_rfc3339};
 use crate::store::{NewRevocation, RevocationKind, RevocationRecord};
@@ -173,8 +173,7 @@ pub(super) fn created(rec: RevocationRecord) -> Response {
     responses(
         (status = 201, description = "Recorded and in force on this replica; the others follow within a second", body = Revocation),
         (status = 400, description = "Bad request", body = ProblemBody),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No role that may revoke", body = ProblemBody),
+        Refused,
         (status = 404, description = "No such team, pool, issuer or provider key", body = ProblemBody),
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder"]))),
@@ -227,8 +226,7 @@ pub async fn create(
     responses(
         (status = 200, description = "Revocations in force", body = RevocationList),
         (status = 400, description = "Bad query", body = ProblemBody),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]
@@ -258,8 +256,7 @@ pub async fn list(
     params(("revocation_id" = i64, Path, description = "The revocation's id")),
     responses(
         (status = 200, description = "The revocation", body = Revocation),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
         (status = 404, description = "No such revocation (or lifted, or purged)", body = ProblemBody),
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
@@ -293,8 +290,7 @@ fn no_such(id: i64) -> Problem {
     params(("revocation_id" = i64, Path, description = "The revocation's id")),
     responses(
         (status = 204, description = "Lifted on this replica; the others follow within a second"),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No role that may lift", body = ProblemBody),
+        Refused,
         (status = 404, description = "No such revocation", body = ProblemBody),
         (status = 409, description = "A token revocation cannot be lifted", body = ProblemBody),
     ),

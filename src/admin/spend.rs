@@ -2,7 +2,7 @@
 //! and where each pool stands in its budget window.
 
 use super::auth::{Caller, Read};
-use super::problem::{Problem, ProblemBody, Query, reply};
+use super::problem::{Problem, ProblemBody, Query, Refused, reply};
 use crate::app::AppState;
 use crate::clock::{now_ms, parse_rfc3339, to_rfc3339};
 use crate::policy::{AtCap, BudgetWindow};
@@ -132,8 +132,7 @@ fn csv(report: &SpendReport) -> String {
             (String = "text/csv"),
         )),
         (status = 400, description = "Bad query", body = ProblemBody),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]
@@ -226,8 +225,10 @@ pub struct BudgetState {
     pub window: Option<String>,
     /// The current window's start (RFC 3339).
     pub window_start: Option<String>,
-    /// The cap per window, USD.
+    /// The cap of the current window, USD: the policy's plus approved increases.
     pub cap_usd: Option<f64>,
+    /// What approved increases add to this window's cap, USD.
+    pub increase_usd: Option<f64>,
     /// Settled spend in the window (for a pool without a budget: this UTC month), USD.
     pub spent_usd: f64,
     /// Leased to replicas in the window (spent + reserved + held for requests to come): what
@@ -259,8 +260,7 @@ pub struct BudgetList {
     tag = "spend",
     responses(
         (status = 200, description = "Budgets", body = BudgetList),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]
@@ -294,6 +294,7 @@ pub async fn budgets(
             window: None,
             window_start: Some(to_rfc3339(start)),
             cap_usd: None,
+            increase_usd: None,
             spent_usd: usd(spent),
             committed_usd: None,
             remaining_usd: None,
@@ -303,7 +304,9 @@ pub async fn budgets(
             at_cap: at_cap.to_owned(),
         };
         if let Some(b) = budget {
-            let cap = i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX);
+            let extra = state.increases.extra(&pool.name, &b.window, now);
+            let cap = state.increases.cap(pool, now).unwrap_or(0);
+            s.increase_usd = Some(usd(extra));
             let committed = state
                 .store
                 .budget_granted(&pool.name, first_day(&b.window, now), today)

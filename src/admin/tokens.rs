@@ -2,7 +2,7 @@
 //! they are refused now (an incident's first question: what does this workload hold?).
 
 use super::auth::{Caller, Read};
-use super::problem::{Problem, ProblemBody, Query, reply};
+use super::problem::{Problem, ProblemBody, Query, Refused, reply};
 use crate::app::AppState;
 use crate::clock::{now_ms, to_rfc3339};
 use crate::revocation::Principal;
@@ -108,8 +108,7 @@ fn token(state: &AppState, t: IssuedTokenRecord, now: i64) -> Token {
     responses(
         (status = 200, description = "Issued tokens", body = TokenList),
         (status = 400, description = "Bad query", body = ProblemBody),
-        (status = 401, description = "No or bad credential", body = ProblemBody),
-        (status = 403, description = "No admin role", body = ProblemBody),
+        Refused,
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder", "finops", "viewer"]))),
 )]

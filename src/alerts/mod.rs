@@ -74,6 +74,7 @@ pub struct Alerts {
     levels: parking_lot::RwLock<std::collections::HashMap<String, i64>>,
     /// Budget alerts sent by this replica.
     sent: AtomicU64,
+    increases: Arc<crate::quota::Increases>,
 }
 
 impl Alerts {
@@ -83,6 +84,7 @@ impl Alerts {
         store: Store,
         policy: Arc<PolicyStore>,
         http: reqwest::Client,
+        increases: Arc<crate::quota::Increases>,
     ) -> Arc<Alerts> {
         Arc::new(Alerts {
             store,
@@ -92,6 +94,7 @@ impl Alerts {
             at_cap: Mutex::new(HashSet::new()),
             levels: parking_lot::RwLock::new(std::collections::HashMap::new()),
             sent: AtomicU64::new(0),
+            increases,
         })
     }
 
@@ -119,7 +122,10 @@ impl Alerts {
             let Some(budget) = &pool.budget else {
                 continue;
             };
-            let cap = i64::try_from(budget.limit_micro_usd).unwrap_or(i64::MAX);
+            let cap = self
+                .increases
+                .cap(&pool, now)
+                .unwrap_or(i64::try_from(budget.limit_micro_usd).unwrap_or(i64::MAX));
             let start = first_day(&budget.window, now);
             let spent = match self.store.spend_since(&pool.name, start * DAY_MS).await {
                 Ok(s) => s,

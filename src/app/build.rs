@@ -208,11 +208,20 @@ impl Application {
         tasks.push(spawn_token_gc(Arc::clone(&quota), cancel.child_token()));
         tasks.push(Arc::clone(&leases).spawn(cancel.child_token()));
         tasks.push(Arc::clone(&rates).spawn(cancel.child_token()));
+        let increases = Arc::new(crate::quota::Increases::default());
+        sync_increases(&store, &increases).await;
+        tasks.push(spawn_increase_sync(
+            store.clone(),
+            Arc::clone(&increases),
+            config.revocation_sync_interval,
+            cancel.child_token(),
+        ));
         let alerts = crate::alerts::Alerts::new(
             &config.alerts,
             store.clone(),
             Arc::clone(&policy),
             http.clone(),
+            Arc::clone(&increases),
         );
         tasks.push(Arc::clone(&alerts).spawn(config.alerts.check_interval, cancel.child_token()));
         let guard = crate::anomaly::Guard::new(
@@ -247,6 +256,7 @@ impl Application {
             revocations,
             keys,
             quota,
+            increases,
             alerts,
             guard,
             leases,
@@ -401,6 +411,29 @@ fn issued_sink(store: Store) -> Sink<IssuedTokenRecord> {
                 Err(e) => Err((rows, e.to_string())),
             }
         })
+    })
+}
+
+/// How far back approved increases are read: past the longest calendar window (a month).
+const INCREASE_LOOKBACK_MS: i64 = 32 * 24 * 3600 * 1000;
+
+async fn sync_increases(store: &Store, increases: &crate::quota::Increases) {
+    let since = crate::clock::ledger_ms() - INCREASE_LOOKBACK_MS;
+    match store.approved_increases(since).await {
+        Ok(rows) => increases.replace(rows),
+        Err(e) => tracing::warn!(error = %e, "budget increases not readable; retried"),
+    }
+}
+
+fn spawn_increase_sync(
+    store: Store,
+    increases: Arc<crate::quota::Increases>,
+    every: Duration,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    crate::tasks::every(every, cancel, move || {
+        let (store, increases) = (store.clone(), Arc::clone(&increases));
+        async move { sync_increases(&store, &increases).await }
     })
 }
 

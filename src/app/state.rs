@@ -92,6 +92,8 @@ pub struct Inner {
     pub keys: Arc<KeyCache>,
     /// Limits and budgets.
     pub quota: Arc<Quota>,
+    /// Approved budget increases (added to pools' caps).
+    pub increases: Arc<crate::quota::Increases>,
     /// Budget threshold alerts.
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The anomaly guard (pauses runaway subjects and keys).

@@ -1,4 +1,4 @@
-//! `tollgate admin whoami|revoke|revocations|lift|tokens|spend|budgets`: the admin API from a terminal, with
+//! `tollgate admin whoami|revoke|revocations|lift|tokens|spend|budgets|increase|increases|approve|deny`: the admin API from a terminal, with
 //! the caller's own credential (so roles apply and the record names the person). Tables by
 //! default, `--json` prints the API's JSON for scripts; a problem is printed as its detail and
 //! exits 1 (2 when the credential is missing or refused).
@@ -105,6 +105,48 @@ pub enum ApiCommand {
     Budgets {
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Ask for more budget for a pool's current window (someone else approves it).
+    Increase {
+        #[command(flatten)]
+        remote: Remote,
+        /// The pool.
+        #[arg(long)]
+        pool: String,
+        /// How much to add, USD.
+        #[arg(long)]
+        amount_usd: f64,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Budget increase requests waiting for approval (with --all: the last 31 days').
+    Increases {
+        #[command(flatten)]
+        remote: Remote,
+        /// Also decided and expired requests.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a budget increase request (not your own).
+    Approve {
+        #[command(flatten)]
+        remote: Remote,
+        /// The request id (`tollgate admin increases` lists them).
+        increase_id: i64,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deny a budget increase request.
+    Deny {
+        #[command(flatten)]
+        remote: Remote,
+        /// The request id.
+        increase_id: i64,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -323,6 +365,65 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                 .call(Method::GET, "/admin/v1/budgets", &[], None)
                 .await?,
         ),
+        ApiCommand::Increase {
+            remote,
+            pool,
+            amount_usd,
+            reason,
+        } => (
+            remote,
+            Client::new(remote)?
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/budgets/{}/increases", segment(pool)),
+                    &[],
+                    Some(json!({"amount_usd": amount_usd, "reason": reason})),
+                )
+                .await?,
+        ),
+        ApiCommand::Increases { remote, all } => {
+            let query: Vec<(&str, String)> = if *all {
+                vec![("all", "true".to_owned())]
+            } else {
+                Vec::new()
+            };
+            (
+                remote,
+                Client::new(remote)?
+                    .call(Method::GET, "/admin/v1/budgets/increases", &query, None)
+                    .await?,
+            )
+        }
+        ApiCommand::Approve {
+            remote,
+            increase_id,
+            reason,
+        } => (
+            remote,
+            Client::new(remote)?
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/budgets/increases/{increase_id}/approve"),
+                    &[],
+                    Some(json!({"reason": reason})),
+                )
+                .await?,
+        ),
+        ApiCommand::Deny {
+            remote,
+            increase_id,
+            reason,
+        } => (
+            remote,
+            Client::new(remote)?
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/budgets/increases/{increase_id}/deny"),
+                    &[],
+                    Some(json!({"reason": reason})),
+                )
+                .await?,
+        ),
     };
     let v = match outcome {
         Ok(v) => v,
@@ -402,6 +503,17 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
             let by = s(&v["group_by"]).to_uppercase();
             print_rows(&[&by, "REQUESTS", "INPUT", "OUTPUT", "COST"], rows);
         }
+        ApiCommand::Increase { .. } | ApiCommand::Approve { .. } | ApiCommand::Deny { .. } => {
+            increase_rows(std::slice::from_ref(&v))
+        }
+        ApiCommand::Increases { .. } => {
+            let list = v["increases"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no budget increase requests");
+            } else {
+                increase_rows(&list);
+            }
+        }
         ApiCommand::Budgets { .. } => {
             let rows = v["budgets"]
                 .as_array()
@@ -430,6 +542,44 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn increase_rows(list: &[Value]) {
+    let rows = list
+        .iter()
+        .map(|i| {
+            vec![
+                s(&i["increase_id"]),
+                s(&i["pool"]),
+                dollars(&i["amount_usd"]),
+                s(&i["state"]),
+                s(&i["requested_by"]),
+                s(&i["expires_at"]),
+                s(&json!(i["approvable_by"])),
+                s(&i["reason"]),
+            ]
+        })
+        .collect();
+    print_rows(
+        &[
+            "ID",
+            "POOL",
+            "AMOUNT",
+            "STATE",
+            "BY",
+            "EXPIRES",
+            "APPROVERS",
+            "REASON",
+        ],
+        rows,
+    );
+}
+
+/// A path segment, percent-encoded.
+fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 fn dollars(v: &Value) -> String {

@@ -200,6 +200,12 @@ audiences = ["{DEV_ADMIN_AUDIENCE}"]
         }
     }
     let config = Config::from_toml_str(&toml)?;
+    // The same configuration on disk, so that the offline commands (`tollgate audit verify
+    // --config .tollgate-dev/tollgate.toml`, `tollgate admin pauses …`) reach this broker's
+    // store. It holds the key-encryption key, like `kek` beside it: owner-only.
+    let config_path = args.data_dir.join("tollgate.toml");
+    let _ = std::fs::remove_file(&config_path);
+    write_private(&config_path, &toml)?;
     let app = Application::build_with(
         config,
         DevOptions {

@@ -134,6 +134,20 @@ impl Config {
             ));
         }
         self.anomaly.validate()?;
+        if !(self.admin.increase_finops_above_usd.is_finite()
+            && self.admin.increase_finops_above_usd >= 0.0)
+        {
+            return Err(ConfigError::invalid(
+                "admin.increase_finops_above_usd",
+                "must be a number of USD, 0 or more",
+            ));
+        }
+        if self.admin.increase_request_ttl < std::time::Duration::from_secs(60) {
+            return Err(ConfigError::invalid(
+                "admin.increase_request_ttl",
+                "must be at least 1m",
+            ));
+        }
         if self.audit.anchor_interval < std::time::Duration::from_secs(1) {
             return Err(ConfigError::invalid(
                 "audit.anchor_interval",

@@ -174,10 +174,11 @@ async fn pipeline(
         }
         _ => model,
     };
-    let cap = pool
-        .budget
-        .as_ref()
-        .map(|b| Usd(i64::try_from(b.limit_micro_usd).unwrap_or(i64::MAX)));
+    // The policy's cap plus approved increases of this window.
+    let cap = state
+        .increases
+        .cap(pool, crate::clock::ledger_ms())
+        .map(Usd);
     // `at_cap: degrade`: once the fleet refused this replica money at the cap, the window is
     // served by the cheapest model the token allows, from the overdraft.
     let degrade = match (&pool.at_cap, &pool.budget, cap) {

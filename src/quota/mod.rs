@@ -19,10 +19,12 @@
 //! past the cap, so the fleet's `spent + reserved` stays within the cap under any concurrency
 //! as long as actual cost ≤ reserved worst case.
 
+pub mod increases;
 pub mod lease;
 pub mod rate;
 mod window;
 
+pub use increases::Increases;
 pub use window::{first_day, window_start};
 
 use crate::policy::BudgetWindow;

@@ -6,6 +6,7 @@
 
 mod audit;
 mod budget;
+mod increases;
 mod keys;
 mod notify;
 mod pauses;
@@ -16,6 +17,7 @@ mod workers;
 
 pub use audit::{AuditHead, AuditRecord};
 pub use budget::{DAY_MS, LeaseRecord, LeaseReport};
+pub use increases::{IncreaseRecord, IncreaseState, NewIncrease};
 pub use keys::{ProviderKeyInventory, ProviderKeyRecord};
 pub use notify::{Change, ChangeFeed};
 pub use pauses::{PauseKind, PauseRecord, Velocity};

@@ -60,9 +60,9 @@ def start_dev(binary, data_dir, policies):
     raise RuntimeError("tollgate dev did not start within 60 s")
 
 
-def exchange(binary, base, data_dir, namespace="demo"):
+def exchange(binary, base, data_dir, namespace="demo", service_account="sdk"):
     wl = subprocess.check_output(
-        [binary, "dev", "workload-token", "--namespace", namespace, "--service-account", "sdk", "--data-dir", data_dir],
+        [binary, "dev", "workload-token", "--namespace", namespace, "--service-account", service_account, "--data-dir", data_dir],
         text=True,
     ).strip()
     body = urllib.parse.urlencode({
@@ -185,6 +185,31 @@ def main():
                 raise AssertionError("expected 401")
             except anthropic.AuthenticationError as e:
                 assert e.body["type"] == "error" and e.body["error"]["code"] == "invalid_token", e.body
+        _()
+        @check("README incident runbook runs verbatim: the workload is cut off and the audit log verifies")
+        def _():
+            app = openai.OpenAI(base_url=base + "/v1", api_key=exchange(args.binary, base, data_dir, service_account="app"), max_retries=0)
+            app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "before"}])
+            time.sleep(1)  # the spend row is written in the background
+            readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+            block = readme.split("<!-- runbook:start -->", 1)[1].split("<!-- runbook:end -->", 1)[0]
+            script = block.split("```sh", 1)[1].rsplit("```", 1)[0]
+            work = tempfile.mkdtemp(prefix="tollgate-runbook-")
+            os.symlink(data_dir, os.path.join(work, ".tollgate-dev"))
+            env = dict(os.environ)
+            env["PATH"] = os.path.dirname(os.path.abspath(args.binary)) + os.pathsep + env["PATH"]
+            env["TOLLGATE_URL"] = base
+            env.pop("TOLLGATE_ADMIN_TOKEN", None)
+            r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, env=env, cwd=work, timeout=120)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert "system:serviceaccount:demo:app" in r.stdout and "revoked (subject)" in r.stdout, r.stdout
+            assert "ok: the audit log is intact" in r.stdout, r.stdout
+            oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "others still served"}])
+            try:
+                app.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "still there?"}])
+                raise AssertionError("the revoked workload was served")
+            except openai.AuthenticationError as e:
+                assert e.status_code == 401, e
         _()
     finally:
         proc.send_signal(signal.SIGTERM)
