@@ -296,10 +296,10 @@ curl -s {base}/v1/messages -H "x-api-key: $TOKEN" -H 'anthropic-version: 2023-06
 # 4. Or with the official OpenAI Python SDK (pip install openai):
 python3 -c 'import os; from openai import OpenAI; c = OpenAI(base_url="{base}/v1", api_key=os.environ["TOKEN"]); print(c.chat.completions.create(model="gpt-4o-mini", messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)'
 
-# 5. Incident response through the admin API (admin@example.com is an admin in policies/roles.yaml):
+# 5. Who spent what, through the admin API (admin@example.com is an admin in policies/roles.yaml;
+#    the README's incident runbook revokes this workload with `tollgate admin revoke`):
 export ADMIN=$("{exe}" dev admin-token --data-dir {dd})
-curl -s {base}/admin/v1/revocations -H "Authorization: Bearer $ADMIN" -H 'content-type: application/json' \
-  -d '{{"kind": "subject", "id": "system:serviceaccount:demo:app", "reason": "drill"}}'; echo
+curl -s "{base}/admin/v1/spend?group_by=subject" -H "Authorization: Bearer $ADMIN"; echo
 "#
     );
     let mut out = std::io::stdout().lock();

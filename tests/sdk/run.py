@@ -70,8 +70,11 @@ def exchange(binary, base, data_dir, namespace="demo", service_account="sdk"):
         "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
         "subject_token": wl,
     }).encode()
-    with urllib.request.urlopen(urllib.request.Request(base + "/v1/token", data=body)) as r:
-        return json.load(r)["access_token"]
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + "/v1/token", data=body)) as r:
+            return json.load(r)["access_token"]
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"token exchange for {namespace}:{service_account} refused: {e.code} {e.read().decode(errors='replace')}") from None
 
 
 def main():
@@ -96,6 +99,7 @@ def main():
             assert "Mock reply" in r.stdout or "mock" in r.stdout.lower(), r.stdout
             # two curl answers and one SDK answer
             assert r.stdout.count('"usage"') >= 2, r.stdout
+            assert '"group_by":"subject"' in r.stdout, r.stdout  # the admin API answered the spend report
         _()
 
         token = exchange(args.binary, base, data_dir)
