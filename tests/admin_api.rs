@@ -970,6 +970,102 @@ async fn the_cli_revokes_lists_and_lifts_through_the_api() {
     assert!(!err.contains("not-a-token"), "{err}");
 }
 
+#[tokio::test]
+async fn the_cli_lists_disables_and_enables_keys_and_lifts_pauses_through_the_api() {
+    let app = app(TestDbKind::Sqlite).await;
+    let responder = token(&app, "responder");
+    let admin = token(&app, "admin");
+    let workload = app.token_for("team-a").await;
+    assert_eq!(chat_status(&app, &workload).await.0, 200);
+
+    let (code, out, err) = cli(&app, Some(&responder), &["keys"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ID "), "{out}");
+    for id in ["anthropic-team-a", "openai-shared", "openai-team-a"] {
+        assert!(out.contains(id), "{out}");
+    }
+    assert!(!out.contains(OPENAI_KEY), "{out}");
+
+    for id in ["openai-team-a", "openai-shared"] {
+        let (code, out, err) = cli(
+            &app,
+            Some(&responder),
+            &["disable-key", id, "--reason", "pasted in a ticket"],
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("disabled {id}")), "{out}");
+    }
+    let (status, body) = chat_status(&app, &workload).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("no_provider_key"))
+    );
+    let (code, out, _) = cli(&app, Some(&responder), &["keys", "--json"]).await;
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["keys"][2]["disabled"], true, "{out}");
+    let (code, out, _) = cli(&app, Some(&responder), &["keys"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("active, disabled"), "{out}");
+
+    // Restoring needs security or admin; an unknown key is the API's 404.
+    let (code, _, err) = cli(&app, Some(&responder), &["enable-key", "openai-team-a"]).await;
+    assert_eq!(code, 2, "{err}");
+    for id in ["openai-team-a", "openai-shared"] {
+        let (code, out, err) = cli(&app, Some(&admin), &["enable-key", id]).await;
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("enabled {id}")), "{out}");
+    }
+    let (code, out, _) = cli(&app, Some(&admin), &["enable-key", "openai-shared"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("was not disabled"), "{out}");
+    let (code, _, err) = cli(
+        &app,
+        Some(&responder),
+        &["disable-key", "no-such-key", "--reason", "r"],
+    )
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert_eq!(chat_status(&app, &workload).await.0, 200);
+
+    // The anomaly guard's pause, listed and lifted by the command its alert prints.
+    let subject = "system:serviceaccount:team-a:app";
+    app.store()
+        .pause(
+            PauseKind::Subject,
+            subject,
+            "spend ran away",
+            tollgate::clock::now_ms(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    app.state.revocations.sync().await.unwrap();
+    assert_eq!(chat_status(&app, &workload).await.0, 403);
+    let (code, out, err) = cli(&app, Some(&responder), &["pauses"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(subject) && out.contains("spend ran away"),
+        "{out}"
+    );
+    let (code, out, err) = cli(&app, Some(&responder), &["unpause", "--subject", subject]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("lifted the pause"), "{out}");
+    assert_eq!(chat_status(&app, &workload).await.0, 200);
+    let (code, _, err) = cli(&app, Some(&responder), &["unpause", "--subject", subject]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not paused"), "{err}");
+    let (code, out, _) = cli(&app, Some(&responder), &["pauses", "--lifted", "--json"]).await;
+    assert_eq!(code, 0);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed["pauses"][0]["lifted_by"], "resp@example.com",
+        "{out}"
+    );
+}
+
 fn spent(
     id: &str,
     subject: &str,

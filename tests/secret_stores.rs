@@ -1039,3 +1039,227 @@ async fn a_cache_over_a_real_store_refreshes_changes_without_a_restart() {
         .unwrap();
     assert_eq!(k.secret.expose_secret(), "sk-new");
 }
+
+// ---- the break-glass hash from the secret store -----------------------------------------
+
+const BREAK_GLASS_1: &str = "tgbg_first-break-glass-token-for-the-secret-store-test";
+const BREAK_GLASS_2: &str = "tgbg_second-break-glass-token-after-it-was-replaced";
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+async fn whoami(app: &TestApp, token: &str) -> u16 {
+    app.admin(reqwest::Method::GET, "/admin/v1/whoami", Some(token), None)
+        .await
+        .status()
+        .as_u16()
+}
+
+/// Wait until `token` gets `status` from whoami (the refresher runs every second).
+async fn until_whoami(app: &TestApp, token: &str, status: u16) {
+    for _ in 0..100 {
+        if whoami(app, token).await == status {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("whoami never answered {status}");
+}
+
+async fn app_with_break_glass_secret(secrets: String, name: &str) -> TestApp {
+    spawn_app_with(
+        TestDbKind::Sqlite,
+        Options {
+            secrets: Some(
+                secrets.replace("refresh_interval = \"1h\"", "refresh_interval = \"1s\""),
+            ),
+            admin: Some(format!("break_glass_sha256_secret = \"{name}\"")),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_vault_break_glass_hash_is_replaced_without_a_restart_and_outlives_an_outage() {
+    let mut bao = Bao::spawn().await;
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/team-a"),
+        OPENAI_KEY,
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    // Outside the key prefix: it is no provider key.
+    let name = format!("{p}-admin/break-glass");
+    let write = |hash: String| {
+        let bao = &bao;
+        let name = name.clone();
+        async move {
+            bao.api(
+                reqwest::Method::POST,
+                &format!("secret/data/{name}"),
+                Some(json!({"data": {"sha256": hash}})),
+            )
+            .await;
+        }
+    };
+    write(sha256_hex(BREAK_GLASS_1)).await;
+    let app = app_with_break_glass_secret(bao.secrets_toml(&p), &name).await;
+    assert_eq!(whoami(&app, BREAK_GLASS_1).await, 200);
+    assert_eq!(whoami(&app, BREAK_GLASS_2).await, 401);
+    let (keys, invalid) = app.state.keys.snapshot();
+    assert_eq!(
+        (keys.len(), invalid.len()),
+        (1, 0),
+        "the hash is not listed as a key"
+    );
+
+    // Security replaces it after a use: the old token stops working on its own.
+    write(sha256_hex(BREAK_GLASS_2)).await;
+    until_whoami(&app, BREAK_GLASS_2, 200).await;
+    assert_eq!(whoami(&app, BREAK_GLASS_1).await, 401);
+    // The audit writer batches: wait for the entry to land.
+    let mut replaced = Vec::new();
+    for _ in 0..50 {
+        let page: serde_json::Value = app
+            .admin(
+                reqwest::Method::GET,
+                "/admin/v1/audit?limit=1000",
+                Some(BREAK_GLASS_2),
+                None,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        replaced = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "admin.break_glass.replaced")
+            .cloned()
+            .collect();
+        if !replaced.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert_eq!(replaced[0]["target"], name.as_str());
+
+    // The credential of outages keeps working while Vault is down.
+    bao.kill();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(whoami(&app, BREAK_GLASS_2).await, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_aws_break_glass_hash_is_read_bare_or_as_json_and_replaced() {
+    let moto = Moto::shared();
+    let p = format!("{}/", unique_prefix());
+    moto.create(
+        &format!("{p}openai/team-a"),
+        &json!({"api_key": OPENAI_KEY}).to_string(),
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let name = format!("{}-admin/break-glass", p.trim_end_matches('/'));
+    moto.create(&name, &sha256_hex(BREAK_GLASS_1), &[]).await;
+    let app = app_with_break_glass_secret(moto.secrets_toml(&p), &name).await;
+    assert_eq!(whoami(&app, BREAK_GLASS_1).await, 200);
+    let (keys, invalid) = app.state.keys.snapshot();
+    assert_eq!(
+        (keys.len(), invalid.len()),
+        (1, 0),
+        "the hash is not listed as a key"
+    );
+    moto.client()
+        .put_secret_value()
+        .secret_id(&name)
+        .secret_string(json!({"sha256": sha256_hex(BREAK_GLASS_2)}).to_string())
+        .send()
+        .await
+        .unwrap();
+    until_whoami(&app, BREAK_GLASS_2, 200).await;
+    assert_eq!(whoami(&app, BREAK_GLASS_1).await, 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unusable_break_glass_secret_is_a_clear_error() {
+    use tollgate::admin::{AdminAuth, AdminConfig, break_glass};
+    let auth = AdminAuth::new(
+        &AdminConfig::default(),
+        &[],
+        Vec::new(),
+        reqwest::Client::new(),
+    )
+    .unwrap();
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let vault = VaultStore::connect(vault_config(&bao, &p, token_auth(&bao)))
+        .await
+        .unwrap();
+    let err = break_glass::load(&auth, &vault, &format!("{p}-admin/missing"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("break_glass_sha256_secret") && err.contains("no such secret"),
+        "{err}"
+    );
+    bao.api(
+        reqwest::Method::POST,
+        &format!("secret/data/{p}-admin/wrong-field"),
+        Some(json!({"data": {"hash": "abc"}})),
+    )
+    .await;
+    let err = break_glass::load(&auth, &vault, &format!("{p}-admin/wrong-field"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("\"sha256\""), "{err}");
+    bao.api(
+        reqwest::Method::POST,
+        &format!("secret/data/{p}-admin/not-hex"),
+        Some(json!({"data": {"sha256": "tgbg_the-token-itself-by-mistake"}})),
+    )
+    .await;
+    let err = break_glass::load(&auth, &vault, &format!("{p}-admin/not-hex"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("64 hex digits"), "{err}");
+    assert!(
+        !err.contains("tgbg_the-token"),
+        "the value is never echoed: {err}"
+    );
+
+    let moto = Moto::shared();
+    let aws = AwsStore::connect(aws_config(&moto, &format!("{p}/")))
+        .await
+        .unwrap();
+    let err = break_glass::load(&auth, &aws, &format!("{p}-admin/missing"))
+        .await
+        .unwrap_err();
+    assert!(err.contains("no such secret"), "{err}");
+
+    let file = tollgate::secrets::FileStore::new(None, false);
+    let err = break_glass::load(&auth, &file, "anything")
+        .await
+        .unwrap_err();
+    assert!(err.contains("provider keys only"), "{err}");
+
+    // One source at a time.
+    let both = AdminConfig {
+        break_glass_sha256: Some(sha256_hex(BREAK_GLASS_1)),
+        break_glass_sha256_secret: Some("x".into()),
+        ..AdminConfig::default()
+    };
+    let err = AdminAuth::new(&both, &[], Vec::new(), reqwest::Client::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("use one of"), "{err}");
+}

@@ -34,7 +34,8 @@ pub struct AdminConfigError(String);
 /// Verifies admin callers.
 pub struct AdminAuth {
     verifier: Option<Arc<IdentityVerifier>>,
-    break_glass: Option<[u8; 32]>,
+    /// Behind a lock: the secret-store source replaces it without a restart.
+    break_glass: parking_lot::RwLock<Option<[u8; 32]>>,
     break_glass_uses: AtomicU64,
     finops_above_micro_usd: i64,
     increase_ttl: std::time::Duration,
@@ -124,14 +125,29 @@ impl AdminAuth {
                     .map_err(|e| AdminConfigError(e.to_string()))?,
             ))
         };
+        let sources = [
+            cfg.break_glass_sha256.is_some(),
+            cfg.break_glass_sha256_file.is_some(),
+            cfg.break_glass_sha256_secret.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return Err(AdminConfigError(
+                "break_glass_sha256: use one of break_glass_sha256, break_glass_sha256_file and \
+                 break_glass_sha256_secret"
+                    .into(),
+            ));
+        }
+        if cfg
+            .break_glass_sha256_secret
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(AdminConfigError(
+                "break_glass_sha256_secret: must name a secret of the secret store".into(),
+            ));
+        }
         let hex_hash = match (&cfg.break_glass_sha256, &cfg.break_glass_sha256_file) {
-            (Some(_), Some(_)) => {
-                return Err(AdminConfigError(
-                    "break_glass_sha256: use either break_glass_sha256 or break_glass_sha256_file"
-                        .into(),
-                ));
-            }
-            (Some(h), None) => Some(h.trim().to_owned()),
+            (Some(h), _) => Some(h.trim().to_owned()),
             (None, Some(path)) => Some(
                 std::fs::read_to_string(path)
                     .map_err(|e| {
@@ -147,21 +163,20 @@ impl AdminAuth {
         };
         let break_glass = match hex_hash {
             None => None,
-            Some(h) => {
-                let mut out = [0u8; 32];
-                hex::decode_to_slice(&h, &mut out).map_err(|_| {
-                    AdminConfigError(
-                        "break_glass_sha256: must be 64 hex digits, the SHA-256 of the token \
-                         (tollgate admin break-glass-token prints both)"
-                            .into(),
-                    )
-                })?;
-                Some(out)
-            }
+            Some(h) => Some(parse_hash(&h).map_err(|e| {
+                AdminConfigError(format!(
+                    "{}: {e}",
+                    if cfg.break_glass_sha256.is_some() {
+                        "break_glass_sha256"
+                    } else {
+                        "break_glass_sha256_file"
+                    }
+                ))
+            })?),
         };
         Ok(AdminAuth {
             verifier,
-            break_glass,
+            break_glass: parking_lot::RwLock::new(break_glass),
             break_glass_uses: AtomicU64::new(0),
             finops_above_micro_usd: (cfg.increase_finops_above_usd * 1e6).round() as i64,
             increase_ttl: cfg.increase_request_ttl,
@@ -181,6 +196,15 @@ impl AdminAuth {
     /// The admin issuers' verifier (refreshed in the background like the workload one).
     pub fn verifier(&self) -> Option<&Arc<IdentityVerifier>> {
         self.verifier.as_ref()
+    }
+
+    /// Install the break-glass hash read from the secret store (`[admin]
+    /// break_glass_sha256_secret`); `true` when it differs from the one in force.
+    pub fn set_break_glass_hash(&self, hash: [u8; 32]) -> bool {
+        let mut cur = self.break_glass.write();
+        let changed = cur.as_ref() != Some(&hash);
+        *cur = Some(hash);
+        changed
     }
 
     /// Break-glass token uses since start (metrics).
@@ -239,12 +263,12 @@ impl AdminAuth {
     }
 
     fn break_glass(&self, token: &str) -> Result<Identity, Problem> {
-        let Some(expected) = &self.break_glass else {
+        let Some(expected) = *self.break_glass.read() else {
             tracing::warn!("a break-glass token was presented but none is configured");
             return Err(Problem::invalid_token("no break-glass token is configured"));
         };
         let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if aws_lc_rs::constant_time::verify_slices_are_equal(&got, expected).is_err() {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(&got, &expected).is_err() {
             tracing::warn!("a wrong break-glass token was presented");
             return Err(Problem::invalid_token(
                 "the break-glass token does not match",
@@ -258,6 +282,17 @@ impl AdminAuth {
             via: Via::BreakGlass,
         })
     }
+}
+
+/// The configured form of a break-glass hash: 64 hex digits.
+pub fn parse_hash(hex_text: &str) -> Result<[u8; 32], String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_text.trim(), &mut out).map_err(|_| {
+        "must be 64 hex digits, the SHA-256 of the token (tollgate admin break-glass-token \
+         prints both)"
+            .to_owned()
+    })?;
+    Ok(out)
 }
 
 /// A new break-glass token and the hash to configure: `(token, sha256_hex)`.

@@ -20,6 +20,11 @@ pub struct AdminConfig {
     pub break_glass_sha256: Option<String>,
     /// A file holding that hash (a mounted secret); re-read at start only.
     pub break_glass_sha256_file: Option<PathBuf>,
+    /// A secret of the configured secret store holding that hash, re-read every
+    /// `secrets.refresh_interval` (a new hash takes over without a restart): Vault KV v2
+    /// `<mount>/<name>` with field `sha256`; AWS Secrets Manager secret `<name>`, a string
+    /// (the hex) or `{"sha256": "…"}`. Not available with the `file` backend.
+    pub break_glass_sha256_secret: Option<String>,
     /// Budget increases above this many USD may be approved only by `finops` or `admin`
     /// (below it, `security` may approve too). Nobody approves their own request.
     #[serde(default = "default_finops_above")]
@@ -35,6 +40,7 @@ impl Default for AdminConfig {
             issuers: Vec::new(),
             break_glass_sha256: None,
             break_glass_sha256_file: None,
+            break_glass_sha256_secret: None,
             increase_finops_above_usd: default_finops_above(),
             increase_request_ttl: default_increase_ttl(),
         }

@@ -6,6 +6,7 @@
 
 mod audit;
 pub mod auth;
+pub mod break_glass;
 pub mod config;
 mod increases;
 mod keys;

@@ -128,6 +128,13 @@ impl Application {
         ));
         let revocations = tryc!("revocations", RevocationSet::load(store.clone()).await);
         let secret_store = tryc!("secrets", super::keys::open_store(&config.secrets).await);
+        if let Some(name) = &config.admin.break_glass_sha256_secret {
+            tryc!(
+                "admin",
+                crate::admin::break_glass::load(&admin, secret_store.as_ref(), name).await
+            );
+        }
+        let break_glass_store = Arc::clone(&secret_store);
         let keys = Arc::new(tryc!(
             "secrets",
             KeyCache::load(secret_store, config.secrets.max_staleness).await
@@ -178,6 +185,16 @@ impl Application {
             cancel.child_token(),
         ));
 
+        if let Some(name) = &config.admin.break_glass_sha256_secret {
+            tasks.push(crate::admin::break_glass::spawn_refresher(
+                Arc::clone(&admin),
+                break_glass_store,
+                name.clone(),
+                config.secrets.refresh_interval,
+                audit.clone(),
+                cancel.child_token(),
+            ));
+        }
         tasks.push(
             Arc::clone(&policy).spawn_watcher(config.policy_reload_interval, cancel.child_token()),
         );

@@ -1,6 +1,6 @@
-//! `tollgate admin keys|pauses|unpause|break-glass-token`: operator commands that read the
-//! store directly (for a host with the configuration and no running broker); the commands that
-//! speak to the admin API, with roles, are in `admin_api`.
+//! `tollgate admin keys|pauses|unpause|break-glass-token`: the commands that can also work
+//! without a running broker (`--config`: read and write the store directly); the commands
+//! that only speak to the admin API, with roles, are in `admin_api`.
 #![allow(clippy::print_stdout)] // a CLI command prints its result
 
 use crate::config::Config;
@@ -18,56 +18,73 @@ pub enum AdminCommand {
     Api(super::admin_api::ApiCommand),
     /// Make a break-glass token for the admin API: prints the token (shown once: seal it
     /// where on-call can reach it in an outage) and its SHA-256, which is all Tollgate keeps
-    /// (`[admin] break_glass_sha256`, or a file for `break_glass_sha256_file`).
+    /// (`[admin] break_glass_sha256`, a file for `break_glass_sha256_file`, or a secret-store
+    /// entry for `break_glass_sha256_secret`).
     BreakGlassToken {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// The provider-key inventory: every key the secret store holds (never the secret), its
-    /// versions and stages, state, last use and spend to date.
+    /// versions and stages, state (disabled, paused), last use and spend to date. Through the
+    /// admin API; with --config, read from the store of that configuration instead (a host
+    /// with no running broker).
     Keys {
-        /// The configuration file (database and secret store).
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
-        config: PathBuf,
-        /// List the secret store now and write the inventory before printing it (otherwise
-        /// it shows what the running replicas last recorded).
-        #[arg(long)]
+        #[command(flatten)]
+        remote: super::admin_api::Remote,
+        /// Read the store of this configuration file instead of calling the admin API.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// With --config: list the secret store now and write the inventory before printing
+        /// it (otherwise it shows what the running replicas last recorded).
+        #[arg(long, requires = "config")]
         refresh: bool,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Workloads and provider keys the anomaly guard paused (and, with --lifted, those lifted
-    /// in the last 7 days).
+    /// in the last 7 days). Through the admin API, or the store of --config.
     Pauses {
-        /// The configuration file (database).
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        remote: super::admin_api::Remote,
+        /// Read the store of this configuration file instead of calling the admin API.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Include pauses lifted in the last 7 days.
         #[arg(long)]
         lifted: bool,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
     },
     /// Lift a pause of the anomaly guard: the workload or key serves again on every replica
-    /// within the revocation sync interval.
+    /// within a second. Through the admin API (recorded as the caller), or the store of
+    /// --config (recorded as --by).
     Unpause {
-        /// The configuration file (database).
-        #[arg(long, short, env = "TOLLGATE_CONFIG", default_value = "tollgate.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        remote: super::admin_api::Remote,
+        /// Write to the store of this configuration file instead of calling the admin API.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// The paused workload's subject (`system:serviceaccount:<ns>:<sa>`).
         #[arg(long, conflicts_with = "key", required_unless_present = "key")]
         subject: Option<String>,
         /// The paused provider key's id.
         #[arg(long)]
         key: Option<String>,
-        /// Who lifts it, for the record (default: $USER).
+        /// With --config: who lifts it, for the record (default: $USER).
         #[arg(long, env = "USER", default_value = "admin")]
         by: String,
     },
 }
+
+/// The columns of the key inventory, from the store or the admin API.
+pub(super) const KEY_COLUMNS: [&str; 9] = [
+    "ID",
+    "PROVIDER",
+    "OWNER",
+    "MODELS",
+    "VERSION",
+    "STATE",
+    "REQUESTS",
+    "SPEND USD",
+    "LAST USED",
+];
 
 /// The store of a configuration file, migrated.
 pub(super) async fn open(config: &std::path::Path) -> anyhow::Result<Store> {
@@ -92,6 +109,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
                 println!("sha256: {hash}");
                 eprintln!(
                     "\nConfigure only the hash:  [admin] break_glass_sha256 = \"{hash}\"\n\
+                     (or store it as field sha256 of a secret named by break_glass_sha256_secret)\n\
                      The token is shown once; every use is logged at WARN and counted in \
                      tollgate_admin_break_glass_uses_total."
                 );
@@ -99,10 +117,16 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AdminCommand::Pauses {
-            config,
+            remote,
+            config: None,
             lifted,
-            json,
+        } => super::admin_api::pauses(&remote, lifted).await,
+        AdminCommand::Pauses {
+            remote,
+            config: Some(config),
+            lifted,
         } => {
+            let json = remote.json;
             let store = open(&config).await?;
             let since = lifted.then(|| crate::clock::now_ms() - 7 * crate::store::DAY_MS);
             let rows = store.pauses(since).await.context("pauses")?;
@@ -136,17 +160,21 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AdminCommand::Unpause {
+            remote,
             config,
             subject,
             key,
             by,
         } => {
-            let store = open(&config).await?;
             let (kind, value) = match (subject, key) {
                 (Some(s), _) => (PauseKind::Subject, s),
                 (None, Some(k)) => (PauseKind::ProviderKey, k),
                 (None, None) => anyhow::bail!("name the --subject or the --key to unpause"),
             };
+            let Some(config) = config else {
+                return super::admin_api::unpause(&remote, kind.as_str(), &value).await;
+            };
+            let store = open(&config).await?;
             if store
                 .lift_pause(kind, &value, &by, crate::clock::now_ms())
                 .await
@@ -168,10 +196,16 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
             }
         }
         AdminCommand::Keys {
-            config,
+            remote,
+            config: None,
+            ..
+        } => super::admin_api::keys(&remote).await,
+        AdminCommand::Keys {
+            remote,
+            config: Some(config),
             refresh,
-            json,
         } => {
+            let json = remote.json;
             let store = open(&config).await?;
             if refresh {
                 let cfg = Config::load(&config)?;
@@ -220,17 +254,6 @@ fn print_table(rows: &[ProviderKeyInventory]) {
         println!("no provider keys recorded yet (run with --refresh, or start tollgate serve)");
         return;
     }
-    let header = [
-        "ID",
-        "PROVIDER",
-        "OWNER",
-        "MODELS",
-        "VERSION",
-        "STATE",
-        "REQUESTS",
-        "SPEND USD",
-        "LAST USED",
-    ];
     let table = rows
         .iter()
         .map(|r| {
@@ -250,7 +273,7 @@ fn print_table(rows: &[ProviderKeyInventory]) {
             ]
         })
         .collect();
-    print_rows(&header, table);
+    print_rows(&KEY_COLUMNS, table);
 }
 
 fn pause_json(p: &crate::store::PauseRecord) -> serde_json::Value {

@@ -27,7 +27,7 @@ pub struct Remote {
     token: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// Admin API commands.
@@ -127,6 +127,24 @@ pub enum ApiCommand {
         /// Also decided and expired requests.
         #[arg(long)]
         all: bool,
+    },
+    /// Take a provider key out of service on every replica (a `provider_key` revocation): the
+    /// owner's next key serves, none left is `503 no_provider_key`.
+    DisableKey {
+        #[command(flatten)]
+        remote: Remote,
+        /// The key id (`tollgate admin keys` lists them).
+        id: String,
+        /// Why (kept with the revocation).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Put a disabled provider key back in service (lifts its revocations).
+    EnableKey {
+        #[command(flatten)]
+        remote: Remote,
+        /// The key id.
+        id: String,
     },
     /// Approve a budget increase request (not your own).
     Approve {
@@ -394,6 +412,28 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                     .await?,
             )
         }
+        ApiCommand::DisableKey { remote, id, reason } => (
+            remote,
+            Client::new(remote)?
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/keys/{}/disable", segment(id)),
+                    &[],
+                    Some(json!({"reason": reason})),
+                )
+                .await?,
+        ),
+        ApiCommand::EnableKey { remote, id } => (
+            remote,
+            Client::new(remote)?
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/keys/{}/enable", segment(id)),
+                    &[],
+                    None,
+                )
+                .await?,
+        ),
         ApiCommand::Approve {
             remote,
             increase_id,
@@ -503,6 +543,16 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
             let by = s(&v["group_by"]).to_uppercase();
             print_rows(&[&by, "REQUESTS", "INPUT", "OUTPUT", "COST"], rows);
         }
+        ApiCommand::DisableKey { id, .. } => {
+            println!(
+                "disabled {id} on every replica (revocation {})",
+                s(&v["revocation_id"])
+            );
+        }
+        ApiCommand::EnableKey { id, .. } => match v["lifted"].as_u64() {
+            Some(0) => println!("{id} was not disabled"),
+            _ => println!("enabled {id}"),
+        },
         ApiCommand::Increase { .. } | ApiCommand::Approve { .. } | ApiCommand::Deny { .. } => {
             increase_rows(std::slice::from_ref(&v))
         }
@@ -540,6 +590,157 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                 rows,
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print a refused call and map it to the exit code.
+fn refused(Refused(message, code): Refused) -> ExitCode {
+    eprintln!("tollgate admin: {message}");
+    ExitCode::from(code)
+}
+
+/// The `field` list of a listing to print as a table, or `None` when it was printed as JSON
+/// (`--json`) or was empty (then `empty` is printed).
+fn table_rows(
+    remote: &Remote,
+    v: &Value,
+    field: &str,
+    empty: &str,
+) -> anyhow::Result<Option<Vec<Value>>> {
+    if remote.json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(None);
+    }
+    let list = v[field].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("{empty}");
+        return Ok(None);
+    }
+    Ok(Some(list))
+}
+
+/// `tollgate admin keys` through the admin API.
+pub(super) async fn keys(remote: &Remote) -> anyhow::Result<ExitCode> {
+    let v = match Client::new(remote)?
+        .call(Method::GET, "/admin/v1/keys", &[], None)
+        .await?
+    {
+        Ok(v) => v,
+        Err(r) => return Ok(refused(r)),
+    };
+    let Some(list) = table_rows(
+        remote,
+        &v,
+        "keys",
+        "the secret store holds no provider keys",
+    )?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let rows = list
+        .iter()
+        .map(|k| {
+            let mut state = s(&k["state"]);
+            if k["disabled"] == json!(true) {
+                state = format!("{state}, disabled");
+            }
+            if k["paused"] == json!(true) {
+                state = format!("{state}, paused");
+            }
+            if let Value::String(why) = &k["reason"] {
+                state = format!("{state} ({why})");
+            }
+            vec![
+                s(&k["id"]),
+                s(&k["provider"]),
+                s(&k["billing_owner"]),
+                k["allowed_models"]
+                    .as_array()
+                    .map(|m| m.iter().map(s).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default(),
+                s(&k["version"]),
+                state,
+                s(&k["requests"]),
+                format!("{:.6}", k["spend_micro_usd"].as_f64().unwrap_or(0.0) / 1e6),
+                s(&k["last_used"]),
+            ]
+        })
+        .collect();
+    print_rows(&super::admin::KEY_COLUMNS, rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pause_list(client: &Client, lifted: bool) -> anyhow::Result<Result<Value, Refused>> {
+    let query: Vec<(&str, String)> = if lifted {
+        vec![("lifted", "true".to_owned())]
+    } else {
+        Vec::new()
+    };
+    client
+        .call(Method::GET, "/admin/v1/pauses", &query, None)
+        .await
+}
+
+/// `tollgate admin pauses` through the admin API.
+pub(super) async fn pauses(remote: &Remote, lifted: bool) -> anyhow::Result<ExitCode> {
+    let v = match pause_list(&Client::new(remote)?, lifted).await? {
+        Ok(v) => v,
+        Err(r) => return Ok(refused(r)),
+    };
+    let Some(list) = table_rows(remote, &v, "pauses", "nothing is paused")? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let rows = list
+        .iter()
+        .map(|p| {
+            let state = match &p["lifted_at"] {
+                Value::String(at) => format!("lifted {at} by {}", s(&p["lifted_by"])),
+                _ => "paused".to_owned(),
+            };
+            vec![
+                s(&p["pause_id"]),
+                s(&p["kind"]),
+                s(&p["id"]),
+                s(&p["created_at"]),
+                state,
+                s(&p["reason"]),
+            ]
+        })
+        .collect();
+    print_rows(
+        &["PAUSE", "KIND", "TARGET", "SINCE", "STATE", "REASON"],
+        rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tollgate admin unpause --subject|--key` through the admin API: finds the active pause.
+pub(super) async fn unpause(remote: &Remote, kind: &str, value: &str) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    let v = match pause_list(&client, false).await? {
+        Ok(v) => v,
+        Err(r) => return Ok(refused(r)),
+    };
+    let Some(pause_id) = v["pauses"].as_array().into_iter().flatten().find_map(|p| {
+        (p["kind"] == kind && p["id"] == value && p["lifted_at"].is_null())
+            .then(|| s(&p["pause_id"]))
+    }) else {
+        eprintln!("{kind} {value} is not paused");
+        return Ok(ExitCode::from(1));
+    };
+    match client
+        .call(
+            Method::DELETE,
+            &format!("/admin/v1/pauses/{pause_id}"),
+            &[],
+            None,
+        )
+        .await?
+    {
+        Ok(v) if remote.json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Ok(_) => println!("lifted the pause of {kind} {value}"),
+        Err(r) => return Ok(refused(r)),
     }
     Ok(ExitCode::SUCCESS)
 }

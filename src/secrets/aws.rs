@@ -16,6 +16,7 @@ use crate::config::AwsConfig;
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, SecretListEntry};
 use secrecy::SecretString;
 use std::collections::HashMap;
@@ -66,6 +67,32 @@ impl AwsStore {
         SecretStoreError::Unavailable {
             store: "aws".into(),
             reason,
+        }
+    }
+
+    /// The `AWSCURRENT` value of a secret; `None` when it does not exist (or is scheduled for
+    /// deletion).
+    async fn current_value(
+        &self,
+        id: &str,
+    ) -> Result<Option<GetSecretValueOutput>, SecretStoreError> {
+        let got = self
+            .client
+            .get_secret_value()
+            .secret_id(id)
+            .version_stage("AWSCURRENT")
+            .send()
+            .await;
+        match got {
+            Ok(v) => Ok(Some(v)),
+            Err(err)
+                if err.as_service_error().is_some_and(|s| {
+                    s.is_resource_not_found_exception() || s.is_invalid_request_exception()
+                }) =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(self.unavailable(describe("GetSecretValue", &err))),
         }
     }
 
@@ -159,27 +186,9 @@ impl SecretStore for AwsStore {
             let secret = match cache.get(&name) {
                 Some((v, s)) if *v == current => s.clone(),
                 _ => {
-                    let got = self
-                        .client
-                        .get_secret_value()
-                        .secret_id(e.arn().unwrap_or(&name))
-                        .version_stage("AWSCURRENT")
-                        .send()
-                        .await;
-                    let value = match got {
-                        Ok(v) => v,
-                        Err(err)
-                            if err.as_service_error().is_some_and(|s| {
-                                s.is_resource_not_found_exception()
-                                    || s.is_invalid_request_exception()
-                            }) =>
-                        {
-                            // Deleted (or scheduled for deletion) since the listing.
-                            continue;
-                        }
-                        Err(err) => {
-                            return Err(self.unavailable(describe("GetSecretValue", &err)));
-                        }
+                    // None: deleted (or scheduled for deletion) since the listing.
+                    let Some(value) = self.current_value(e.arn().unwrap_or(&name)).await? else {
+                        continue;
                     };
                     let Some(text) = value.secret_string() else {
                         out.invalid
@@ -206,6 +215,31 @@ impl SecretStore for AwsStore {
         }
         cache.retain(|n, _| seen.contains(n));
         Ok(out)
+    }
+
+    async fn read_secret(&self, name: &str, field: &str) -> Result<SecretString, SecretStoreError> {
+        let invalid = |reason: String| SecretStoreError::Invalid {
+            store: "aws".into(),
+            entry: name.to_owned(),
+            reason,
+        };
+        let Some(value) = self.current_value(name).await? else {
+            return Err(invalid(
+                "no such secret (or it is scheduled for deletion)".into(),
+            ));
+        };
+        let text = value
+            .secret_string()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| invalid("the secret has no string value".into()))?;
+        if !text.starts_with('{') {
+            return Ok(SecretString::from(text.to_owned()));
+        }
+        let obj: serde_json::Value = serde_json::from_str(text)
+            .map_err(|_| invalid("the secret string is neither JSON nor a bare value".into()))?;
+        super::string_field(&obj, field)
+            .ok_or_else(|| invalid(format!("the JSON secret has no {field:?} string")))
     }
 }
 

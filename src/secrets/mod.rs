@@ -205,6 +205,15 @@ pub struct Listing {
     pub invalid: Vec<InvalidKey>,
 }
 
+/// A non-empty string field of a secret's JSON, trimmed.
+pub(crate) fn string_field(data: &serde_json::Value, field: &str) -> Option<SecretString> {
+    data.get(field)
+        .and_then(|v| v.as_str())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| SecretString::from(v.to_owned()))
+}
+
 /// A place provider keys are read from. Backends list everything under their prefix and
 /// report versions and stages; the cache does the selection. A listing either succeeds as a
 /// whole (entries it cannot use land in [`Listing::invalid`]) or fails as a whole (the store
@@ -215,6 +224,20 @@ pub trait SecretStore: Send + Sync {
     fn name(&self) -> &str;
     /// Every key under the configured prefix, with metadata.
     async fn list(&self) -> Result<Listing, SecretStoreError>;
+    /// One named secret that is not a provider key (the break-glass hash): its `field`. Vault
+    /// reads the latest version of `<mount>/<name>`; AWS the `AWSCURRENT` value of `name`, a
+    /// JSON object's `field` or else the bare string. A missing secret or field is
+    /// [`SecretStoreError::Invalid`].
+    async fn read_secret(&self, name: &str, field: &str) -> Result<SecretString, SecretStoreError> {
+        let _ = field;
+        Err(SecretStoreError::Invalid {
+            store: self.name().to_owned(),
+            entry: name.to_owned(),
+            reason: "this backend holds provider keys only; use the vault or aws backend, or a \
+                     file or inline value"
+                .into(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -344,6 +344,35 @@ impl SecretStore for VaultStore {
             Err(e) => Err(self.unavailable(describe("list", &e))),
         }
     }
+
+    async fn read_secret(&self, name: &str, field: &str) -> Result<SecretString, SecretStoreError> {
+        let path = name.trim_matches('/');
+        let mut st = self.state.lock().await;
+        self.keep_token_fresh(&mut st).await?;
+        let mut got = vaultrs::kv2::read::<serde_json::Value>(&st.client, self.mount(), path).await;
+        if matches!(got, Err(ClientError::APIError { code: 403, .. }))
+            && !matches!(self.config.auth, VaultAuthConfig::Token { .. })
+        {
+            self.login(&mut st).await?;
+            got = vaultrs::kv2::read(&st.client, self.mount(), path).await;
+        }
+        let invalid = |reason: String| SecretStoreError::Invalid {
+            store: "vault".into(),
+            entry: format!("{}/{path}", self.mount()),
+            reason,
+        };
+        let data = match got {
+            Ok(d) => d,
+            Err(ClientError::APIError { code: 404, .. }) => {
+                return Err(invalid(
+                    "no such secret (or its latest version is deleted)".into(),
+                ));
+            }
+            Err(e) => return Err(self.unavailable(describe("read", &e))),
+        };
+        super::string_field(&data, field)
+            .ok_or_else(|| invalid(format!("the latest version has no {field:?} string")))
+    }
 }
 
 fn build_client(
