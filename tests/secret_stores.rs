@@ -134,6 +134,32 @@ async fn vault_keys_are_listed_with_metadata_versions_and_the_pin() {
     );
 }
 
+/// A store logged in through a fresh AppRole holding `policy`.
+async fn approle_store(bao: &Bao, prefix: &str, policy: &str) -> VaultStore {
+    let name = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
+    approle_connect(bao, prefix, bao.approle(&name, policy).await).await
+}
+
+/// A store logged in with this AppRole's `(role_id, secret_id)`.
+async fn approle_connect(
+    bao: &Bao,
+    prefix: &str,
+    (role_id, secret_id): (String, String),
+) -> VaultStore {
+    VaultStore::connect(vault_config(
+        bao,
+        prefix,
+        VaultAuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(secret_id.into()),
+            secret_id_file: None,
+        },
+    ))
+    .await
+    .unwrap()
+}
+
 /// The policy README tells operators to give Tollgate: read + list under its prefix.
 const VAULT_POLICY: &str = r#"
 path "secret/metadata/tollgate-test/*" { capabilities = ["read", "list"] }
@@ -150,20 +176,7 @@ async fn vault_approle_login_works_with_the_documented_least_privilege_policy() 
         &[("billing_owner", "team-a")],
     )
     .await;
-    let name = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
-    let (role_id, secret_id) = bao.approle(&name, VAULT_POLICY).await;
-    let store = VaultStore::connect(vault_config(
-        &bao,
-        &p,
-        VaultAuthConfig::Approle {
-            mount: "approle".into(),
-            role_id,
-            secret_id: Some(secret_id.into()),
-            secret_id_file: None,
-        },
-    ))
-    .await
-    .unwrap();
+    let store = approle_store(&bao, &p, VAULT_POLICY).await;
     let l = store.list().await.unwrap();
     assert_eq!(l.keys.len(), 1);
     assert_eq!(l.keys[0].secret.expose_secret(), "sk-approle");
@@ -180,19 +193,12 @@ async fn an_expired_vault_login_is_replaced_without_an_outage() {
     )
     .await;
     let name = format!("tollgate-{}", uuid::Uuid::new_v4().simple());
-    let (role_id, secret_id) = bao.approle_with_ttl(&name, VAULT_POLICY, "2s", "2s").await;
-    let store = VaultStore::connect(vault_config(
+    let store = approle_connect(
         &bao,
         &p,
-        VaultAuthConfig::Approle {
-            mount: "approle".into(),
-            role_id,
-            secret_id: Some(secret_id.into()),
-            secret_id_file: None,
-        },
-    ))
-    .await
-    .unwrap();
+        bao.approle_with_ttl(&name, VAULT_POLICY, "2s", "2s").await,
+    )
+    .await;
     assert_eq!(store.list().await.unwrap().keys.len(), 1);
     // The 2 s lease cannot be renewed past its maximum: Tollgate logs in again.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
@@ -1262,4 +1268,195 @@ async fn an_unusable_break_glass_secret_is_a_clear_error() {
         .unwrap()
         .to_string();
     assert!(err.contains("use one of"), "{err}");
+}
+
+// ---- the rotation primitives: read a pending version, move the served one, withdraw one ----
+
+fn stages_of(l: &tollgate::secrets::Listing, id: &str) -> Vec<(String, Stage)> {
+    let k = l.keys.iter().find(|k| k.id == id).unwrap();
+    k.versions.iter().map(|v| (v.id.clone(), v.stage)).collect()
+}
+
+#[tokio::test]
+async fn vault_rotation_reads_pending_versions_pins_the_served_one_and_withdraws_rejected_ones() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let id = format!("{p}/openai/team-a");
+    bao.put_key_with(
+        &id,
+        "sk-v1",
+        &[("billing_owner", "team-a"), ("purpose", "chat")],
+    )
+    .await;
+    let store = VaultStore::connect(vault_config(&bao, &p, token_auth(&bao)))
+        .await
+        .unwrap();
+    // Pinning the served version first stages every later write.
+    store.set_current(&id, "1").await.unwrap();
+    bao.put_key(&id, "sk-v2").await;
+    bao.put_key(&id, "sk-v3").await;
+    let l = store.list().await.unwrap();
+    let k = l.keys.iter().find(|k| k.id == id).unwrap();
+    assert_eq!(k.secret.expose_secret(), "sk-v1");
+    assert_eq!(k.purpose.as_deref(), Some("chat"), "other metadata is kept");
+    assert_eq!(
+        stages_of(&l, &id),
+        [
+            ("1".into(), Stage::Current),
+            ("2".into(), Stage::Pending),
+            ("3".into(), Stage::Pending)
+        ]
+    );
+    assert_eq!(
+        store.read_version(&id, "2").await.unwrap().expose_secret(),
+        "sk-v2"
+    );
+
+    // A rolled-back version is withdrawn: not pending, never served, not promotable.
+    store.reject_pending(&id, "2").await.unwrap();
+    store.reject_pending(&id, "2").await.unwrap();
+    let l = store.list().await.unwrap();
+    assert_eq!(
+        stages_of(&l, &id),
+        [("1".into(), Stage::Current), ("3".into(), Stage::Pending)]
+    );
+    let err = store.set_current(&id, "2").await.unwrap_err().to_string();
+    assert!(err.contains("rejected"), "{err}");
+
+    // Promotion moves the pin; twice is the same.
+    store.set_current(&id, "3").await.unwrap();
+    store.set_current(&id, "3").await.unwrap();
+    let l = store.list().await.unwrap();
+    let k = l.keys.iter().find(|k| k.id == id).unwrap();
+    assert_eq!(
+        (k.version.as_str(), k.secret.expose_secret()),
+        ("3", "sk-v3")
+    );
+    assert_eq!(
+        stages_of(&l, &id),
+        [("1".into(), Stage::Previous), ("3".into(), Stage::Current)]
+    );
+    let err = store
+        .reject_pending(&id, "3")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("served"), "{err}");
+
+    // Bad inputs name the problem and never a secret.
+    for (v, want) in [("9", "not a live version"), ("x", "not a KV version")] {
+        let err = store.set_current(&id, v).await.unwrap_err().to_string();
+        assert!(err.contains(want) && !err.contains("sk-v"), "{err}");
+    }
+    let err = store.read_version(&id, "9").await.unwrap_err().to_string();
+    assert!(err.contains("does not exist"), "{err}");
+    let err = store
+        .set_current(&format!("{p}/openai/nope"), "1")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no such key"), "{err}");
+}
+
+#[tokio::test]
+async fn aws_rotation_reads_pending_versions_moves_awscurrent_and_withdraws_rejected_ones() {
+    let moto = Moto::shared();
+    let p = format!("{}/", unique_prefix());
+    let id = format!("{p}openai/team-a");
+    moto.create(
+        &id,
+        r#"{"api_key": "sk-a1"}"#,
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let store = AwsStore::connect(aws_config(&moto, &p)).await.unwrap();
+    let sm = moto.client();
+    let stage = |value: &'static str| {
+        let sm = sm.clone();
+        let id = id.clone();
+        async move {
+            sm.put_secret_value()
+                .secret_id(id)
+                .secret_string(json!({"api_key": value}).to_string())
+                .version_stages("AWSPENDING")
+                .send()
+                .await
+                .unwrap()
+                .version_id()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let l = store.list().await.unwrap();
+    let v1 = l.keys.iter().find(|k| k.id == id).unwrap().version.clone();
+    let v2 = stage("sk-a2").await;
+    assert_eq!(
+        store.read_version(&id, &v2).await.unwrap().expose_secret(),
+        "sk-a2"
+    );
+    store.reject_pending(&id, &v2).await.unwrap();
+    store.reject_pending(&id, &v2).await.unwrap();
+    let l = store.list().await.unwrap();
+    assert_eq!(stages_of(&l, &id), [(v1.clone(), Stage::Current)]);
+
+    let v3 = stage("sk-a3").await;
+    store.set_current(&id, &v3).await.unwrap();
+    store.set_current(&id, &v3).await.unwrap();
+    let l = store.list().await.unwrap();
+    let k = l.keys.iter().find(|k| k.id == id).unwrap();
+    assert_eq!(
+        (k.version.as_str(), k.secret.expose_secret()),
+        (v3.as_str(), "sk-a3")
+    );
+    assert_eq!(
+        stages_of(&l, &id),
+        [(v1.clone(), Stage::Previous), (v3.clone(), Stage::Current)],
+        "AWSPREVIOUS kept on the old version, AWSPENDING gone from the new"
+    );
+    let err = store
+        .reject_pending(&id, &v3)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("AWSCURRENT"), "{err}");
+    let err = store
+        .set_current(&id, "no-such-version")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not exist") && !err.contains("sk-a"),
+        "{err}"
+    );
+    let err = store
+        .set_current(&format!("{p}openai/nope"), &v3)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no such secret"), "{err}");
+}
+
+/// The rotation policy the README documents, on top of [`VAULT_POLICY`].
+const VAULT_ROTATE_POLICY: &str = r#"
+path "secret/metadata/tollgate-test/*" { capabilities = ["update"] }
+path "secret/data/tollgate-test/*"     { capabilities = ["create", "update"] }
+"#;
+
+#[tokio::test]
+async fn vault_rotation_needs_exactly_the_documented_rotate_policy() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let id = format!("{p}/openai/k1");
+    bao.put_key_with(&id, "sk-r1", &[("billing_owner", "team-a")])
+        .await;
+    bao.put_key(&id, "sk-r2").await;
+    let reader = approle_store(&bao, &p, VAULT_POLICY).await;
+    let err = reader.set_current(&id, "1").await.unwrap_err().to_string();
+    assert!(err.contains("403") || err.contains("permission"), "{err}");
+    let rotator = approle_store(&bao, &p, &format!("{VAULT_POLICY}{VAULT_ROTATE_POLICY}")).await;
+    rotator.set_current(&id, "1").await.unwrap();
+    rotator.reject_pending(&id, "2").await.unwrap();
+    let l = rotator.list().await.unwrap();
+    assert_eq!(l.keys[0].secret.expose_secret(), "sk-r1");
+    assert_eq!(stages_of(&l, &id), [("1".into(), Stage::Current)]);
 }

@@ -70,6 +70,38 @@ impl AwsStore {
         }
     }
 
+    /// Version id → staging labels of a secret.
+    async fn labels(&self, id: &str) -> Result<HashMap<String, Vec<String>>, SecretStoreError> {
+        match self.client.describe_secret().secret_id(id).send().await {
+            Ok(d) => Ok(d.version_ids_to_stages().cloned().unwrap_or_default()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Err(invalid(id, "no such secret".into()))
+            }
+            Err(err) => Err(self.unavailable(describe("DescribeSecret", &err))),
+        }
+    }
+
+    async fn remove_label(
+        &self,
+        id: &str,
+        version: &str,
+        label: &str,
+    ) -> Result<(), SecretStoreError> {
+        self.client
+            .update_secret_version_stage()
+            .secret_id(id)
+            .version_stage(label)
+            .remove_from_version_id(version)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(describe("UpdateSecretVersionStage", &e)))
+    }
+
     /// The `AWSCURRENT` value of a secret; `None` when it does not exist (or is scheduled for
     /// deletion).
     async fn current_value(
@@ -217,6 +249,79 @@ impl SecretStore for AwsStore {
         Ok(out)
     }
 
+    async fn read_version(
+        &self,
+        id: &str,
+        version: &str,
+    ) -> Result<SecretString, SecretStoreError> {
+        let got = self
+            .client
+            .get_secret_value()
+            .secret_id(id)
+            .version_id(version)
+            .send()
+            .await;
+        let value = match got {
+            Ok(v) => v,
+            Err(err)
+                if err.as_service_error().is_some_and(|s| {
+                    s.is_resource_not_found_exception() || s.is_invalid_request_exception()
+                }) =>
+            {
+                return Err(invalid(id, format!("version {version:.40} does not exist")));
+            }
+            Err(err) => return Err(self.unavailable(describe("GetSecretValue", &err))),
+        };
+        let text = value
+            .secret_string()
+            .ok_or_else(|| invalid(id, "the version has no string value".into()))?;
+        meta::api_key_from(text).map_err(|reason| invalid(id, reason))
+    }
+
+    async fn set_current(&self, id: &str, version: &str) -> Result<(), SecretStoreError> {
+        let labels = self.labels(id).await?;
+        let Some(here) = labels.get(version) else {
+            return Err(invalid(id, format!("version {version:.40} does not exist")));
+        };
+        if !here.iter().any(|l| l == "AWSCURRENT") {
+            let mut req = self
+                .client
+                .update_secret_version_stage()
+                .secret_id(id)
+                .version_stage("AWSCURRENT")
+                .move_to_version_id(version);
+            if let Some((old, _)) = labels
+                .iter()
+                .find(|(_, l)| l.iter().any(|l| l == "AWSCURRENT"))
+            {
+                // AWS labels the version it leaves AWSPREVIOUS.
+                req = req.remove_from_version_id(old);
+            }
+            req.send()
+                .await
+                .map_err(|e| self.unavailable(describe("UpdateSecretVersionStage", &e)))?;
+        }
+        if here.iter().any(|l| l == "AWSPENDING") {
+            self.remove_label(id, version, "AWSPENDING").await?;
+        }
+        Ok(())
+    }
+
+    async fn reject_pending(&self, id: &str, version: &str) -> Result<(), SecretStoreError> {
+        let labels = self.labels(id).await?;
+        let here = labels.get(version).cloned().unwrap_or_default();
+        if here.iter().any(|l| l == "AWSCURRENT") {
+            return Err(invalid(
+                id,
+                format!("version {version:.40} is AWSCURRENT; it cannot be rejected"),
+            ));
+        }
+        if here.iter().any(|l| l == "AWSPENDING") {
+            self.remove_label(id, version, "AWSPENDING").await?;
+        }
+        Ok(())
+    }
+
     async fn read_secret(&self, name: &str, field: &str) -> Result<SecretString, SecretStoreError> {
         let invalid = |reason: String| SecretStoreError::Invalid {
             store: "aws".into(),
@@ -240,6 +345,14 @@ impl SecretStore for AwsStore {
             .map_err(|_| invalid("the secret string is neither JSON nor a bare value".into()))?;
         super::string_field(&obj, field)
             .ok_or_else(|| invalid(format!("the JSON secret has no {field:?} string")))
+    }
+}
+
+fn invalid(id: &str, reason: String) -> SecretStoreError {
+    SecretStoreError::Invalid {
+        store: "aws".into(),
+        entry: id.to_owned(),
+        reason,
     }
 }
 

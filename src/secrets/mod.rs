@@ -238,6 +238,39 @@ pub trait SecretStore: Send + Sync {
                 .into(),
         })
     }
+    /// The secret of one version of key `id` (rotation tests a pending version before it
+    /// serves).
+    async fn read_version(
+        &self,
+        id: &str,
+        version: &str,
+    ) -> Result<SecretString, SecretStoreError> {
+        let _ = version;
+        Err(no_rotation(self.name(), id))
+    }
+    /// Make `version` the one served: Vault pins it (`tollgate_version`), AWS moves
+    /// `AWSCURRENT` to it (the version it leaves becomes `AWSPREVIOUS`). Idempotent.
+    async fn set_current(&self, id: &str, version: &str) -> Result<(), SecretStoreError> {
+        let _ = version;
+        Err(no_rotation(self.name(), id))
+    }
+    /// Withdraw a pending `version` after a rolled-back rotation, so that it is no longer
+    /// listed as pending: Vault records it in `tollgate_rejected`, AWS removes `AWSPENDING`.
+    /// Idempotent.
+    async fn reject_pending(&self, id: &str, version: &str) -> Result<(), SecretStoreError> {
+        let _ = version;
+        Err(no_rotation(self.name(), id))
+    }
+}
+
+fn no_rotation(store: &str, id: &str) -> SecretStoreError {
+    SecretStoreError::Invalid {
+        store: store.to_owned(),
+        entry: id.to_owned(),
+        reason: "this backend has no versions to rotate between; keep keys in Vault/OpenBao or \
+                 AWS Secrets Manager to rotate them"
+            .into(),
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,20 @@ use vaultrs::error::ClientError;
 
 /// Custom-metadata field naming the version Tollgate serves.
 pub const PIN_FIELD: &str = "tollgate_version";
+/// Custom-metadata field listing versions a rolled-back rotation withdrew (space separated):
+/// they never serve and are not pending.
+pub const REJECTED_FIELD: &str = "tollgate_rejected";
+
+fn rejected(custom: &HashMap<String, String>) -> Vec<u64> {
+    custom
+        .get(REJECTED_FIELD)
+        .map(|r| {
+            r.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// The Vault backend.
 pub struct VaultStore {
@@ -63,6 +77,37 @@ impl VaultStore {
             store.login(&mut st).await?;
         }
         Ok(store)
+    }
+
+    /// Read-modify-write of a key's custom metadata (Vault replaces the whole map on write;
+    /// other fields are kept as read). `edit` sees the map and the live versions.
+    async fn edit_custom(
+        &self,
+        id: &str,
+        edit: impl FnOnce(&mut HashMap<String, String>, &[u64]) -> Result<(), String>,
+    ) -> Result<(), SecretStoreError> {
+        let mut st = self.state.lock().await;
+        self.keep_token_fresh(&mut st).await?;
+        let md = match vaultrs::kv2::read_metadata(&st.client, self.mount(), id).await {
+            Ok(md) => md,
+            Err(ClientError::APIError { code: 404, .. }) => {
+                return Err(invalid(id, "no such key".into()));
+            }
+            Err(e) => return Err(self.unavailable(describe("read metadata", &e))),
+        };
+        let live: Vec<u64> = md
+            .versions
+            .iter()
+            .filter(|(_, m)| !m.destroyed && m.deletion_time.is_empty())
+            .filter_map(|(n, _)| n.parse().ok())
+            .collect();
+        let mut custom = md.custom_metadata.unwrap_or_default();
+        edit(&mut custom, &live).map_err(|reason| invalid(id, reason))?;
+        let mut req = vaultrs::api::kv2::requests::SetSecretMetadataRequest::builder();
+        req.custom_metadata(custom);
+        vaultrs::kv2::set_metadata(&st.client, self.mount(), id, Some(&mut req))
+            .await
+            .map_err(|e| self.unavailable(describe("write metadata", &e)))
     }
 
     fn unavailable(&self, reason: impl Into<String>) -> SecretStoreError {
@@ -284,6 +329,8 @@ impl VaultStore {
             .filter(|(_, m)| !m.destroyed && m.deletion_time.is_empty())
             .filter_map(|(n, _)| n.parse().ok())
             .collect();
+        let withdrawn = rejected(&custom);
+        live.retain(|v| !withdrawn.contains(v));
         live.sort_unstable();
         let served = match served_version(&custom, md.current_version, &live) {
             Ok(v) => v,
@@ -343,6 +390,65 @@ impl SecretStore for VaultStore {
             }
             Err(e) => Err(self.unavailable(describe("list", &e))),
         }
+    }
+
+    async fn read_version(
+        &self,
+        id: &str,
+        version: &str,
+    ) -> Result<SecretString, SecretStoreError> {
+        let v = parse_version(id, version)?;
+        let mut st = self.state.lock().await;
+        self.keep_token_fresh(&mut st).await?;
+        let data: serde_json::Value =
+            match vaultrs::kv2::read_version(&st.client, self.mount(), id, v).await {
+                Ok(d) => d,
+                Err(ClientError::APIError { code: 404, .. }) => {
+                    return Err(invalid(
+                        id,
+                        format!("version {v} does not exist or is deleted"),
+                    ));
+                }
+                Err(e) => return Err(self.unavailable(describe("read", &e))),
+            };
+        super::string_field(&data, "api_key")
+            .ok_or_else(|| invalid(id, format!("version {v} has no api_key string")))
+    }
+
+    async fn set_current(&self, id: &str, version: &str) -> Result<(), SecretStoreError> {
+        let v = parse_version(id, version)?;
+        self.edit_custom(id, |custom, live| {
+            if !live.contains(&v) {
+                return Err(format!("version {v} is not a live version"));
+            }
+            if rejected(custom).contains(&v) {
+                return Err(format!(
+                    "version {v} was rejected by a rolled-back rotation"
+                ));
+            }
+            custom.insert(PIN_FIELD.to_owned(), v.to_string());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reject_pending(&self, id: &str, version: &str) -> Result<(), SecretStoreError> {
+        let v = parse_version(id, version)?;
+        self.edit_custom(id, |custom, _| {
+            if custom.get(PIN_FIELD).and_then(|p| p.trim().parse().ok()) == Some(v) {
+                return Err(format!(
+                    "version {v} is the one served; it cannot be rejected"
+                ));
+            }
+            let mut list = rejected(custom);
+            if !list.contains(&v) {
+                list.push(v);
+                let text: Vec<String> = list.iter().map(u64::to_string).collect();
+                custom.insert(REJECTED_FIELD.to_owned(), text.join(" "));
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn read_secret(&self, name: &str, field: &str) -> Result<SecretString, SecretStoreError> {
@@ -423,6 +529,21 @@ fn served_version(
             .copied()
             .ok_or_else(|| "every version is deleted or destroyed".to_owned())
     }
+}
+
+fn invalid(id: &str, reason: String) -> SecretStoreError {
+    SecretStoreError::Invalid {
+        store: "vault".into(),
+        entry: id.to_owned(),
+        reason,
+    }
+}
+
+fn parse_version(id: &str, version: &str) -> Result<u64, SecretStoreError> {
+    version
+        .trim()
+        .parse()
+        .map_err(|_| invalid(id, format!("{version:.20?} is not a KV version number")))
 }
 
 fn build_key(
