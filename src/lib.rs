@@ -22,6 +22,7 @@ pub mod providers;
 pub mod proxy;
 pub mod quota;
 pub mod revocation;
+pub mod rotation;
 pub mod secrets;
 pub mod spend;
 pub mod store;

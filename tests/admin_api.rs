@@ -1096,6 +1096,7 @@ fn spent(
         status: 200,
         latency_ms: 5,
         prompt_sha256: None,
+        provider_key_version: None,
     }
 }
 

@@ -214,6 +214,7 @@ async fn spend_recorded_before_leases_is_not_forgotten() {
             status: 200,
             latency_ms: 1,
             prompt_sha256: None,
+            provider_key_version: None,
         };
         store
             .insert_spend(&[

@@ -61,6 +61,7 @@ fn spend(id: &str, pool: &str, at: i64, cost: i64) -> SpendRecord {
         status: 200,
         latency_ms: 42,
         prompt_sha256: None,
+        provider_key_version: None,
     }
 }
 

@@ -333,6 +333,12 @@ impl Requirement for Restore {
     const ROLES: &'static [Role] = &[Role::Admin, Role::Security];
 }
 
+/// Rotating provider keys (starting and aborting rotations): key authority only.
+pub struct Rotate;
+impl Requirement for Rotate {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Security];
+}
+
 /// Lifting an anomaly-guard pause: whoever may judge the spend was legitimate.
 pub struct LiftPause;
 impl Requirement for LiftPause {

@@ -13,6 +13,7 @@ mod keys;
 mod pauses;
 pub mod problem;
 mod revocations;
+mod rotations;
 mod spend;
 mod tokens;
 
@@ -52,6 +53,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
         (name = "keys", description = "Provider-key inventory, disable / enable"),
         (name = "tokens", description = "Issued Tollgate tokens"),
         (name = "pauses", description = "Anomaly-guard pauses"),
+        (name = "rotations", description = "Staged rotation of provider keys"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "spend", description = "Spend and budgets"),
         (name = "meta", description = "The caller and this document"),
@@ -87,6 +89,10 @@ fn build() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::list))
         .routes(routes!(keys::disable))
         .routes(routes!(keys::enable))
+        .routes(routes!(rotations::start))
+        .routes(routes!(rotations::list))
+        .routes(routes!(rotations::get_one))
+        .routes(routes!(rotations::abort))
         .routes(routes!(tokens::list))
         .routes(routes!(pauses::list))
         .routes(routes!(pauses::lift))

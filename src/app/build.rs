@@ -135,6 +135,7 @@ impl Application {
             );
         }
         let break_glass_store = Arc::clone(&secret_store);
+        let rotation_store = Arc::clone(&secret_store);
         let keys = Arc::new(tryc!(
             "secrets",
             KeyCache::load(secret_store, config.secrets.max_staleness).await
@@ -249,6 +250,19 @@ impl Application {
             Arc::clone(&audit),
         );
         tasks.push(Arc::clone(&guard).spawn(cancel.child_token()));
+        let rotator = crate::rotation::Rotator::new(crate::rotation::Parts {
+            cfg: config.rotation.clone(),
+            store: store.clone(),
+            secrets: rotation_store,
+            keys: Arc::clone(&keys),
+            revocations: Arc::clone(&revocations),
+            providers: provider_routes(&config),
+            http: http.clone(),
+            alerts: Arc::clone(&alerts),
+            audit: Arc::clone(&audit),
+            replica: leases.replica().to_owned(),
+        });
+        tasks.extend(Arc::clone(&rotator).spawn(cancel.child_token()));
 
         let listener = match dev.listener {
             Some(l) => l,
@@ -276,6 +290,7 @@ impl Application {
             increases,
             alerts,
             guard,
+            rotator,
             leases,
             rates,
             providers: provider_routes(&config),

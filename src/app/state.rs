@@ -98,6 +98,8 @@ pub struct Inner {
     pub alerts: Arc<crate::alerts::Alerts>,
     /// The anomaly guard (pauses runaway subjects and keys).
     pub guard: Arc<crate::anomaly::Guard>,
+    /// Provider-key rotations (driver and follower).
+    pub rotator: Arc<crate::rotation::Rotator>,
     /// This replica's budget leases in the store.
     pub leases: Arc<super::budget::Leases>,
     /// This replica's leases of the fleet-wide per-minute windows.

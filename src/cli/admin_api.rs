@@ -146,6 +146,36 @@ pub enum ApiCommand {
         /// The key id.
         id: String,
     },
+    /// Rotate a provider key to the pending version its secret store holds: tested with a
+    /// live call, canaried, promoted, drained, retired (or rolled back). Returns at once;
+    /// `tollgate admin rotations` follows it.
+    Rotate {
+        #[command(flatten)]
+        remote: Remote,
+        /// The key id.
+        id: String,
+        /// The key leaked: skip the canary and drain briefly.
+        #[arg(long)]
+        emergency: bool,
+    },
+    /// Rotations, newest first; with an id, that rotation and its steps.
+    Rotations {
+        #[command(flatten)]
+        remote: Remote,
+        /// One rotation's id.
+        rotation_id: Option<i64>,
+        /// Only this key's rotations.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Abort a rotation: the leader rolls it back (the old version serves, the pending one is
+    /// withdrawn).
+    AbortRotation {
+        #[command(flatten)]
+        remote: Remote,
+        /// The rotation's id.
+        rotation_id: i64,
+    },
     /// Approve a budget increase request (not your own).
     Approve {
         #[command(flatten)]
@@ -434,6 +464,52 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                 )
                 .await?,
         ),
+        ApiCommand::Rotate {
+            remote,
+            id,
+            emergency,
+        } => (
+            remote,
+            Client::new(remote)?
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/keys/{}/rotate", segment(id)),
+                    &[],
+                    Some(json!({"emergency": emergency})),
+                )
+                .await?,
+        ),
+        ApiCommand::Rotations {
+            remote,
+            rotation_id,
+            key,
+        } => {
+            let path = match rotation_id {
+                Some(id) => format!("/admin/v1/rotations/{id}"),
+                None => "/admin/v1/rotations".to_owned(),
+            };
+            let query: Vec<(&str, String)> = key.iter().map(|k| ("key", k.clone())).collect();
+            (
+                remote,
+                Client::new(remote)?
+                    .call(Method::GET, &path, &query, None)
+                    .await?,
+            )
+        }
+        ApiCommand::AbortRotation {
+            remote,
+            rotation_id,
+        } => (
+            remote,
+            Client::new(remote)?
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/rotations/{rotation_id}/abort"),
+                    &[],
+                    None,
+                )
+                .await?,
+        ),
         ApiCommand::Approve {
             remote,
             increase_id,
@@ -548,6 +624,38 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                 "disabled {id} on every replica (revocation {})",
                 s(&v["revocation_id"])
             );
+        }
+        ApiCommand::Rotate { .. } | ApiCommand::AbortRotation { .. } => {
+            rotation_rows(std::slice::from_ref(&v));
+        }
+        ApiCommand::Rotations {
+            rotation_id: Some(_),
+            ..
+        } => {
+            rotation_rows(std::slice::from_ref(&v));
+            let events = v["events"].as_array().cloned().unwrap_or_default();
+            let rows = events
+                .iter()
+                .map(|e| {
+                    vec![
+                        s(&e["at"]),
+                        s(&e["from_state"]),
+                        s(&e["to_state"]),
+                        s(&e["actor"]),
+                        s(&e["detail"]),
+                    ]
+                })
+                .collect();
+            println!();
+            print_rows(&["AT", "FROM", "TO", "BY", "DETAIL"], rows);
+        }
+        ApiCommand::Rotations { .. } => {
+            let list = v["rotations"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no rotations");
+            } else {
+                rotation_rows(&list);
+            }
         }
         ApiCommand::EnableKey { id, .. } => match v["lifted"].as_u64() {
             Some(0) => println!("{id} was not disabled"),
@@ -743,6 +851,29 @@ pub(super) async fn unpause(remote: &Remote, kind: &str, value: &str) -> anyhow:
         Err(r) => return Ok(refused(r)),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn rotation_rows(list: &[Value]) {
+    let rows = list
+        .iter()
+        .map(|r| {
+            vec![
+                s(&r["id"]),
+                s(&r["key_id"]),
+                format!("{} -> {}", s(&r["from_version"]), s(&r["to_version"])),
+                s(&r["state"]),
+                s(&r["trigger"]),
+                s(&r["updated_at"]),
+                s(&r["outcome"]),
+            ]
+        })
+        .collect();
+    print_rows(
+        &[
+            "ID", "KEY", "VERSIONS", "STATE", "TRIGGER", "SINCE", "OUTCOME",
+        ],
+        rows,
+    );
 }
 
 fn increase_rows(list: &[Value]) {

@@ -134,6 +134,7 @@ impl Config {
             ));
         }
         self.anomaly.validate()?;
+        self.rotation.validate()?;
         if !(self.admin.increase_finops_above_usd.is_finite()
             && self.admin.increase_finops_above_usd >= 0.0)
         {

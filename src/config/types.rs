@@ -75,6 +75,9 @@ pub struct Config {
     /// The hash-chained audit log.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Staged rotation of provider keys.
+    #[serde(default)]
+    pub rotation: crate::rotation::RotationConfig,
     /// Graceful shutdown.
     #[serde(default = "default_drain", with = "humantime_serde")]
     pub drain_timeout: Duration,

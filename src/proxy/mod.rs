@@ -298,6 +298,7 @@ async fn pipeline(
         status: 0,
         latency_ms: 0,
         prompt_sha256: Some(prompt_sha256),
+        provider_key_version: key.as_ref().map(|k| k.version.clone()),
     };
     let settle = Settlement::new(
         admission,

@@ -85,6 +85,9 @@ pub struct RevocationSet {
     /// One re-read at a time: two racing ones could otherwise publish the older read last.
     syncing: tokio::sync::Mutex<()>,
     notified: std::sync::atomic::AtomicU64,
+    /// Bumped after every re-read: followers of other fleet-wide state announced on the same
+    /// channel (rotations) re-read theirs.
+    synced: tokio::sync::watch::Sender<u64>,
 }
 
 impl RevocationSet {
@@ -96,6 +99,7 @@ impl RevocationSet {
             synced_at: parking_lot::Mutex::new(std::time::Instant::now()),
             syncing: tokio::sync::Mutex::new(()),
             notified: std::sync::atomic::AtomicU64::new(0),
+            synced: tokio::sync::watch::Sender::new(0),
         });
         set.sync().await?;
         Ok(set)
@@ -109,7 +113,14 @@ impl RevocationSet {
         let n = rows.len() + pauses.len();
         self.snap.store(Arc::new(build(rows, pauses)));
         *self.synced_at.lock() = std::time::Instant::now();
+        self.synced.send_modify(|g| *g += 1);
         Ok(n)
+    }
+
+    /// Changes with every re-read (after a change notification, a reconnect or the periodic
+    /// re-sync).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.synced.subscribe()
     }
 
     /// Time since the last successful sync (readiness: how stale the set may be).

@@ -1,10 +1,16 @@
 //! The in-memory key list the hot path selects from, refreshed in the background. A failed
 //! refresh keeps the last good list serving until it is `max_staleness` old; a key the
 //! provider refused is quarantined until the store holds a new version of it.
+//!
+//! Rotation routes ([`RotationRoute`], installed by [`crate::rotation`]) sit on top of the
+//! listing: while a key is in canary a share of its requests goes to the pending version, and
+//! once promoted all of them do, on every replica as soon as it hears of the step — before its
+//! next listing shows the new current version.
 
 use super::{InvalidKey, ProviderKey, SHARED_OWNER, SecretStore, SecretStoreError};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -63,10 +69,45 @@ pub struct KeysHealth {
     pub error: Option<String>,
 }
 
+/// How an unfinished rotation routes one key's requests on this replica.
+#[derive(Debug)]
+pub struct RotationRoute {
+    /// The pending version, with the key's metadata.
+    pub candidate: Arc<ProviderKey>,
+    /// Requests it serves per million of the key's requests (1,000,000 once promoted).
+    pub share_ppm: u64,
+    seq: AtomicU64,
+}
+
+impl RotationRoute {
+    /// Route `share_ppm` of the key's requests to `candidate`.
+    pub fn new(candidate: Arc<ProviderKey>, share_ppm: u64) -> RotationRoute {
+        RotationRoute {
+            candidate,
+            share_ppm: share_ppm.min(PPM),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Does the next request go to the candidate? Exactly `share_ppm` of them do (the n-th
+    /// request goes when ⌊(n+1)·s⌋ > ⌊n·s⌋), so a small canary share still sees traffic
+    /// early instead of by chance.
+    fn take(&self) -> bool {
+        if self.share_ppm >= PPM {
+            return true;
+        }
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        (n + 1) * self.share_ppm / PPM > n * self.share_ppm / PPM
+    }
+}
+
+const PPM: u64 = 1_000_000;
+
 /// The cache.
 pub struct KeyCache {
     store: Arc<dyn SecretStore>,
     keys: ArcSwap<Vec<Arc<ProviderKey>>>,
+    routes: ArcSwap<HashMap<String, Arc<RotationRoute>>>,
     invalid: ArcSwap<Vec<InvalidKey>>,
     next: AtomicUsize,
     last_ok_ms: AtomicI64,
@@ -85,6 +126,7 @@ impl KeyCache {
         warn_invalid(store.name(), &listing.invalid);
         Ok(KeyCache {
             keys: ArcSwap::from_pointee(listing.keys.into_iter().map(Arc::new).collect()),
+            routes: ArcSwap::from_pointee(HashMap::new()),
             invalid: ArcSwap::from_pointee(listing.invalid),
             store,
             next: AtomicUsize::new(0),
@@ -192,9 +234,36 @@ impl KeyCache {
                 .nth(i)
                 .map(Arc::clone)
         };
-        pick(owner.name)
+        let key = pick(owner.name)
             .or_else(|| owner.shared.then(|| pick(SHARED_OWNER)).flatten())
-            .ok_or(NoKey::NoMatch)
+            .ok_or(NoKey::NoMatch)?;
+        Ok(self.route(key))
+    }
+
+    /// The version a rotation sends this request to: the listing's, or the candidate's. A
+    /// refused candidate never serves; the listing's version stands in for it.
+    fn route(&self, key: Arc<ProviderKey>) -> Arc<ProviderKey> {
+        let routes = self.routes.load();
+        match routes.get(&key.id) {
+            Some(r)
+                if r.candidate.version != key.version
+                    && !r.candidate.is_quarantined()
+                    && r.take() =>
+            {
+                Arc::clone(&r.candidate)
+            }
+            _ => key,
+        }
+    }
+
+    /// Install the rotation routes (key id → route), replacing the previous ones at once.
+    pub fn set_routes(&self, routes: HashMap<String, Arc<RotationRoute>>) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// The routes in force.
+    pub fn routes(&self) -> Arc<HashMap<String, Arc<RotationRoute>>> {
+        self.routes.load_full()
     }
 
     /// Take a key out of service because the provider refused it. Returns `true` the first

@@ -14,7 +14,7 @@ mod meta;
 mod vault;
 
 pub use aws::AwsStore;
-pub use cache::{KeyCache, KeysHealth, NoKey, Owner};
+pub use cache::{KeyCache, KeysHealth, NoKey, Owner, RotationRoute};
 pub use file::{ENV_KEYS, FileStore};
 pub use vault::VaultStore;
 
@@ -137,6 +137,23 @@ impl ProviderKey {
             version,
             purpose: None,
             max_tokens_default: None,
+            quarantined: AtomicBool::new(false),
+        }
+    }
+
+    /// The same key serving another `version` with `secret` (a rotation's candidate): same
+    /// id, provider, owner and metadata, so spend and budgets are untouched by rotation.
+    pub fn with_version(&self, secret: SecretString, version: impl Into<String>) -> ProviderKey {
+        ProviderKey {
+            id: self.id.clone(),
+            provider: self.provider.clone(),
+            billing_owner: self.billing_owner.clone(),
+            allowed_models: self.allowed_models.clone(),
+            secret,
+            version: version.into(),
+            versions: self.versions.clone(),
+            purpose: self.purpose.clone(),
+            max_tokens_default: self.max_tokens_default,
             quarantined: AtomicBool::new(false),
         }
     }

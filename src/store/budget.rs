@@ -135,7 +135,7 @@ impl Store {
     /// The store's clock in unix ms: replicas judge each other's liveness by it, never by
     /// their own clocks, so skew between replicas (or a shifted ledger clock) cannot make a
     /// live replica look dead.
-    fn db_now_ms(&self) -> &'static str {
+    pub(super) fn db_now_ms(&self) -> &'static str {
         match self.backend() {
             Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
             Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",

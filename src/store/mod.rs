@@ -12,6 +12,7 @@ mod notify;
 mod pauses;
 mod rates;
 mod records;
+mod rotations;
 mod spend;
 mod workers;
 
@@ -23,6 +24,10 @@ pub use notify::{Change, ChangeFeed};
 pub use pauses::{PauseKind, PauseRecord, Velocity};
 pub use rates::{RATE_BATCH, RateAsk};
 pub use records::*;
+pub use rotations::{
+    NewRotation, RotationEvent, RotationRecord, RotationState, RotationTrigger, Transition,
+    VersionOutcome,
+};
 pub use spend::{SpendGroup, SpendGroupBy};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -244,4 +244,6 @@ pub struct SpendRecord {
     pub latency_ms: i64,
     /// SHA-256 of the prompt (never the prompt): finds every request that sent one.
     pub prompt_sha256: Option<String>,
+    /// Store version of the provider key that served it (rotation compares versions).
+    pub provider_key_version: Option<String>,
 }

@@ -41,8 +41,10 @@ enum Action {
 }
 
 struct Shared {
-    openai_key: String,
-    anthropic_key: String,
+    openai_keys: Mutex<Vec<String>>,
+    anthropic_keys: Mutex<Vec<String>>,
+    /// Keys accepted but failed with this status on every call but `GET /v1/models`.
+    degraded: Mutex<Vec<(String, u16)>>,
     requests: Mutex<Vec<RecordedRequest>>,
     actions: Mutex<VecDeque<Action>>,
 }
@@ -57,8 +59,9 @@ pub struct TestUpstream {
 impl TestUpstream {
     pub async fn start(openai_key: &str, anthropic_key: &str) -> TestUpstream {
         let shared = Arc::new(Shared {
-            openai_key: openai_key.to_owned(),
-            anthropic_key: anthropic_key.to_owned(),
+            openai_keys: Mutex::new(vec![openai_key.to_owned()]),
+            anthropic_keys: Mutex::new(vec![anthropic_key.to_owned()]),
+            degraded: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
             actions: Mutex::new(VecDeque::new()),
         });
@@ -75,6 +78,32 @@ impl TestUpstream {
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.requests.lock().clone()
+    }
+
+    /// Accept `key` too (OpenAI family).
+    pub fn accept_openai_key(&self, key: &str) {
+        self.shared.openai_keys.lock().push(key.to_owned());
+    }
+
+    /// Stop accepting `key` (the provider revoked it).
+    pub fn revoke_openai_key(&self, key: &str) {
+        self.shared.openai_keys.lock().retain(|k| k != key);
+    }
+
+    /// Requests carrying `key` (besides the models list) get `status` from now on.
+    pub fn degrade_key(&self, key: &str, status: u16) {
+        self.shared.degraded.lock().push((key.to_owned(), status));
+    }
+
+    /// Requests to `path` that carried OpenAI key `key`.
+    pub fn count_with_key(&self, path: &str, key: &str) -> usize {
+        let bearer = format!("Bearer {key}");
+        self.shared
+            .requests
+            .lock()
+            .iter()
+            .filter(|r| r.path == path && r.header("authorization").as_deref() == Some(&bearer))
+            .count()
     }
 
     /// The next request gets this status and body.
@@ -152,13 +181,26 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
         None => {}
     }
-    let anthropic = path == "/v1/messages";
-    let authorized = if anthropic {
-        headers.get("x-api-key").and_then(|v| v.to_str().ok()) == Some(s.anthropic_key.as_str())
-            && headers.contains_key("anthropic-version")
+    let anthropic =
+        path == "/v1/messages" || (path == "/v1/models" && headers.contains_key("x-api-key"));
+    let presented = if anthropic {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     } else {
-        headers.get("authorization").and_then(|v| v.to_str().ok())
-            == Some(format!("Bearer {}", s.openai_key).as_str())
+        headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned)
+    };
+    let authorized = match &presented {
+        Some(k) if anthropic => {
+            s.anthropic_keys.lock().contains(k) && headers.contains_key("anthropic-version")
+        }
+        Some(k) => s.openai_keys.lock().contains(k),
+        None => false,
     };
     if !authorized {
         let b = if anthropic {
@@ -167,6 +209,19 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key", "param": null}})
         };
         return (StatusCode::UNAUTHORIZED, axum::Json(b)).into_response();
+    }
+    let degraded = presented.as_ref().and_then(|k| {
+        s.degraded
+            .lock()
+            .iter()
+            .find(|(d, _)| d == k)
+            .map(|(_, st)| *st)
+    });
+    if let Some(st) = degraded
+        && path != "/v1/models"
+    {
+        let b = json!({"error": {"message": "The server had an error while processing your request", "type": "server_error", "param": null, "code": null}});
+        return (StatusCode::from_u16(st).unwrap(), axum::Json(b)).into_response();
     }
     let model = body["model"].as_str().unwrap_or("unknown").to_owned();
     let input = prompt_words(&body);

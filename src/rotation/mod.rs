@@ -1,0 +1,175 @@
+//! Staged rotation of provider keys: `staged → tested → canary → promoted → draining →
+//! retired`, or `rolled_back` (see DESIGN.md "Rotation" and the README's "Rotate a key").
+//!
+//! Two tasks per replica:
+//! - the **driver** ([`drive`]) takes the lease of each unfinished rotation in the store and
+//!   takes its next step. Every step is idempotent and is persisted with its inputs and result
+//!   before the next one starts, so a replica killed at any point leaves a rotation another
+//!   replica resumes once the lease lapses (`rotation.lease`);
+//! - the **follower** ([`follow`]) routes this replica's traffic by the rotations' states: a
+//!   share of a key's requests to the pending version in canary, all of them once promoted.
+//!   It re-reads on every change notification (the revocation channel), so every replica
+//!   switches within the revocation propagation bound.
+//!
+//! Invariants: the listing's current version keeps serving until promotion, and stands in
+//! whenever the candidate is refused; the old version serves until the new one is promoted
+//! and drained; a rolled-back candidate is withdrawn from the store and from every route.
+
+mod config;
+mod drive;
+mod follow;
+mod probe;
+
+pub use config::RotationConfig;
+
+use crate::alerts::Alerts;
+use crate::app::ProviderRoute;
+use crate::audit::Audit;
+use crate::revocation::RevocationSet;
+use crate::secrets::{KeyCache, ProviderKey, SecretStore, Stage};
+use crate::store::{NewRotation, RotationRecord, RotationTrigger, Store, StoreError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why a rotation could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No such key in the last listing.
+    #[error("no provider key {0} in the secret store's last listing")]
+    UnknownKey(String),
+    /// Nothing to rotate to.
+    #[error(
+        "provider key {key} has no pending version to rotate to: write the new key first \
+         (Vault/OpenBao: a new KV version of {key} while tollgate_version pins the current one; \
+         AWS: a version labelled AWSPENDING), then rotate again"
+    )]
+    NoPending {
+        /// Key id.
+        key: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The rotation engine of one replica.
+pub struct Rotator {
+    cfg: RotationConfig,
+    store: Store,
+    secrets: Arc<dyn SecretStore>,
+    keys: Arc<KeyCache>,
+    revocations: Arc<RevocationSet>,
+    providers: HashMap<String, ProviderRoute>,
+    http: reqwest::Client,
+    alerts: Arc<Alerts>,
+    audit: Arc<Audit>,
+    replica: String,
+    /// Failed live tests per rotation (transient failures are retried `test_attempts` times).
+    attempts: parking_lot::Mutex<HashMap<i64, u32>>,
+    /// Candidates read from the store, by rotation id (kept so a refusal stays recorded).
+    candidates: parking_lot::Mutex<HashMap<i64, Arc<ProviderKey>>>,
+}
+
+/// What the engine needs.
+pub struct Parts {
+    /// Settings.
+    pub cfg: RotationConfig,
+    /// The store.
+    pub store: Store,
+    /// The secret store keys are read from and promoted in.
+    pub secrets: Arc<dyn SecretStore>,
+    /// The key cache the proxy selects from.
+    pub keys: Arc<KeyCache>,
+    /// Change notifications ride on its channel.
+    pub revocations: Arc<RevocationSet>,
+    /// Providers by id (the live test calls them).
+    pub providers: HashMap<String, ProviderRoute>,
+    /// Client of the live tests.
+    pub http: reqwest::Client,
+    /// Webhooks.
+    pub alerts: Arc<Alerts>,
+    /// The audit log.
+    pub audit: Arc<Audit>,
+    /// This replica's id (the lease holder's name).
+    pub replica: String,
+}
+
+impl Rotator {
+    /// Assemble.
+    pub fn new(p: Parts) -> Arc<Rotator> {
+        Arc::new(Rotator {
+            cfg: p.cfg,
+            store: p.store,
+            secrets: p.secrets,
+            keys: p.keys,
+            revocations: p.revocations,
+            providers: p.providers,
+            http: p.http,
+            alerts: p.alerts,
+            audit: p.audit,
+            replica: p.replica,
+            attempts: parking_lot::Mutex::new(HashMap::new()),
+            candidates: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Start rotating `key_id` to its pending version, unless it is being rotated already
+    /// (then that rotation is returned with `false`).
+    pub async fn start(
+        &self,
+        key_id: &str,
+        trigger: RotationTrigger,
+        emergency: bool,
+        by: &str,
+    ) -> Result<(RotationRecord, bool), StartError> {
+        if let Some(open) = self.store.open_rotation_of(key_id).await? {
+            return Ok((open, false));
+        }
+        let (keys, _) = self.keys.snapshot();
+        let key = keys
+            .iter()
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| StartError::UnknownKey(key_id.to_owned()))?;
+        let pending = key
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.stage == Stage::Pending)
+            .ok_or_else(|| StartError::NoPending {
+                key: key_id.to_owned(),
+            })?;
+        let (rec, created) = self
+            .store
+            .start_rotation(&NewRotation {
+                key_id: key_id.to_owned(),
+                from_version: key.version.clone(),
+                to_version: pending.id.clone(),
+                trigger,
+                emergency,
+                requested_by: by.to_owned(),
+                now: crate::clock::now_ms(),
+            })
+            .await?;
+        if created {
+            tracing::info!(rotation = rec.id, key = %rec.key_id, from = %rec.from_version, to = %rec.to_version,
+                trigger = trigger.as_str(), emergency, "rotation staged");
+        }
+        Ok((rec, created))
+    }
+
+    /// Run the driver and the follower until cancelled. On the way out the driver gives up
+    /// its leases, so another replica takes over at once rather than after `rotation.lease`.
+    pub fn spawn(self: Arc<Self>, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
+        vec![
+            drive::spawn(Arc::clone(&self), cancel.clone()),
+            follow::spawn(self, cancel),
+        ]
+    }
+
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+}
