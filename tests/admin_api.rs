@@ -117,6 +117,7 @@ async fn every_operation_enforces_the_roles_its_document_names() {
             let concrete = path
                 .replace("{revocation_id}", "999999")
                 .replace("{pause_id}", "999999")
+                .replace("{rotation_id}", "999999")
                 .replace("{id}", "no-such-key");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = (method == Method::POST).then(|| json!({}));
@@ -164,6 +165,10 @@ async fn every_operation_enforces_the_roles_its_document_names() {
         "GET /admin/v1/keys",
         "POST /admin/v1/keys/{id}/disable",
         "POST /admin/v1/keys/{id}/enable",
+        "POST /admin/v1/keys/{id}/rotate",
+        "GET /admin/v1/rotations",
+        "GET /admin/v1/rotations/{rotation_id}",
+        "POST /admin/v1/rotations/{rotation_id}/abort",
         "GET /admin/v1/tokens",
         "GET /admin/v1/pauses",
         "DELETE /admin/v1/pauses/{pause_id}",

@@ -577,6 +577,8 @@ async fn an_aws_key_rotates_by_moving_awscurrent_and_keeping_awsprevious() {
     let value = |k: &str| json!({ "api_key": k }).to_string();
     moto.create(&name, &value(OPENAI_KEY), &[("billing_owner", "team-a")])
         .await;
+    let app = app(moto.secrets_toml(&p), rotation_toml("800ms", "300ms")).await;
+    // Written after the last listing (refresh_interval is 1h): rotate lists the store again.
     let sm = moto.client();
     let put = sm
         .put_secret_value()
@@ -587,7 +589,6 @@ async fn an_aws_key_rotates_by_moving_awscurrent_and_keeping_awsprevious() {
         .await
         .unwrap();
     let pending = put.version_id().unwrap().to_owned();
-    let app = app(moto.secrets_toml(&p), rotation_toml("800ms", "300ms")).await;
     app.upstream.accept_openai_key(NEW_KEY);
     let token = app.token_for("team-a").await;
     let traffic = Traffic::start(&app, &token, 3);

@@ -419,3 +419,111 @@ async fn many_rate_windows_are_leased_in_one_batch_each_within_its_own_limit() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_rotation_is_one_per_key_advanced_only_by_its_leader_and_judged_from_spend_rows() {
+    use tollgate::store::{NewRotation, RotationState as S, RotationTrigger, Transition};
+    each_store(|s| async move {
+        let new = |key: &str| NewRotation {
+            key_id: key.into(),
+            from_version: "1".into(),
+            to_version: "2".into(),
+            trigger: RotationTrigger::Manual,
+            emergency: false,
+            requested_by: "sam".into(),
+            now: 1_000,
+        };
+        // Concurrent starts: one rotation.
+        let starts = futures_util::future::join_all((0..6).map(|_| {
+            let (s, r) = (s.clone(), new("k1"));
+            async move { s.start_rotation(&r).await }
+        }))
+        .await;
+        let ids: std::collections::BTreeSet<i64> =
+            starts.iter().map(|r| r.as_ref().unwrap().0.id).collect();
+        assert_eq!(ids.len(), 1);
+        assert_eq!(starts.iter().filter(|r| r.as_ref().unwrap().1).count(), 1);
+        let id = *ids.first().unwrap();
+        // The lease: one holder until it lapses.
+        assert!(s.claim_rotation(id, "r1", 60_000).await.unwrap());
+        assert!(!s.claim_rotation(id, "r2", 60_000).await.unwrap());
+        let step = |from, to, leader| Transition {
+            from,
+            to,
+            leader,
+            outcome: "ok",
+            detail: serde_json::json!({"n": 1}),
+            now: 2_000,
+        };
+        assert!(
+            !s.advance_rotation(id, &step(S::Staged, S::Tested, "r2"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            s.advance_rotation(id, &step(S::Staged, S::Tested, "r1"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.advance_rotation(id, &step(S::Staged, S::Tested, "r1"))
+                .await
+                .unwrap(),
+            "a step taken twice changes nothing"
+        );
+        s.release_rotation(id, "r1").await.unwrap();
+        assert!(s.claim_rotation(id, "r2", 60_000).await.unwrap());
+        let events = s.rotation_events(id).await.unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.seq, e.to_state.as_str(), e.actor.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "staged", "sam"), (2, "tested", "r1")]
+        );
+        // Abort: recorded once, kept with its first asker; finished rotations refuse it.
+        let a = s.request_rotation_abort(id, "ana").await.unwrap().unwrap();
+        assert_eq!(a.abort_requested_by.as_deref(), Some("ana"));
+        let a = s.request_rotation_abort(id, "bob").await.unwrap().unwrap();
+        assert_eq!(a.abort_requested_by.as_deref(), Some("ana"));
+        assert!(
+            s.advance_rotation(id, &step(S::Tested, S::RolledBack, "r2"))
+                .await
+                .unwrap()
+        );
+        assert!(s.request_rotation_abort(id, "bob").await.unwrap().is_none());
+        assert!(s.open_rotations().await.unwrap().is_empty());
+        assert_eq!(s.rotations_for_routing(2_000).await.unwrap().len(), 1);
+        // Finished: the key may rotate again.
+        let (again, created) = s.start_rotation(&new("k1")).await.unwrap();
+        assert!(created && again.id != id);
+        assert_eq!(s.rotations(Some("k1"), 10).await.unwrap().len(), 2);
+
+        // Per-version outcomes from spend rows.
+        let mut rows = Vec::new();
+        for (i, (version, status)) in [("1", 200), ("1", 500), ("2", 200), ("2", 401), ("2", 503)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut r = spend(&format!("rq{i}"), "p", 5_000, 1);
+            r.provider_key_version = Some(version.into());
+            r.status = status;
+            rows.push(r);
+        }
+        s.insert_spend(&rows).await.unwrap();
+        let o = s.version_outcome("k1", "2", 5_000).await.unwrap();
+        assert_eq!((o.requests, o.errors, o.refused), (3, 2, 1));
+        let o = s.version_outcome("k1", "1", 5_000).await.unwrap();
+        assert_eq!((o.requests, o.errors, o.refused), (2, 1, 0));
+        assert_eq!(
+            s.version_outcome("k1", "2", 5_001).await.unwrap().requests,
+            0
+        );
+        let t = s.version_timeline("k1", 4_000).await.unwrap();
+        assert_eq!(
+            t,
+            [(1, Some("1".into()), 2, 1), (1, Some("2".into()), 3, 2)]
+        );
+    })
+    .await;
+}

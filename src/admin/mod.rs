@@ -214,6 +214,6 @@ mod tests {
                 assert!(op["summary"].is_string(), "{method} {path}");
             }
         }
-        assert_eq!(n, 20);
+        assert_eq!(n, 24);
     }
 }

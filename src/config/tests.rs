@@ -233,3 +233,28 @@ fn the_anomaly_guard_is_on_by_default_and_bad_settings_name_the_field() {
         .to_string();
     assert!(e.contains("multiplier"), "{e}");
 }
+
+#[test]
+fn rotation_has_safe_defaults_and_bad_settings_name_the_field() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.rotation.canary_share, 0.1);
+    assert_eq!(c.rotation.share_ppm(), 100_000);
+    assert_eq!(c.rotation.drain, std::time::Duration::from_secs(600));
+    for (bad, field) in [
+        ("canary_share = 0", "rotation.canary_share"),
+        ("canary_share = 1.5", "rotation.canary_share"),
+        ("tick = \"1ms\"", "rotation.tick"),
+        ("tick = \"1s\"\nlease = \"2s\"", "rotation.lease"),
+        ("test_attempts = 0", "rotation.test_attempts"),
+        (
+            "canary_max_error_rate_increase = 2",
+            "rotation.canary_max_error_rate_increase",
+        ),
+        ("canary = 1", "canary"),
+    ] {
+        let e = Config::from_toml_str(&format!("{MINIMAL}[rotation]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}

@@ -127,6 +127,37 @@ impl Rotator {
         if let Some(open) = self.store.open_rotation_of(key_id).await? {
             return Ok((open, false));
         }
+        let (from, to) = match self.pending_of(key_id) {
+            Ok(v) => v,
+            Err(_) => {
+                // Written since the last listing? Look again before refusing.
+                if let Err(e) = self.keys.refresh().await {
+                    tracing::warn!(error = %e, "rotation: secret store not listed; judging by the last listing");
+                }
+                self.pending_of(key_id)?
+            }
+        };
+        let (rec, created) = self
+            .store
+            .start_rotation(&NewRotation {
+                key_id: key_id.to_owned(),
+                from_version: from,
+                to_version: to,
+                trigger,
+                emergency,
+                requested_by: by.to_owned(),
+                now: crate::clock::now_ms(),
+            })
+            .await?;
+        if created {
+            tracing::info!(rotation = rec.id, key = %rec.key_id, from = %rec.from_version, to = %rec.to_version,
+                trigger = trigger.as_str(), emergency, "rotation staged");
+        }
+        Ok((rec, created))
+    }
+
+    /// The served and the newest pending version of `key_id` in the last listing.
+    fn pending_of(&self, key_id: &str) -> Result<(String, String), StartError> {
         let (keys, _) = self.keys.snapshot();
         let key = keys
             .iter()
@@ -140,23 +171,7 @@ impl Rotator {
             .ok_or_else(|| StartError::NoPending {
                 key: key_id.to_owned(),
             })?;
-        let (rec, created) = self
-            .store
-            .start_rotation(&NewRotation {
-                key_id: key_id.to_owned(),
-                from_version: key.version.clone(),
-                to_version: pending.id.clone(),
-                trigger,
-                emergency,
-                requested_by: by.to_owned(),
-                now: crate::clock::now_ms(),
-            })
-            .await?;
-        if created {
-            tracing::info!(rotation = rec.id, key = %rec.key_id, from = %rec.from_version, to = %rec.to_version,
-                trigger = trigger.as_str(), emergency, "rotation staged");
-        }
-        Ok((rec, created))
+        Ok((key.version.clone(), pending.id.clone()))
     }
 
     /// Run the driver and the follower until cancelled. On the way out the driver gives up

@@ -217,3 +217,51 @@ async fn cached_keys_stop_serving_past_max_staleness() {
             .is_ok()
     );
 }
+
+#[tokio::test]
+async fn a_rotation_route_sends_exactly_its_share_to_the_candidate_and_never_a_refused_one() {
+    let (_f, s) = store_with(KEYS);
+    let cache = KeyCache::load(s, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let pick = |c: &KeyCache| {
+        c.select("anthropic", "claude", Owner::only("team-b"), |_| true)
+            .unwrap()
+    };
+    let base = pick(&cache);
+    let candidate = Arc::new(base.with_version(SecretString::from("sk-ant-new"), "v2"));
+    assert_eq!(
+        (candidate.id.as_str(), candidate.billing_owner.as_str()),
+        ("anthropic", "team-b"),
+        "the candidate is the same key: spend and budgets follow the id"
+    );
+    let mut routes = std::collections::HashMap::new();
+    routes.insert(
+        "anthropic".to_owned(),
+        Arc::new(RotationRoute::new(Arc::clone(&candidate), 250_000)),
+    );
+    cache.set_routes(routes);
+    let served: Vec<String> = (0..100).map(|_| pick(&cache).version.clone()).collect();
+    assert_eq!(served.iter().filter(|v| *v == "v2").count(), 25);
+    // Spread, not bunched: every 4th request.
+    assert_eq!(served[3], "v2");
+    assert_eq!(served[0], base.version);
+
+    // A refused candidate stops serving at once; the listed version stands in.
+    assert!(cache.quarantine(&candidate));
+    assert!((0..20).all(|_| pick(&cache).version == base.version));
+    assert!(!base.is_quarantined());
+
+    // Promoted: every request.
+    let promoted = Arc::new(base.with_version(SecretString::from("sk-ant-new"), "v3"));
+    let mut routes = std::collections::HashMap::new();
+    routes.insert(
+        "anthropic".to_owned(),
+        Arc::new(RotationRoute::new(Arc::clone(&promoted), 1_000_000)),
+    );
+    cache.set_routes(routes);
+    assert!((0..20).all(|_| pick(&cache).version == "v3"));
+    assert_eq!(pick(&cache).secret.expose_secret(), "sk-ant-new");
+    cache.set_routes(std::collections::HashMap::new());
+    assert_eq!(pick(&cache).version, base.version);
+}
