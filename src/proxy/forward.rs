@@ -49,13 +49,35 @@ pub async fn forward(
     if out.route.kind == ProviderKind::Mock {
         return Ok(mock(state, &out, settle));
     }
-    let (status, headers, body) = match send(state, &out).await {
+    let mut out = out;
+    let (mut status, mut headers, mut body) = match send(state, &out).await {
         Ok(r) => r,
         Err(e) => {
             settle.finish(e.code.status().as_u16(), Charge::Nothing);
             return Err(e);
         }
     };
+    // A rotation candidate the provider refused or failed: nothing has reached the client, so
+    // the current version serves the request instead (once). The canary still counts the
+    // failure, from the attempt's own row.
+    if candidate_failed(status)
+        && let Some(k) = &out.key
+        && let Some(current) = state.keys.fallback_for(k)
+    {
+        if matches!(status.as_u16(), 401 | 403) && state.keys.quarantine(k) {
+            tracing::error!(provider = %out.route.id, provider_key = %k.id, version = %k.version, status = status.as_u16(),
+                "provider rejected the rotation candidate; it no longer serves here and the canary will roll it back");
+        }
+        settle.failed_attempt(status.as_u16(), &k.version, &current.version);
+        out.key = Some(current);
+        (status, headers, body) = match send(state, &out).await {
+            Ok(r) => r,
+            Err(e) => {
+                settle.finish(e.code.status().as_u16(), Charge::Nothing);
+                return Err(e);
+            }
+        };
+    }
     if !status.is_success() {
         return upstream_failure(state, &out, status, &headers, body, settle).await;
     }
@@ -146,6 +168,11 @@ fn timeout_error(out: &Outbound<'_>) -> ApiError {
         Code::UpstreamTimeout,
         format!("provider {} did not answer in time", out.route.id),
     )
+}
+
+/// Statuses that blame the key version rather than the request (canary judgement).
+fn candidate_failed(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403) || status.is_server_error()
 }
 
 /// An upstream body as a stream of data chunks (trailers dropped), for the SSE relay.

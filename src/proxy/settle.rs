@@ -59,6 +59,23 @@ impl Settlement {
         }
     }
 
+    /// Record an attempt the provider failed before the request was served by another key
+    /// version (a rotation candidate's failure, retried on the current version): a zero-cost
+    /// row of its own (request id suffixed `.canary`), so the canary judges it, and the
+    /// request's own row names the version that finally served.
+    pub fn failed_attempt(&mut self, status: u16, version: &str, next_version: &str) {
+        let Some(rec) = self.record.as_mut() else {
+            return;
+        };
+        let mut attempt = rec.clone();
+        attempt.request_id = format!("{}.canary", rec.request_id);
+        attempt.status = i32::from(status);
+        attempt.provider_key_version = Some(version.to_owned());
+        attempt.latency_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        rec.provider_key_version = Some(next_version.to_owned());
+        self.writer.record(attempt);
+    }
+
     /// Settle now (later calls do nothing).
     pub fn finish(&mut self, status: u16, charge: Charge) {
         let (Some(admission), Some(mut rec)) = (self.admission.take(), self.record.take()) else {

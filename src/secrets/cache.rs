@@ -256,6 +256,21 @@ impl KeyCache {
         }
     }
 
+    /// When `key` is a rotation candidate, the listed version of the same key, which serves a
+    /// request the candidate failed (the old version still serves retried requests).
+    pub fn fallback_for(&self, key: &ProviderKey) -> Option<Arc<ProviderKey>> {
+        let routes = self.routes.load();
+        let route = routes.get(&key.id)?;
+        if route.candidate.version != key.version {
+            return None;
+        }
+        self.keys
+            .load()
+            .iter()
+            .find(|k| k.id == key.id && k.version != key.version && !k.is_quarantined())
+            .map(Arc::clone)
+    }
+
     /// Install the rotation routes (key id → route), replacing the previous ones at once.
     pub fn set_routes(&self, routes: HashMap<String, Arc<RotationRoute>>) {
         self.routes.store(Arc::new(routes));
