@@ -106,6 +106,17 @@ async fn rotation(app: &TestApp, rid: i64) -> Value {
     r.json().await.unwrap()
 }
 
+async fn abort(app: &TestApp, rid: i64) -> reqwest::Response {
+    let t = security(app);
+    app.admin(
+        Method::POST,
+        &format!("/admin/v1/rotations/{rid}/abort"),
+        Some(&t),
+        None,
+    )
+    .await
+}
+
 /// Poll until the rotation is in `state` (panics with its history after `within`).
 async fn until_state(app: &TestApp, rid: i64, state: &str, within: Duration) -> Value {
     let end = Instant::now() + within;
@@ -410,25 +421,11 @@ async fn concurrent_rotate_calls_give_one_rotation_and_abort_rolls_it_back() {
     let rid = ids[0];
     until_state(&app, rid, "canary", Duration::from_secs(20)).await;
     let t = security(&app);
-    let r = app
-        .admin(
-            Method::POST,
-            &format!("/admin/v1/rotations/{rid}/abort"),
-            Some(&t),
-            None,
-        )
-        .await;
+    let r = abort(&app, rid).await;
     assert_eq!(r.status(), 202);
     let done = until_state(&app, rid, "rolled_back", Duration::from_secs(10)).await;
     assert_eq!(done["outcome"], "aborted by sam@example.com");
-    let r = app
-        .admin(
-            Method::POST,
-            &format!("/admin/v1/rotations/{rid}/abort"),
-            Some(&t),
-            None,
-        )
-        .await;
+    let r = abort(&app, rid).await;
     assert_eq!(r.status(), 409);
     // Roles: a viewer-less caller may not rotate; unknown keys and ids are 404.
     let nobody = app.admin_token("mallory@example.com", &[]);

@@ -5,7 +5,6 @@
 
 use super::Rotator;
 use super::probe::{self, Verdict};
-use crate::alerts::Alerts;
 use crate::config::WebhookFormat;
 use crate::secrets::SecretStoreError;
 use crate::store::{RotationRecord, RotationState, StoreError, Transition, VersionOutcome};
@@ -108,12 +107,7 @@ impl Rotator {
             }
             RotationState::Canary => self.judge_canary(rot, elapsed).await,
             RotationState::Promoted => {
-                let drain = if rot.emergency {
-                    self.cfg.emergency_drain
-                } else {
-                    self.cfg.drain
-                };
-                let detail = json!({"drain_ms": ms(drain)});
+                let detail = json!({"drain_ms": ms(self.drain_of(rot))});
                 self.advance(
                     rot,
                     RotationState::Draining,
@@ -124,12 +118,7 @@ impl Rotator {
                 .map(|_| ())
             }
             RotationState::Draining => {
-                let drain = if rot.emergency {
-                    self.cfg.emergency_drain
-                } else {
-                    self.cfg.drain
-                };
-                if elapsed < ms(drain) {
+                if elapsed < ms(self.drain_of(rot)) {
                     return Ok(());
                 }
                 self.retire(rot).await
@@ -366,23 +355,30 @@ impl Rotator {
         self.providers.get(&provider)
     }
 
-    async fn alert(&self, rot: &RotationRecord, kind: &'static str, msg: &str) {
-        send(&self.alerts, rot, kind, msg).await;
+    /// How long the old version stays usable after promotion.
+    fn drain_of(&self, rot: &RotationRecord) -> std::time::Duration {
+        if rot.emergency {
+            self.cfg.emergency_drain
+        } else {
+            self.cfg.drain
+        }
     }
-}
 
-async fn send(alerts: &Alerts, rot: &RotationRecord, kind: &'static str, msg: &str) {
-    let what = format!("{kind} of {}", rot.key_id);
-    alerts
-        .send(&what, |f| match f {
-            WebhookFormat::Json => json!({
-                "type": kind, "rotation": rot.id, "key": rot.key_id,
-                "from_version": rot.from_version, "to_version": rot.to_version,
-                "message": msg,
-            }),
-            WebhookFormat::Slack => json!({"text": format!(":rotating_light: Tollgate: {msg}")}),
-        })
-        .await;
+    async fn alert(&self, rot: &RotationRecord, kind: &'static str, msg: &str) {
+        let what = format!("{kind} of {}", rot.key_id);
+        self.alerts
+            .send(&what, |f| match f {
+                WebhookFormat::Json => json!({
+                    "type": kind, "rotation": rot.id, "key": rot.key_id,
+                    "from_version": rot.from_version, "to_version": rot.to_version,
+                    "message": msg,
+                }),
+                WebhookFormat::Slack => {
+                    json!({"text": format!(":rotating_light: Tollgate: {msg}")})
+                }
+            })
+            .await;
+    }
 }
 
 fn rate(o: &VersionOutcome) -> f64 {
