@@ -1,7 +1,9 @@
 //! Staged rotation of provider keys against real secret stores (OpenBao, moto) and a test
 //! upstream that accepts only the keys it was told are valid: a full rotation under traffic
 //! with no failed request, a bad pending key rolled back at `tested`, a key that degrades
-//! during the canary rolled back, concurrent rotate calls giving one rotation, and abort.
+//! during the canary rolled back, concurrent rotate calls giving one rotation, and abort;
+//! policy schedules, keys created and deleted through OpenAI's admin API (served by the test
+//! upstream), emergency rotation from `disable --rotate`, and a leader killed with SIGKILL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,8 +15,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::app::{OPENAI_KEY, Options, TestApp, spawn_app_with};
-use support::db::TestDbKind;
+use support::app::{OPENAI_KEY, Options, TestApp, UPSTREAM_URL, spawn_app_with};
+use support::db::{TestDb, TestDbKind};
 use support::peers::{Bao, Moto, unique_prefix};
 
 const NEW_KEY: &str = "sk-test-openai-rotated-4c1d9e";
@@ -22,7 +24,12 @@ const ROLES: &str = r#"
 roles:
   - role: security
     groups: ["sec-team"]
+  - role: responder
+    groups: ["oncall"]
 "#;
+/// The admin key of the test upstream's OpenAI admin API.
+const ADMIN_KEY: &str = "sk-admin-test-7f3a91";
+const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// Fast pacing: the whole rotation takes a few seconds.
 fn rotation_toml(canary: &str, drain: &str) -> String {
@@ -42,7 +49,18 @@ async fn app_on(
     secrets: String,
     rotation: String,
 ) -> TestApp {
-    let policy = format!("{}{ROLES}", support::app::POLICY);
+    app_with_policy(kind, database_url, secrets, rotation, "").await
+}
+
+/// [`app_on`] with `extra_policy` appended to the policy file.
+async fn app_with_policy(
+    kind: TestDbKind,
+    database_url: Option<String>,
+    secrets: String,
+    rotation: String,
+    extra_policy: &str,
+) -> TestApp {
+    let policy = format!("{}{ROLES}{extra_policy}", support::app::POLICY);
     spawn_app_with(
         kind,
         Options {
@@ -188,6 +206,16 @@ impl Traffic {
     }
 }
 
+/// Every client request was answered 200.
+fn assert_no_failures(statuses: &[u16]) {
+    let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests: {failed:?} of {}",
+        statuses.len()
+    );
+}
+
 /// `n` chat calls, each answered 200.
 async fn calls_succeed(app: &TestApp, token: &str, n: usize) {
     for _ in 0..n {
@@ -255,11 +283,7 @@ async fn a_vault_key_rotates_through_every_step_under_traffic_without_a_failed_r
             "staged", "tested", "canary", "promoted", "draining", "retired"
         ]
     );
-    let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
-    assert!(
-        failed.is_empty(),
-        "failed requests during the rotation: {failed:?}"
-    );
+    assert_no_failures(&statuses);
     assert!(statuses.len() > 50, "traffic ran: {}", statuses.len());
     // The canary saw the new key while the old one still served most requests.
     let canary = &done["events"][3]["detail"];
@@ -389,8 +413,7 @@ async fn degraded_canary(status: u16, reason: &str) {
         "a rolled-back key never serves again"
     );
     // Each request the candidate failed was served by the current version instead.
-    let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    assert_no_failures(&statuses);
     assert!(
         app.upstream
             .count_with_key("/v1/chat/completions", OPENAI_KEY)
@@ -506,6 +529,7 @@ async fn rotations_left_by_a_dead_leader_at_any_step_are_resumed_by_another_repl
                 trigger: RotationTrigger::Manual,
                 emergency: false,
                 requested_by: "test".into(),
+                issued_ref: None,
                 now: tollgate::clock::now_ms(),
             })
             .await
@@ -575,8 +599,7 @@ async fn rotations_left_by_a_dead_leader_at_any_step_are_resumed_by_another_repl
         assert_eq!(vault_meta(&bao, id).await["tollgate_version"], "2", "{id}");
     }
     let statuses = traffic.stop().await;
-    let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
-    assert!(failed.is_empty(), "{failed:?} of {}", statuses.len());
+    assert_no_failures(&statuses);
 }
 
 #[tokio::test]
@@ -625,4 +648,433 @@ async fn an_aws_key_rotates_by_moving_awscurrent_and_keeping_awsprevious() {
             .values()
             .any(|s| s.iter().any(|l| l == "AWSPREVIOUS"))
     );
+}
+
+/// An OpenAI key issuer for the keys under `{prefix}/openai/`, speaking to the test upstream's
+/// admin API with the admin key kept in Vault at `admin_path`.
+fn issuer_toml(prefix: &str, admin_path: &str) -> String {
+    format!(
+        "schedule_tick = \"100ms\"\n[[rotation.issuers]]\nname = \"openai-test\"\nkind = \"openai\"\n\
+         keys = [\"{prefix}/openai/*\"]\nbase_url = \"{UPSTREAM_URL}\"\nproject_id = \"proj_test\"\n\
+         admin_key_secret = \"{admin_path}\"\n"
+    )
+}
+
+async fn rotations_of(app: &TestApp, id: &str) -> Vec<Value> {
+    let t = security(app);
+    let r: Value = app
+        .admin(
+            Method::GET,
+            &format!("/admin/v1/rotations?key={}", enc(id)),
+            Some(&t),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    r["rotations"].as_array().unwrap().clone()
+}
+
+/// An app whose database says key `id` was first seen `seen_ago_ms` ago, with `schedule`
+/// appended to the policy.
+async fn scheduled_app(
+    bao: &Bao,
+    p: &str,
+    id: &str,
+    seen_ago_ms: i64,
+    schedule: &str,
+    rotation: String,
+) -> (TestApp, TestDb) {
+    let db = TestDb::new(TestDbKind::Sqlite).await;
+    let store = tollgate::store::Store::connect(&db.url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .schedule_first_seen(id, tollgate::clock::now_ms() - seen_ago_ms)
+        .await
+        .unwrap();
+    store.close().await;
+    let app = app_with_policy(
+        TestDbKind::Sqlite,
+        Some(db.url.clone()),
+        bao.secrets_toml(p),
+        rotation,
+        schedule,
+    )
+    .await;
+    (app, db)
+}
+
+/// The first rotation of `id`, once one exists.
+async fn first_rotation_of(app: &TestApp, id: &str, within: Duration) -> Value {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(r) = rotations_of(app, id).await.pop() {
+            return r;
+        }
+        assert!(Instant::now() < end, "no rotation of {id} started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn vault_version(bao: &Bao, id: &str, version: u64) -> String {
+    bao.api(
+        Method::GET,
+        &format!("secret/data/{id}?version={version}"),
+        None,
+    )
+    .await["data"]["data"]["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_due_schedule_rotates_to_a_key_the_issuer_creates_and_retiring_it_deletes_it_at_the_provider()
+ {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let id = format!("{p}/openai/team-a");
+    let fresh = format!("{p}/openai/fresh");
+    // No pin: the first issued version must not serve before its canary.
+    bao.put_key_with(&id, OPENAI_KEY, &[("billing_owner", "team-a")])
+        .await;
+    bao.put_key_with(&fresh, OPENAI_KEY, &[("billing_owner", "team-b")])
+        .await;
+    let admin_path = format!("{p}-admin/openai");
+    bao.put_key(&admin_path, ADMIN_KEY).await;
+    // team-a's key was first seen 31 days ago, so its 30-day schedule is due; the other key
+    // is seen for the first time now and is not.
+    let schedule =
+        format!("rotations:\n  - name: monthly\n    keys: [\"{p}/openai/*\"]\n    every: 30d\n");
+    let rotation = format!(
+        "{}{}",
+        rotation_toml("1s", "300ms"),
+        issuer_toml(&p, &admin_path)
+    );
+    let (app, _db) = scheduled_app(&bao, &p, &id, 31 * DAY_MS, &schedule, rotation).await;
+    // The provider refuses the admin key: a clear 503 that names the issuer and no key, and
+    // nothing is created or recorded.
+    app.upstream.serve_admin_api("sk-admin-some-other-key");
+    let r = rotate(&app, &fresh, json!({})).await;
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("openai-test") && body.contains("401") && !body.contains(ADMIN_KEY),
+        "{body}"
+    );
+    assert!(app.upstream.service_accounts().is_empty());
+    app.upstream.serve_admin_api(ADMIN_KEY);
+    let token = app.token_for("team-a").await;
+    let traffic = Traffic::start(&app, &token, 2);
+
+    // The schedule starts the rotation by itself, with a key the issuer created.
+    let first = first_rotation_of(&app, &id, Duration::from_secs(15)).await;
+    assert_eq!(
+        (first["trigger"].as_str(), first["requested_by"].as_str()),
+        (Some("schedule"), Some("schedule:monthly"))
+    );
+    assert_eq!(
+        (first["from_version"].as_str(), first["to_version"].as_str()),
+        (Some("1"), Some("2"))
+    );
+    let rid = first["id"].as_i64().unwrap();
+    let done = until_state(&app, rid, "retired", Duration::from_secs(30)).await;
+    assert_eq!(
+        states(&done),
+        [
+            "staged", "tested", "canary", "promoted", "draining", "retired"
+        ]
+    );
+    let accounts = app.upstream.service_accounts();
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    assert_eq!(accounts[0].project, "proj_test");
+    assert!(accounts[0].name.contains(&id), "{accounts:?}");
+    assert_eq!(done["issued_ref"], accounts[0].id.as_str());
+    assert_eq!(vault_version(&bao, &id, 2).await, accounts[0].key);
+    assert_eq!(vault_meta(&bao, &id).await["tollgate_version"], "2");
+    // The old key was not created by the issuer: a person revokes it at the console.
+    assert_eq!(done["events"][5]["detail"]["revoke_at_provider"], true);
+    assert!(
+        rotations_of(&app, &fresh).await.is_empty(),
+        "a key seen just now is not due"
+    );
+
+    // Rotating again (nothing pending) asks the issuer again; retiring version 2 deletes its
+    // service account, and with it the key, at the provider.
+    let r = rotate(&app, &id, json!({})).await;
+    assert_eq!(r.status(), 202);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r["to_version"], "3");
+    let done = until_state(
+        &app,
+        r["id"].as_i64().unwrap(),
+        "retired",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        done["events"][5]["detail"]["deleted_at_provider"],
+        accounts[0].id.as_str()
+    );
+    let now = app.upstream.service_accounts();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0].id, accounts[0].id);
+    assert_eq!(vault_version(&bao, &id, 3).await, now[0].key);
+
+    // A rotation aborted before promotion deletes the key it had created.
+    let r: Value = rotate(&app, &id, json!({})).await.json().await.unwrap();
+    let rid = r["id"].as_i64().unwrap();
+    assert_eq!(abort(&app, rid).await.status(), 202);
+    let back = until_state(&app, rid, "rolled_back", Duration::from_secs(15)).await;
+    let last = back["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["detail"]["deleted_at_provider"], back["issued_ref"]);
+    assert_eq!(app.upstream.service_accounts().len(), 1);
+    assert_eq!(vault_meta(&bao, &id).await["tollgate_version"], "3");
+
+    let statuses = traffic.stop().await;
+    assert_no_failures(&statuses);
+    calls_succeed(&app, &token, 3).await;
+    assert!(
+        app.upstream
+            .count_with_key("/v1/chat/completions", &now[0].key)
+            > 0
+    );
+    // No key, admin or issued, in the audit log or the rotation history.
+    let t = security(&app);
+    let audit = app
+        .admin(Method::GET, "/admin/v1/audit?limit=200", Some(&t), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    for secret in [
+        ADMIN_KEY,
+        OPENAI_KEY,
+        accounts[0].key.as_str(),
+        now[0].key.as_str(),
+    ] {
+        assert!(!audit.contains(secret) && !done.to_string().contains(secret));
+    }
+}
+
+#[tokio::test]
+async fn a_due_key_without_a_pending_version_or_issuer_waits_for_security() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let id = format!("{p}/openai/team-a");
+    bao.put_key_with(
+        &id,
+        OPENAI_KEY,
+        &[("billing_owner", "team-a"), ("tollgate_version", "1")],
+    )
+    .await;
+    let schedule =
+        format!("rotations:\n  - name: nightly\n    keys: [\"{p}/*\"]\n    cron: \"0 3 * * *\"\n");
+    let rotation = format!(
+        "{}schedule_tick = \"100ms\"\n",
+        rotation_toml("1s", "300ms")
+    );
+    let (app, _db) = scheduled_app(&bao, &p, &id, 2 * DAY_MS, &schedule, rotation).await;
+    app.upstream.accept_openai_key(NEW_KEY);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        rotations_of(&app, &id).await.is_empty(),
+        "nothing to rotate to yet"
+    );
+    // Security writes the new key: the due schedule rotates to it.
+    assert_eq!(bao.put_key(&id, NEW_KEY).await, 2);
+    let rid = first_rotation_of(&app, &id, Duration::from_secs(15)).await["id"]
+        .as_i64()
+        .unwrap();
+    let done = until_state(&app, rid, "retired", Duration::from_secs(30)).await;
+    assert_eq!(done["requested_by"], "schedule:nightly");
+    assert_eq!(vault_meta(&bao, &id).await["tollgate_version"], "2");
+}
+
+#[tokio::test]
+async fn disabling_a_key_with_rotate_replaces_it_by_an_emergency_rotation_without_an_outage() {
+    let bao = Bao::shared();
+    let (p, id) = vault_key_with_pending(&bao).await;
+    // A canary and drain far longer than the test: the emergency rotation skips the one and
+    // shortens the other.
+    let app = app(bao.secrets_toml(&p), rotation_toml("60s", "60s")).await;
+    app.upstream.accept_openai_key(NEW_KEY);
+    let token = app.token_for("team-a").await;
+    let traffic = Traffic::start(&app, &token, 2);
+    let oncall = app.admin_token("olive@example.com", &["oncall"]);
+    let disable = |body: Value| {
+        let (app, id, t) = (&app, &id, oncall.clone());
+        async move {
+            app.admin(
+                Method::POST,
+                &format!("/admin/v1/keys/{}/disable", enc(id)),
+                Some(&t),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    let r = disable(json!({"reason": "leaked in a CI log", "rotate": true})).await;
+    assert_eq!(r.status(), 202);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(
+        (r["trigger"].as_str(), r["emergency"].as_bool()),
+        (Some("emergency"), Some(true))
+    );
+    assert_eq!(r["requested_by"], "olive@example.com");
+    let done = until_state(
+        &app,
+        r["id"].as_i64().unwrap(),
+        "retired",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        states(&done),
+        ["staged", "tested", "promoted", "draining", "retired"]
+    );
+    let statuses = traffic.stop().await;
+    assert_no_failures(&statuses);
+    // The key id is not revoked: its new version serves; the old one is unused.
+    let before = app
+        .upstream
+        .count_with_key("/v1/chat/completions", OPENAI_KEY);
+    calls_succeed(&app, &token, 3).await;
+    assert_eq!(
+        app.upstream
+            .count_with_key("/v1/chat/completions", OPENAI_KEY),
+        before
+    );
+    // Nothing left to rotate to: the responder is told how to cut the key instead.
+    let r = disable(json!({"reason": "again", "rotate": true})).await;
+    assert_eq!(r.status(), 409);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("without rotate"), "{body}");
+    let t = security(&app);
+    let audit = app
+        .admin(Method::GET, "/admin/v1/audit?limit=100", Some(&t), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(audit.contains("key.disabled_by_rotation"), "{audit}");
+}
+
+#[tokio::test]
+async fn a_leader_killed_with_sigkill_mid_rotation_is_replaced_without_a_failed_request() {
+    use support::app::{ANTHROPIC_KEY, POLICY, config_text};
+    use tollgate::store::{NewRotation, RotationTrigger};
+    for kill_at in ["canary", "draining"] {
+        eprintln!("--- the leader is killed in {kill_at}");
+        let bao = Bao::shared();
+        let (p, id) = vault_key_with_pending(&bao).await;
+        let db = TestDb::new(TestDbKind::Postgres).await;
+        let store = tollgate::store::Store::connect(&db.url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        // Replica A: its own process, so it can be killed with SIGKILL.
+        let issuer = support::oidc::TestIssuer::start().await;
+        let upstream = support::upstream::TestUpstream::start(OPENAI_KEY, ANTHROPIC_KEY).await;
+        upstream.accept_openai_key(NEW_KEY);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(
+            dir.path().join("policies/policy.yaml"),
+            format!("{POLICY}{ROLES}"),
+        )
+        .unwrap();
+        let opts = Options {
+            secrets: Some(bao.secrets_toml(&p)),
+            extra_config: rotation_toml("3s", "3s"),
+            ..Options::default()
+        };
+        let text = config_text(
+            &db.url,
+            &issuer.url,
+            &upstream.url,
+            dir.path().join("policies"),
+            &dir.path().join("no-keys.yaml"),
+            &opts,
+        );
+        std::fs::write(dir.path().join("tollgate.toml"), text).unwrap();
+        let log = std::fs::File::create(dir.path().join("a.log")).unwrap();
+        let mut a = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("tollgate.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (rot, _) = store
+            .start_rotation(&NewRotation {
+                key_id: id.clone(),
+                from_version: "1".into(),
+                to_version: "2".into(),
+                trigger: RotationTrigger::Manual,
+                emergency: false,
+                requested_by: "test".into(),
+                issued_ref: None,
+                now: tollgate::clock::now_ms(),
+            })
+            .await
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        let a_leader = loop {
+            let r = store.rotation(rot.id).await.unwrap().unwrap();
+            if r.state.as_str() == kill_at {
+                break r.leader.unwrap();
+            }
+            let log = std::fs::read_to_string(dir.path().join("a.log")).unwrap_or_default();
+            assert!(
+                Instant::now() < end,
+                "replica A never led the rotation to {kill_at}: {r:?}\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+
+        // Replica B joins and serves traffic; then A dies without a word.
+        let b = app_on(
+            TestDbKind::Postgres,
+            Some(db.url.clone()),
+            bao.secrets_toml(&p),
+            rotation_toml("3s", "3s"),
+        )
+        .await;
+        b.upstream.accept_openai_key(NEW_KEY);
+        let token = b.token_for("team-a").await;
+        let traffic = Traffic::start(&b, &token, 2);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            store
+                .rotation(rot.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .leader
+                .as_deref(),
+            Some(a_leader.as_str()),
+            "A still leads while it lives"
+        );
+        a.start_kill().unwrap();
+        let status = a.wait().await.unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9)
+        );
+
+        let done = until_state(&b, rot.id, "retired", Duration::from_secs(30)).await;
+        let statuses = traffic.stop().await;
+        assert_no_failures(&statuses);
+        assert_eq!(
+            states(&done),
+            [
+                "staged", "tested", "canary", "promoted", "draining", "retired"
+            ]
+        );
+        assert_eq!(done["leader"], b.state.rotator.replica());
+        assert_ne!(done["leader"], a_leader.as_str());
+        assert_eq!(vault_meta(&bao, &id).await["tollgate_version"], "2");
+        store.close().await;
+    }
 }

@@ -6,7 +6,7 @@
 
 mod support;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::sync::Arc;
 use support::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, POLICY, TestApp, spawn_app_with};
@@ -1434,6 +1434,24 @@ async fn aws_rotation_reads_pending_versions_moves_awscurrent_and_withdraws_reje
         .unwrap_err()
         .to_string();
     assert!(err.contains("no such secret"), "{err}");
+
+    // A key issuer's new key: written as AWSPENDING, AWSCURRENT untouched.
+    let v4 = store
+        .write_pending(&id, &SecretString::from("sk-a4".to_owned()))
+        .await
+        .unwrap();
+    let l = store.list().await.unwrap();
+    let k = l.keys.iter().find(|k| k.id == id).unwrap();
+    assert_eq!(k.secret.expose_secret(), "sk-a3");
+    assert!(
+        stages_of(&l, &id).contains(&(v4.clone(), Stage::Pending)),
+        "{:?}",
+        stages_of(&l, &id)
+    );
+    assert_eq!(
+        store.read_version(&id, &v4).await.unwrap().expose_secret(),
+        "sk-a4"
+    );
 }
 
 /// The rotation policy the README documents, on top of [`VAULT_POLICY`].
@@ -1459,4 +1477,61 @@ async fn vault_rotation_needs_exactly_the_documented_rotate_policy() {
     let l = rotator.list().await.unwrap();
     assert_eq!(l.keys[0].secret.expose_secret(), "sk-r1");
     assert_eq!(stages_of(&l, &id), [("1".into(), Stage::Current)]);
+    // A key issuer's new key with the same policy: a new version, pending behind the pin.
+    let err = reader
+        .write_pending(&id, &SecretString::from("sk-r3".to_owned()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("403") || err.contains("permission"), "{err}");
+    let v = rotator
+        .write_pending(&id, &SecretString::from("sk-r3".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(v, "3");
+    let l = rotator.list().await.unwrap();
+    assert_eq!(l.keys[0].secret.expose_secret(), "sk-r1");
+    assert_eq!(
+        stages_of(&l, &id),
+        [("1".into(), Stage::Current), ("3".into(), Stage::Pending)]
+    );
+}
+
+#[tokio::test]
+async fn a_vault_key_without_a_pin_is_pinned_before_an_issued_key_is_written() {
+    let bao = Bao::shared();
+    let p = unique_prefix();
+    let id = format!("{p}/openai/k1");
+    bao.put_key_with(&id, "sk-u1", &[("billing_owner", "team-a")])
+        .await;
+    let store = VaultStore::connect(vault_config(&bao, &p, token_auth(&bao)))
+        .await
+        .unwrap();
+    let v = store
+        .write_pending(&id, &SecretString::from("sk-u2".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(v, "2");
+    let l = store.list().await.unwrap();
+    assert_eq!(
+        l.keys[0].secret.expose_secret(),
+        "sk-u1",
+        "the old version still serves"
+    );
+    assert_eq!(
+        stages_of(&l, &id),
+        [("1".into(), Stage::Current), ("2".into(), Stage::Pending)]
+    );
+    let err = store
+        .write_pending(
+            &format!("{p}/openai/nope"),
+            &SecretString::from("sk-x".to_owned()),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no such key") && !err.contains("sk-x"),
+        "{err}"
+    );
 }

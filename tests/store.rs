@@ -431,6 +431,7 @@ async fn a_rotation_is_one_per_key_advanced_only_by_its_leader_and_judged_from_s
             trigger: RotationTrigger::Manual,
             emergency: false,
             requested_by: "sam".into(),
+            issued_ref: None,
             now: 1_000,
         };
         // Concurrent starts: one rotation.
@@ -524,6 +525,68 @@ async fn a_rotation_is_one_per_key_advanced_only_by_its_leader_and_judged_from_s
             t,
             [(1, Some("1".into()), 2, 1), (1, Some("2".into()), 3, 2)]
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn schedules_count_from_first_sight_and_one_replica_at_a_time_issues_a_key() {
+    use tollgate::store::{NewRotation, RotationState as S, RotationTrigger, Transition};
+    each_store(|s| async move {
+        // The first sight is recorded once; later calls return it.
+        assert_eq!(s.schedule_first_seen("k1", 1_000).await.unwrap(), 1_000);
+        assert_eq!(s.schedule_first_seen("k1", 9_000).await.unwrap(), 1_000);
+        // One issue lease per key; its holder may renew; released, another takes it.
+        assert!(s.claim_issue("k1", "r1", 60_000).await.unwrap());
+        assert!(!s.claim_issue("k1", "r2", 60_000).await.unwrap());
+        assert!(s.claim_issue("k1", "r1", 60_000).await.unwrap());
+        s.release_issue("k1", "r2").await.unwrap();
+        assert!(
+            !s.claim_issue("k1", "r2", 60_000).await.unwrap(),
+            "only the holder releases"
+        );
+        s.release_issue("k1", "r1").await.unwrap();
+        assert!(s.claim_issue("k1", "r2", 1).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            s.claim_issue("k1", "r3", 60_000).await.unwrap(),
+            "a lapsed lease is taken over"
+        );
+        // A key without a first sight has no lease to claim.
+        assert!(!s.claim_issue("k2", "r1", 60_000).await.unwrap());
+
+        // The provider's id of an issued key is found by the version it became.
+        let (rot, _) = s
+            .start_rotation(&NewRotation {
+                key_id: "k1".into(),
+                from_version: "1".into(),
+                to_version: "2".into(),
+                trigger: RotationTrigger::Schedule,
+                emergency: false,
+                requested_by: "schedule:monthly".into(),
+                issued_ref: Some("svc_acct_1".into()),
+                now: 2_000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rot.issued_ref.as_deref(), Some("svc_acct_1"));
+        assert_eq!(
+            s.issued_ref_of("k1", "2").await.unwrap().as_deref(),
+            Some("svc_acct_1")
+        );
+        assert_eq!(s.issued_ref_of("k1", "1").await.unwrap(), None);
+        // A rolled-back version's key is no one's.
+        assert!(s.claim_rotation(rot.id, "r1", 60_000).await.unwrap());
+        let t = Transition {
+            from: S::Staged,
+            to: S::RolledBack,
+            leader: "r1",
+            outcome: "test",
+            detail: serde_json::json!({}),
+            now: 3_000,
+        };
+        assert!(s.advance_rotation(rot.id, &t).await.unwrap());
+        assert_eq!(s.issued_ref_of("k1", "2").await.unwrap(), None);
     })
     .await;
 }

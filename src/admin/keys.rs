@@ -7,7 +7,9 @@ use super::problem::{Json, Path, Problem, ProblemBody, Refused, reply};
 use super::revocations::{MAX_REASON_BYTES, Revocation, created, key_known, record, text};
 use crate::app::AppState;
 use crate::clock::{now_ms, to_rfc3339};
-use crate::store::{NewRevocation, PauseKind, ProviderKeyInventory, RevocationKind};
+use crate::store::{
+    NewRevocation, PauseKind, ProviderKeyInventory, RevocationKind, RotationTrigger,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -68,6 +70,11 @@ pub struct KeyList {
 pub struct DisableRequest {
     /// Why; kept with the revocation.
     pub reason: String,
+    /// Instead of cutting the key at once, start an emergency rotation: the pending version
+    /// (or one the key issuer creates) is tested and promoted without a canary, and the old
+    /// one is retired after `rotation.emergency_drain`. No moment without a usable key.
+    #[serde(default)]
+    pub rotate: bool,
 }
 
 /// A key after enabling.
@@ -139,10 +146,13 @@ pub async fn list(
     request_body = DisableRequest,
     responses(
         (status = 201, description = "Disabled (a provider_key revocation)", body = Revocation),
-        (status = 200, description = "It already was: the revocation in force", body = Revocation),
+        (status = 200, description = "It already was: the revocation in force (or, with rotate, the rotation already running)", body = Revocation),
+        (status = 202, description = "With rotate: an emergency rotation is staged", body = super::rotations::Rotation),
         (status = 400, description = "Bad request", body = ProblemBody),
         Refused,
         (status = 404, description = "No such key", body = ProblemBody),
+        (status = 409, description = "With rotate: nothing to rotate to (no pending version, no key issuer)", body = ProblemBody),
+        (status = 503, description = "With rotate: the key issuer or the secret store failed", body = ProblemBody),
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security", "responder"]))),
 )]
@@ -157,6 +167,9 @@ pub async fn disable(
         return Err(Problem::not_found(format!(
             "there is no provider key {id:?}"
         )));
+    }
+    if req.rotate {
+        return rotate_instead(&state, &caller, &id, &reason).await;
     }
     let now = now_ms();
     let active = state
@@ -184,6 +197,43 @@ pub async fn disable(
     )
     .await?;
     Ok(created(rec))
+}
+
+/// `disable` with `rotate`: an emergency rotation replaces the key instead of a revocation.
+async fn rotate_instead(
+    state: &AppState,
+    caller: &Caller<Revoke>,
+    id: &str,
+    reason: &str,
+) -> Result<Response, Problem> {
+    let (rec, created) = state
+        .rotator
+        .start(id, RotationTrigger::Emergency, true, &caller.subject)
+        .await
+        .map_err(|e| match e {
+            crate::rotation::StartError::NoPending { .. } => Problem::conflict(format!(
+                "{e}; or disable it without rotate to cut it at once"
+            )),
+            e => super::rotations::start_problem(e),
+        })?;
+    if !created {
+        return Ok(reply(
+            StatusCode::OK,
+            &super::rotations::Rotation::from(rec),
+        ));
+    }
+    tracing::warn!(admin = %caller.subject, key = %id, rotation = rec.id, "provider key disabled by an emergency rotation");
+    caller.audit(
+        &state.audit,
+        "key.disabled_by_rotation",
+        id,
+        json!({"rotation": rec.id, "reason": reason, "from_version": rec.from_version,
+               "to_version": rec.to_version}),
+    );
+    Ok(reply(
+        StatusCode::ACCEPTED,
+        &super::rotations::Rotation::from(rec),
+    ))
 }
 
 /// Enable a disabled provider key again on every replica (lifts its revocations; a pause of

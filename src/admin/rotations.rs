@@ -53,6 +53,9 @@ pub struct Rotation {
     pub outcome: Option<String>,
     /// Who asked for an abort, if anyone did.
     pub abort_requested_by: Option<String>,
+    /// The provider's id of the new key when a key issuer created it (an OpenAI service
+    /// account id; never the key).
+    pub issued_ref: Option<String>,
     /// Its steps, oldest first (only on `GET /admin/v1/rotations/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<Event>>,
@@ -92,6 +95,7 @@ impl From<RotationRecord> for Rotation {
             leader: r.leader,
             outcome: r.outcome,
             abort_requested_by: r.abort_requested_by,
+            issued_ref: r.issued_ref,
             events: None,
         }
     }
@@ -124,7 +128,8 @@ impl From<RotationEvent> for Event {
         (status = 400, description = "Bad request", body = ProblemBody),
         Refused,
         (status = 404, description = "No such key", body = ProblemBody),
-        (status = 409, description = "No pending version to rotate to", body = ProblemBody),
+        (status = 409, description = "No pending version to rotate to (and no key issuer), or an issuer is creating one", body = ProblemBody),
+        (status = 503, description = "The key issuer or the secret store failed", body = ProblemBody),
     ),
     extensions(("x-tollgate-roles" = json!(["admin", "security"]))),
 )]
@@ -143,11 +148,7 @@ pub async fn start(
         .rotator
         .start(&id, trigger, req.emergency, &caller.subject)
         .await
-        .map_err(|e| match e {
-            StartError::UnknownKey(_) => Problem::not_found(e.to_string()),
-            StartError::NoPending { .. } => Problem::conflict(e.to_string()),
-            StartError::Store(e) => Problem::store(e),
-        })?;
+        .map_err(start_problem)?;
     if !created {
         return Ok(reply(StatusCode::OK, &Rotation::from(rec)));
     }
@@ -159,6 +160,16 @@ pub async fn start(
                "emergency": rec.emergency}),
     );
     Ok(reply(StatusCode::ACCEPTED, &Rotation::from(rec)))
+}
+
+/// A rotation that could not start, in the API's shape.
+pub(super) fn start_problem(e: StartError) -> Problem {
+    match e {
+        StartError::UnknownKey(_) => Problem::not_found(e.to_string()),
+        StartError::NoPending { .. } | StartError::Issuing(_) => Problem::conflict(e.to_string()),
+        StartError::Issue(_) | StartError::Secrets(_) => Problem::unavailable(e.to_string()),
+        StartError::Store(e) => Problem::store(e),
+    }
 }
 
 /// Listing filters.

@@ -250,10 +250,12 @@ impl Application {
             Arc::clone(&audit),
         );
         tasks.push(Arc::clone(&guard).spawn(cancel.child_token()));
+        let issuers =
+            crate::rotation::issuer::build(&config.rotation.issuers, &rotation_store, &http);
         let rotator = crate::rotation::Rotator::new(crate::rotation::Parts {
             cfg: config.rotation.clone(),
             store: store.clone(),
-            secrets: rotation_store,
+            secrets: Arc::clone(&rotation_store),
             keys: Arc::clone(&keys),
             revocations: Arc::clone(&revocations),
             providers: provider_routes(&config),
@@ -261,6 +263,8 @@ impl Application {
             alerts: Arc::clone(&alerts),
             audit: Arc::clone(&audit),
             replica: leases.replica().to_owned(),
+            policy: Some(Arc::clone(&policy)),
+            issuers,
         });
         tasks.extend(Arc::clone(&rotator).spawn(cancel.child_token()));
 

@@ -138,6 +138,10 @@ pub enum ApiCommand {
         /// Why (kept with the revocation).
         #[arg(long)]
         reason: String,
+        /// Replace the key by an emergency rotation instead (no canary, short drain, no
+        /// moment without a usable key).
+        #[arg(long)]
+        rotate: bool,
     },
     /// Put a disabled provider key back in service (lifts its revocations).
     EnableKey {
@@ -442,14 +446,19 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                     .await?,
             )
         }
-        ApiCommand::DisableKey { remote, id, reason } => (
+        ApiCommand::DisableKey {
+            remote,
+            id,
+            reason,
+            rotate,
+        } => (
             remote,
             Client::new(remote)?
                 .call(
                     Method::POST,
                     &format!("/admin/v1/keys/{}/disable", segment(id)),
                     &[],
-                    Some(json!({"reason": reason})),
+                    Some(json!({"reason": reason, "rotate": rotate})),
                 )
                 .await?,
         ),
@@ -618,6 +627,9 @@ pub async fn run(command: ApiCommand) -> anyhow::Result<ExitCode> {
                 .collect();
             let by = s(&v["group_by"]).to_uppercase();
             print_rows(&[&by, "REQUESTS", "INPUT", "OUTPUT", "COST"], rows);
+        }
+        ApiCommand::DisableKey { rotate: true, .. } => {
+            rotation_rows(std::slice::from_ref(&v));
         }
         ApiCommand::DisableKey { id, .. } => {
             println!(

@@ -258,3 +258,61 @@ fn rotation_has_safe_defaults_and_bad_settings_name_the_field() {
         assert!(e.contains(field), "{bad}: {e}");
     }
 }
+
+#[test]
+fn key_issuers_are_checked_field_by_field() {
+    let good = "[[rotation.issuers]]\nname = \"openai-prod\"\nkind = \"openai\"\nkeys = [\"tollgate/openai/*\"]\nproject_id = \"proj_abc\"\nadmin_key_secret = \"tollgate-admin/openai\"\n";
+    let c = Config::from_toml_str(&format!("{MINIMAL}{good}")).unwrap();
+    let i = &c.rotation.issuers[0];
+    assert_eq!(i.base_url, "https://api.openai.com/v1");
+    assert_eq!(i.timeout, std::time::Duration::from_secs(30));
+    assert_eq!(c.rotation.schedule_tick, std::time::Duration::from_secs(30));
+    for (edit, field) in [
+        (("kind = \"openai\"", "kind = \"anthropic\""), "kind"),
+        (
+            ("keys = [\"tollgate/openai/*\"]", "keys = []"),
+            "rotation.issuers[0].keys",
+        ),
+        (
+            ("keys = [\"tollgate/openai/*\"]", "keys = [\"a/[\"]"),
+            "rotation.issuers[0].keys",
+        ),
+        (
+            ("project_id = \"proj_abc\"", "project_id = \"\""),
+            "rotation.issuers[0].project_id",
+        ),
+        (
+            (
+                "admin_key_secret = \"tollgate-admin/openai\"",
+                "admin_key_secret = \" \"",
+            ),
+            "rotation.issuers[0].admin_key_secret",
+        ),
+        (
+            ("name = \"openai-prod\"", "name = \"\""),
+            "rotation.issuers[0].name",
+        ),
+        (
+            (
+                "project_id = \"proj_abc\"",
+                "project_id = \"proj_abc\"\nbase_url = \"ftp://x\"",
+            ),
+            "rotation.issuers[0].base_url",
+        ),
+        (
+            (
+                "project_id = \"proj_abc\"",
+                "project_id = \"proj_abc\"\nadmin_key = \"sk-admin\"",
+            ),
+            "admin_key",
+        ),
+    ] {
+        let text = format!("{MINIMAL}{}", good.replace(edit.0, edit.1));
+        let e = Config::from_toml_str(&text).unwrap_err().to_string();
+        assert!(e.contains(field), "{edit:?}: {e}");
+    }
+    let e = Config::from_toml_str(&format!("{MINIMAL}{good}{good}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rotation.issuers[1].name"), "{e}");
+}

@@ -213,6 +213,13 @@ impl Validator<'_> {
                 );
                 self.role(src, line, r);
             }
+            // Entries may share a name (an error): each is looked for after the previous one.
+            let mut at = self.sources[src].find(1, "rotations:");
+            for r in f.rotations {
+                let line = self.sources[src].find(at, &format!("name: {}", r.name));
+                at = line + 1;
+                self.rotation(src, line, r);
+            }
         }
         for (src, line, name, m) in raw_models {
             self.model(src, line, name, m);
@@ -656,7 +663,104 @@ impl Validator<'_> {
             groups: r.groups,
         });
     }
+
+    fn rotation(&mut self, src: usize, line: usize, r: raw::RawRotation) {
+        if !valid_id(&r.name, false) {
+            self.err(
+                src,
+                line,
+                format!(
+                    "rotation schedule name {:?} must be a lower-case id",
+                    r.name
+                ),
+            );
+        } else if self.set.rotations.iter().any(|s| s.name == r.name) {
+            self.err(
+                src,
+                line,
+                format!("rotation schedule {} is defined twice", r.name),
+            );
+        }
+        if r.keys.is_empty() {
+            self.err(
+                src,
+                line,
+                "keys: name the key ids this schedule rotates (globs such as openai/*)",
+            );
+        }
+        let mut keys = Vec::new();
+        for k in &r.keys {
+            match Glob::new(k) {
+                Ok(g) => keys.push(g.compile_matcher()),
+                Err(e) => self.err(src, line, format!("keys: {e}")),
+            }
+        }
+        let duration = |this: &mut Self, field: &str, v: &RawDuration| -> Option<Duration> {
+            let at = this.sources[src].find(line, &format!("{field}:"));
+            let d = match v {
+                RawDuration::Secs(s) => Duration::from_secs(*s),
+                RawDuration::Text(t) => match humantime::parse_duration(t) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        this.err(src, at, format!("{field}: {e}"));
+                        return None;
+                    }
+                },
+            };
+            if d < Duration::from_secs(60) {
+                this.err(src, at, format!("{field}: at least 1m"));
+                return None;
+            }
+            Some(d)
+        };
+        let when = match (&r.every, &r.cron) {
+            (Some(e), None) => duration(self, "every", e).map(RotationWhen::Every),
+            (None, Some(c)) => match c.parse::<croner::Cron>() {
+                Ok(cron) if c.split_whitespace().count() == 5 => {
+                    Some(RotationWhen::Cron(Box::new(cron)))
+                }
+                Ok(_) => {
+                    let at = self.sources[src].find(line, "cron:");
+                    self.err(
+                        src,
+                        at,
+                        format!("cron: {c:?} must have five fields (minute hour day-of-month month day-of-week, UTC)"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    let at = self.sources[src].find(line, "cron:");
+                    self.err(src, at, format!("cron: {c:?}: {e}"));
+                    None
+                }
+            },
+            _ => {
+                self.err(
+                    src,
+                    line,
+                    "a rotation schedule takes exactly one of every (an interval such as 90d) or cron (five fields, UTC)",
+                );
+                None
+            }
+        };
+        let retry_after = match &r.retry_after {
+            None => Some(DEFAULT_ROTATION_RETRY),
+            Some(v) => duration(self, "retry_after", v),
+        };
+        if let (Some(when), Some(retry_after)) = (when, retry_after) {
+            self.set.rotations.push(RotationSchedule {
+                name: r.name,
+                keys,
+                billing_owner: r.billing_owner,
+                when,
+                retry_after,
+            });
+        }
+    }
 }
+
+/// How long after a rolled-back scheduled rotation the schedule tries again.
+const DEFAULT_ROTATION_RETRY: Duration = Duration::from_secs(6 * 3600);
 
 const WEEKDAYS: [&str; 7] = [
     "monday",

@@ -27,6 +27,7 @@ pub struct PolicySet {
     pools: BTreeMap<String, Pool>,
     bindings: Vec<Binding>,
     roles: Vec<RoleGrant>,
+    rotations: Vec<RotationSchedule>,
     digest: String,
 }
 
@@ -62,6 +63,14 @@ impl PolicySet {
     /// Role grants.
     pub fn roles(&self) -> &[RoleGrant] {
         &self.roles
+    }
+    /// Rotation schedules in order (files by name, entries in file order).
+    pub fn rotation_schedules(&self) -> &[RotationSchedule] {
+        &self.rotations
+    }
+    /// The first schedule covering key `id` billed to `owner`.
+    pub fn rotation_schedule_for(&self, id: &str, owner: &str) -> Option<&RotationSchedule> {
+        self.rotations.iter().find(|s| s.covers(id, owner))
     }
     /// Issuer names bindings refer to (the server checks them against its config).
     pub fn issuers_referenced(&self) -> BTreeSet<&str> {

@@ -245,3 +245,53 @@ impl RoleGrant {
             || self.groups.iter().any(|g| groups.contains(g))
     }
 }
+
+/// When a scheduled rotation falls due.
+#[derive(Clone, Debug)]
+pub enum RotationWhen {
+    /// This long after the key's last rotation started (or since Tollgate first saw it).
+    Every(Duration),
+    /// At the first time of a five-field cron expression (UTC) after the key's last rotation
+    /// started (or since Tollgate first saw it).
+    Cron(Box<croner::Cron>),
+}
+
+/// A `rotations` entry: which keys are rotated on which schedule.
+#[derive(Clone, Debug)]
+pub struct RotationSchedule {
+    /// Name (recorded as the rotation's requester, `schedule:<name>`).
+    pub name: String,
+    /// Key ids it applies to (globs over the store's key ids, e.g. `openai/*`).
+    pub(crate) keys: Vec<GlobMatcher>,
+    /// Only keys of this billing owner.
+    pub billing_owner: Option<String>,
+    /// The schedule.
+    pub when: RotationWhen,
+    /// After a rotation of this schedule rolled back, try again this much later.
+    pub retry_after: Duration,
+}
+
+impl RotationSchedule {
+    /// Does this schedule cover key `id` billed to `owner`?
+    pub fn covers(&self, id: &str, owner: &str) -> bool {
+        self.keys.iter().any(|g| g.is_match(id))
+            && self.billing_owner.as_deref().is_none_or(|o| o == owner)
+    }
+
+    /// When a rotation falls due (unix ms) for a key whose last rotation started at
+    /// `since_ms` (or that Tollgate first saw then). `None`: never (a cron expression with no
+    /// future time).
+    pub fn due_at(&self, since_ms: i64) -> Option<i64> {
+        match &self.when {
+            RotationWhen::Every(d) => {
+                Some(since_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+            }
+            RotationWhen::Cron(c) => {
+                let from = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(since_ms)?;
+                c.find_next_occurrence(&from, false)
+                    .ok()
+                    .map(|t| t.timestamp_millis())
+            }
+        }
+    }
+}

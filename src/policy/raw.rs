@@ -16,6 +16,19 @@ pub(super) struct RawFile {
     pub bindings: Vec<RawBinding>,
     #[serde(default)]
     pub roles: Vec<RawRole>,
+    #[serde(default)]
+    pub rotations: Vec<RawRotation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRotation {
+    pub name: String,
+    pub keys: Vec<String>,
+    pub billing_owner: Option<String>,
+    pub every: Option<RawDuration>,
+    pub cron: Option<String>,
+    pub retry_after: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]

@@ -339,3 +339,93 @@ fn the_shipped_examples_are_valid() {
             .any(|m| set.model(m).unwrap().provider == "anthropic")
     );
 }
+
+#[test]
+fn rotation_schedules_cover_their_keys_and_fall_due_on_time() {
+    let d = dir_with(&[(
+        "r.yaml",
+        r#"
+rotations:
+  - name: team-a-monthly
+    keys: ["tollgate/openai/*"]
+    billing_owner: team-a
+    every: 30d
+  - name: nightly
+    keys: ["tollgate/*"]
+    cron: "0 3 * * *"
+    retry_after: 1h
+"#,
+    )]);
+    let set = load_dir(d.path()).unwrap();
+    let monthly = set
+        .rotation_schedule_for("tollgate/openai/k1", "team-a")
+        .unwrap();
+    assert_eq!(monthly.name, "team-a-monthly");
+    assert_eq!(
+        monthly.retry_after,
+        Duration::from_secs(6 * 3600),
+        "the default"
+    );
+    let day = 24 * 3600 * 1000;
+    assert_eq!(monthly.due_at(1_000), Some(1_000 + 30 * day));
+    // Another owner's key falls to the next schedule; a key no glob covers has none.
+    let nightly = set
+        .rotation_schedule_for("tollgate/openai/k1", "team-b")
+        .unwrap();
+    assert_eq!(nightly.name, "nightly");
+    assert_eq!(nightly.retry_after, Duration::from_secs(3600));
+    assert!(
+        set.rotation_schedule_for("other/openai/k1", "team-a")
+            .is_none()
+    );
+    // 2026-12-04T10:00:00Z → the next 03:00 UTC is 2026-12-05T03:00:00Z; at 02:59 it is the
+    // same day's.
+    let t = 1_796_378_400_000;
+    assert_eq!(nightly.due_at(t), Some(1_796_439_600_000));
+    assert_eq!(nightly.due_at(1_796_439_540_000), Some(1_796_439_600_000));
+    // Exactly at a fire time the next one is a day later (a rotation started at 03:00 is
+    // not due again at 03:00).
+    assert_eq!(
+        nightly.due_at(1_796_439_600_000),
+        Some(1_796_439_600_000 + day)
+    );
+}
+
+#[test]
+fn bad_rotation_schedules_name_the_problem() {
+    for (entry, want) in [
+        (
+            "keys: [\"a/*\"]\n    every: 30d\n    cron: \"0 3 * * *\"",
+            "exactly one of every",
+        ),
+        ("keys: [\"a/*\"]", "exactly one of every"),
+        ("keys: []\n    every: 30d", "keys: name the key ids"),
+        ("keys: [\"a/[\"]\n    every: 30d", "keys:"),
+        ("keys: [\"a/*\"]\n    every: 10s", "every: at least 1m"),
+        ("keys: [\"a/*\"]\n    every: soon", "every:"),
+        ("keys: [\"a/*\"]\n    cron: \"0 0 3 * * *\"", "five fields"),
+        ("keys: [\"a/*\"]\n    cron: \"61 3 * * *\"", "cron:"),
+        (
+            "keys: [\"a/*\"]\n    every: 1d\n    retry_after: 1s",
+            "retry_after: at least 1m",
+        ),
+        (
+            "keys: [\"a/*\"]\n    every: 1d\n    when: now",
+            "unknown field",
+        ),
+    ] {
+        let text = format!("rotations:\n  - name: s\n    {entry}\n");
+        let errs = errors(&[("r.yaml", &text)]);
+        assert!(
+            errs.iter().any(|(_, m)| m.contains(want)),
+            "{entry:?}: {errs:?}"
+        );
+    }
+    let twice = "rotations:\n  - name: s\n    keys: [\"a/*\"]\n    every: 1d\n  - name: s\n    keys: [\"b/*\"]\n    every: 1d\n";
+    let errs = errors(&[("r.yaml", twice)]);
+    assert!(
+        errs.iter()
+            .any(|(l, m)| *l == 5 && m.contains("defined twice")),
+        "{errs:?}"
+    );
+}

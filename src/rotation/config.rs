@@ -1,5 +1,6 @@
 //! `[rotation]`: how a rotation's steps are paced and judged.
 
+use super::issuer::IssuerConfig;
 use crate::config::ConfigError;
 use serde::Deserialize;
 use std::time::Duration;
@@ -34,6 +35,11 @@ pub struct RotationConfig {
     /// The drain of an emergency rotation (which also skips the canary).
     #[serde(with = "humantime_serde")]
     pub emergency_drain: Duration,
+    /// How often the scheduler looks for keys whose policy schedule (`rotations:`) is due.
+    #[serde(with = "humantime_serde")]
+    pub schedule_tick: Duration,
+    /// Provider admin APIs Tollgate creates new keys through (`[[rotation.issuers]]`).
+    pub issuers: Vec<IssuerConfig>,
 }
 
 impl Default for RotationConfig {
@@ -48,6 +54,8 @@ impl Default for RotationConfig {
             canary_max_error_rate_increase: 0.05,
             drain: Duration::from_secs(10 * 60),
             emergency_drain: Duration::from_secs(30),
+            schedule_tick: Duration::from_secs(30),
+            issuers: Vec::new(),
         }
     }
 }
@@ -75,6 +83,20 @@ impl RotationConfig {
                 "canary_max_error_rate_increase",
                 "must be a number in [0, 1]",
             );
+        }
+        if self.schedule_tick < Duration::from_millis(50)
+            || self.schedule_tick > Duration::from_secs(3600)
+        {
+            return bad("schedule_tick", "must be between 50ms and 1h");
+        }
+        for (i, c) in self.issuers.iter().enumerate() {
+            c.validate(i)?;
+            if self.issuers[..i].iter().any(|o| o.name == c.name) {
+                return Err(ConfigError::invalid(
+                    format!("rotation.issuers[{i}].name"),
+                    format!("{:?} is used twice", c.name),
+                ));
+            }
         }
         Ok(())
     }

@@ -19,6 +19,8 @@ enum StepError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Secrets(#[from] SecretStoreError),
+    #[error(transparent)]
+    Issue(#[from] super::IssueError),
 }
 
 pub(super) fn spawn(r: Arc<Rotator>, cancel: CancellationToken) -> JoinHandle<()> {
@@ -242,11 +244,34 @@ impl Rotator {
     }
 
     async fn retire(&self, rot: &RotationRecord) -> Result<(), StepError> {
-        let msg = format!(
-            "version {} of provider key {} is retired (version {} serves); revoke the old key at the provider's console",
-            rot.from_version, rot.key_id, rot.to_version
-        );
-        let detail = json!({"retired_version": rot.from_version, "revoke_at_provider": true});
+        // The old key is deleted at the provider when an issuer created it; otherwise a
+        // person must revoke it there.
+        let old_ref = self
+            .store
+            .issued_ref_of(&rot.key_id, &rot.from_version)
+            .await?;
+        let (msg, detail) = match (old_ref, self.issuer_of(&rot.key_id)) {
+            (Some(r), Some(issuer)) => {
+                issuer.revoke(&r).await?;
+                (
+                    format!(
+                        "version {} of provider key {} is retired (version {} serves); its key was deleted at the provider by issuer {}",
+                        rot.from_version,
+                        rot.key_id,
+                        rot.to_version,
+                        issuer.name()
+                    ),
+                    json!({"retired_version": rot.from_version, "deleted_at_provider": r, "issuer": issuer.name()}),
+                )
+            }
+            _ => (
+                format!(
+                    "version {} of provider key {} is retired (version {} serves); revoke the old key at the provider's console",
+                    rot.from_version, rot.key_id, rot.to_version
+                ),
+                json!({"retired_version": rot.from_version, "revoke_at_provider": true}),
+            ),
+        };
         if self
             .advance(rot, RotationState::Retired, &msg, detail)
             .await?
@@ -280,6 +305,19 @@ impl Rotator {
                 detail["withdraw"] = json!(reason);
             }
             Err(e) => return Err(e.into()),
+        }
+        // A key Tollgate created for this rotation is of no use now: delete it at the
+        // provider. The rollback does not wait on the provider's admin API.
+        if let (Some(r), Some(issuer)) = (&rot.issued_ref, self.issuer_of(&rot.key_id)) {
+            match issuer.revoke(r).await {
+                Ok(()) => detail["deleted_at_provider"] = json!(r),
+                Err(e) => {
+                    tracing::error!(rotation = rot.id, key = %rot.key_id, reference = %r, error = %e,
+                        "rotation: the rolled-back key could not be deleted at the provider; delete it by hand");
+                    detail["delete_at_provider_failed"] =
+                        json!({"reference": r, "error": e.to_string()});
+                }
+            }
         }
         detail["reason"] = json!(why);
         if self

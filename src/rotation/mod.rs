@@ -18,17 +18,21 @@
 mod config;
 mod drive;
 mod follow;
+pub mod issuer;
 mod probe;
+mod schedule;
 
 pub use config::RotationConfig;
+pub use issuer::{IssueError, IssuedKey, IssuerConfig, KeyIssuer};
 
 use crate::alerts::Alerts;
 use crate::app::ProviderRoute;
 use crate::audit::Audit;
+use crate::policy::PolicyStore;
 use crate::revocation::RevocationSet;
 use crate::secrets::{KeyCache, ProviderKey, SecretStore, Stage};
 use crate::store::{NewRotation, RotationRecord, RotationTrigger, Store, StoreError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +53,17 @@ pub enum StartError {
         /// Key id.
         key: String,
     },
+    /// Another replica is creating a new key for it through its issuer right now.
+    #[error(
+        "another replica is creating a new key for {0} through its key issuer; try again in a moment"
+    )]
+    Issuing(String),
+    /// The key issuer failed.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    /// The secret store refused the new key.
+    #[error("the new key could not be written to the secret store: {0}")]
+    Secrets(#[from] crate::secrets::SecretStoreError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,6 +85,12 @@ pub struct Rotator {
     attempts: parking_lot::Mutex<HashMap<i64, u32>>,
     /// Candidates read from the store, by rotation id (kept so a refusal stays recorded).
     candidates: parking_lot::Mutex<HashMap<i64, Arc<ProviderKey>>>,
+    /// The policy the scheduler reads (`None`: no scheduling).
+    policy: Option<Arc<PolicyStore>>,
+    /// Key issuers, in configuration order.
+    issuers: Vec<Arc<dyn KeyIssuer>>,
+    /// (key, due time) pairs already alerted as due without a pending version.
+    due_alerted: parking_lot::Mutex<HashSet<(String, i64)>>,
 }
 
 /// What the engine needs.
@@ -94,6 +115,10 @@ pub struct Parts {
     pub audit: Arc<Audit>,
     /// This replica's id (the lease holder's name).
     pub replica: String,
+    /// The policy holding rotation schedules (`None`: no scheduling).
+    pub policy: Option<Arc<PolicyStore>>,
+    /// Key issuers.
+    pub issuers: Vec<Arc<dyn KeyIssuer>>,
 }
 
 impl Rotator {
@@ -112,11 +137,15 @@ impl Rotator {
             replica: p.replica,
             attempts: parking_lot::Mutex::new(HashMap::new()),
             candidates: parking_lot::Mutex::new(HashMap::new()),
+            policy: p.policy,
+            issuers: p.issuers,
+            due_alerted: parking_lot::Mutex::new(HashSet::new()),
         })
     }
 
     /// Start rotating `key_id` to its pending version, unless it is being rotated already
-    /// (then that rotation is returned with `false`).
+    /// (then that rotation is returned with `false`). With no pending version, a key issuer
+    /// covering the key creates one.
     pub async fn start(
         &self,
         key_id: &str,
@@ -134,9 +163,30 @@ impl Rotator {
                 if let Err(e) = self.keys.refresh().await {
                     tracing::warn!(error = %e, "rotation: secret store not listed; judging by the last listing");
                 }
-                self.pending_of(key_id)?
+                match self.pending_of(key_id) {
+                    Ok(v) => v,
+                    Err(StartError::NoPending { .. }) if self.issuer_of(key_id).is_some() => {
+                        return self.issue_and_start(key_id, trigger, emergency, by).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
+        self.record_start(key_id, from, to, None, trigger, emergency, by)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record_start(
+        &self,
+        key_id: &str,
+        from: String,
+        to: String,
+        issued_ref: Option<String>,
+        trigger: RotationTrigger,
+        emergency: bool,
+        by: &str,
+    ) -> Result<(RotationRecord, bool), StartError> {
         let (rec, created) = self
             .store
             .start_rotation(&NewRotation {
@@ -146,6 +196,7 @@ impl Rotator {
                 trigger,
                 emergency,
                 requested_by: by.to_owned(),
+                issued_ref,
                 now: crate::clock::now_ms(),
             })
             .await?;
@@ -154,6 +205,97 @@ impl Rotator {
                 trigger = trigger.as_str(), emergency, "rotation staged");
         }
         Ok((rec, created))
+    }
+
+    /// The first issuer covering `key_id`.
+    fn issuer_of(&self, key_id: &str) -> Option<&Arc<dyn KeyIssuer>> {
+        self.issuers.iter().find(|i| i.covers(key_id))
+    }
+
+    /// Create a new key through the key's issuer, write it as the pending version and start
+    /// the rotation to it, under the key's issue lease (two replicas never create two keys).
+    async fn issue_and_start(
+        &self,
+        key_id: &str,
+        trigger: RotationTrigger,
+        emergency: bool,
+        by: &str,
+    ) -> Result<(RotationRecord, bool), StartError> {
+        let issuer = self
+            .issuer_of(key_id)
+            .cloned()
+            .ok_or_else(|| StartError::NoPending {
+                key: key_id.to_owned(),
+            })?;
+        self.store
+            .schedule_first_seen(key_id, crate::clock::now_ms())
+            .await?;
+        let lease = i64::try_from(self.cfg.lease.as_millis()).unwrap_or(i64::MAX);
+        if !self.store.claim_issue(key_id, &self.replica, lease).await? {
+            return Err(StartError::Issuing(key_id.to_owned()));
+        }
+        let out = self
+            .issue_under_lease(issuer.as_ref(), key_id, trigger, emergency, by)
+            .await;
+        if let Err(e) = self.store.release_issue(key_id, &self.replica).await {
+            tracing::warn!(key = %key_id, error = %e, "rotation: issue lease not released; it lapses");
+        }
+        out
+    }
+
+    async fn issue_under_lease(
+        &self,
+        issuer: &dyn KeyIssuer,
+        key_id: &str,
+        trigger: RotationTrigger,
+        emergency: bool,
+        by: &str,
+    ) -> Result<(RotationRecord, bool), StartError> {
+        // Another replica may have issued (and started) just before the lease was ours.
+        if let Some(open) = self.store.open_rotation_of(key_id).await? {
+            return Ok((open, false));
+        }
+        let _ = self.keys.refresh().await;
+        let from = match self.pending_of(key_id) {
+            Ok((from, to)) => {
+                return self
+                    .record_start(key_id, from, to, None, trigger, emergency, by)
+                    .await;
+            }
+            Err(StartError::NoPending { .. }) => {
+                let (keys, _) = self.keys.snapshot();
+                keys.iter()
+                    .find(|k| k.id == key_id)
+                    .map(|k| k.version.clone())
+                    .ok_or_else(|| StartError::UnknownKey(key_id.to_owned()))?
+            }
+            Err(e) => return Err(e),
+        };
+        let issued = issuer.issue(key_id).await?;
+        let to = match self.secrets.write_pending(key_id, &issued.secret).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Nothing refers to the new key: take it away at the provider again.
+                if let Err(r) = issuer.revoke(&issued.reference).await {
+                    tracing::error!(key = %key_id, reference = %issued.reference, error = %r,
+                        "rotation: a key created at the provider could not be written nor deleted; delete it by hand");
+                }
+                return Err(e.into());
+            }
+        };
+        if let Err(e) = self.keys.refresh().await {
+            tracing::warn!(error = %e, "rotation: secret store not listed after writing the new key");
+        }
+        self.record_start(
+            key_id,
+            from,
+            to,
+            Some(issued.reference),
+            trigger,
+            emergency,
+            by,
+        )
+        .await
     }
 
     /// The served and the newest pending version of `key_id` in the last listing.
@@ -179,6 +321,7 @@ impl Rotator {
     pub fn spawn(self: Arc<Self>, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
         vec![
             drive::spawn(Arc::clone(&self), cancel.clone()),
+            schedule::spawn(Arc::clone(&self), cancel.clone()),
             follow::spawn(self, cancel),
         ]
     }

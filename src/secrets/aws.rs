@@ -18,7 +18,7 @@ use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, SecretListEntry};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
 use tokio::sync::Mutex;
 
@@ -305,6 +305,26 @@ impl SecretStore for AwsStore {
             self.remove_label(id, version, "AWSPENDING").await?;
         }
         Ok(())
+    }
+
+    async fn write_pending(
+        &self,
+        id: &str,
+        secret: &SecretString,
+    ) -> Result<String, SecretStoreError> {
+        let text = serde_json::json!({"api_key": secret.expose_secret()}).to_string();
+        let out = self
+            .client
+            .put_secret_value()
+            .secret_id(id)
+            .secret_string(text)
+            .version_stages("AWSPENDING")
+            .send()
+            .await
+            .map_err(|e| self.unavailable(describe("PutSecretValue", &e)))?;
+        out.version_id()
+            .map(str::to_owned)
+            .ok_or_else(|| invalid(id, "PutSecretValue returned no version id".into()))
     }
 
     async fn reject_pending(&self, id: &str, version: &str) -> Result<(), SecretStoreError> {

@@ -271,6 +271,17 @@ pub trait SecretStore: Send + Sync {
         let _ = version;
         Err(no_rotation(self.name(), id))
     }
+    /// Write `secret` as a new pending version of key `id` (a key issuer created it) and
+    /// return the version id. The version served does not change: Vault pins it first when
+    /// no pin exists, AWS labels the new version `AWSPENDING` only.
+    async fn write_pending(
+        &self,
+        id: &str,
+        secret: &SecretString,
+    ) -> Result<String, SecretStoreError> {
+        let _ = secret;
+        Err(no_rotation(self.name(), id))
+    }
     /// Withdraw a pending `version` after a rolled-back rotation, so that it is no longer
     /// listed as pending: Vault records it in `tollgate_rejected`, AWS removes `AWSPENDING`.
     /// Idempotent.

@@ -432,6 +432,43 @@ impl SecretStore for VaultStore {
         .await
     }
 
+    async fn write_pending(
+        &self,
+        id: &str,
+        secret: &SecretString,
+    ) -> Result<String, SecretStoreError> {
+        // Pin the version served before writing, or the new one would serve at once.
+        let mut pinned = None;
+        self.edit_custom(id, |custom, live| {
+            if let Some(v) = custom
+                .get(PIN_FIELD)
+                .and_then(|p| p.trim().parse::<u64>().ok())
+            {
+                pinned = Some(v);
+                return Ok(());
+            }
+            let withdrawn = rejected(custom);
+            let served = live
+                .iter()
+                .copied()
+                .filter(|v| !withdrawn.contains(v))
+                .max()
+                .ok_or_else(|| "every version is deleted or destroyed".to_owned())?;
+            custom.insert(PIN_FIELD.to_owned(), served.to_string());
+            pinned = Some(served);
+            Ok(())
+        })
+        .await?;
+        let mut st = self.state.lock().await;
+        self.keep_token_fresh(&mut st).await?;
+        let data = serde_json::json!({"api_key": secret.expose_secret()});
+        let md = vaultrs::kv2::set(&st.client, self.mount(), id, &data)
+            .await
+            .map_err(|e| self.unavailable(describe("write", &e)))?;
+        tracing::info!(key = %id, version = md.version, pinned = ?pinned, "vault: pending version written");
+        Ok(md.version.to_string())
+    }
+
     async fn reject_pending(&self, id: &str, version: &str) -> Result<(), SecretStoreError> {
         let v = parse_version(id, version)?;
         self.edit_custom(id, |custom, _| {

@@ -111,8 +111,10 @@ pub struct NewRotation {
     pub trigger: RotationTrigger,
     /// Skip the canary, drain briefly.
     pub emergency: bool,
-    /// Who asked (admin name, `schedule`, …).
+    /// Who asked (admin name, `schedule:<name>`, …).
     pub requested_by: String,
+    /// The provider's id of the new key, when a key issuer created it.
+    pub issued_ref: Option<String>,
     /// Unix ms.
     pub now: i64,
 }
@@ -148,6 +150,8 @@ pub struct RotationRecord {
     pub outcome: Option<String>,
     /// An abort asked for, and by whom.
     pub abort_requested_by: Option<String>,
+    /// The provider's id of the new key, when a key issuer created it.
+    pub issued_ref: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -166,6 +170,7 @@ struct RotationRow {
     lease_until: Option<i64>,
     outcome: Option<String>,
     abort_requested_by: Option<String>,
+    issued_ref: Option<String>,
 }
 
 impl RotationRow {
@@ -191,6 +196,7 @@ impl RotationRow {
             lease_until: self.lease_until,
             outcome: self.outcome,
             abort_requested_by: self.abort_requested_by,
+            issued_ref: self.issued_ref,
         })
     }
 }
@@ -241,7 +247,7 @@ pub struct VersionOutcome {
 }
 
 const COLUMNS: &str = "id, key_id, from_version, to_version, state, trigger, emergency, requested_by, \
-     created_at, updated_at, leader, lease_until, outcome, abort_requested_by";
+     created_at, updated_at, leader, lease_until, outcome, abort_requested_by, issued_ref";
 const OPEN: &str = "state NOT IN ('retired', 'rolled_back')";
 
 impl Store {
@@ -253,7 +259,8 @@ impl Store {
     ) -> Result<(RotationRecord, bool), StoreError> {
         let insert = format!(
             "INSERT INTO rotations (key_id, from_version, to_version, state, trigger, emergency, \
-             requested_by, created_at, updated_at) VALUES ($1, $2, $3, 'staged', $4, $5, $6, $7, $7) \
+             requested_by, created_at, updated_at, issued_ref) \
+             VALUES ($1, $2, $3, 'staged', $4, $5, $6, $7, $7, $8) \
              ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
         );
         let event = "INSERT INTO rotation_events (rotation_id, seq, at, from_state, to_state, actor, detail) \
@@ -261,6 +268,7 @@ impl Store {
         let detail = serde_json::json!({
             "from_version": r.from_version, "to_version": r.to_version,
             "trigger": r.trigger.as_str(), "emergency": r.emergency,
+            "issued": r.issued_ref.is_some(),
         })
         .to_string();
         let created = on_db!(self, p => {
@@ -268,6 +276,7 @@ impl Store {
             let row = sqlx::query_as::<_, RotationRow>(&insert)
                 .bind(&r.key_id).bind(&r.from_version).bind(&r.to_version)
                 .bind(r.trigger.as_str()).bind(r.emergency).bind(&r.requested_by).bind(r.now)
+                .bind(&r.issued_ref)
                 .fetch_optional(&mut *tx).await?;
             if let Some(row) = &row {
                 sqlx::query(event).bind(row.id).bind(r.now).bind(&r.requested_by).bind(&detail)
@@ -444,5 +453,58 @@ impl Store {
                    FROM spend WHERE provider_key_id = $1 AND at >= $2 \
                    GROUP BY CAST((at - $2) / 1000 AS BIGINT), provider_key_version ORDER BY 1, 2";
         Ok(on_db!(self, p => sqlx::query_as(sql).bind(key_id).bind(since).fetch_all(p).await?))
+    }
+}
+
+impl Store {
+    /// When a rotation schedule first covered `key_id` (recorded as `now` on the first call;
+    /// later calls return the recorded time): a never-rotated key's schedule counts from it.
+    pub async fn schedule_first_seen(&self, key_id: &str, now: i64) -> Result<i64, StoreError> {
+        let insert = "INSERT INTO rotation_schedule_keys (key_id, first_seen) VALUES ($1, $2) \
+                      ON CONFLICT (key_id) DO NOTHING";
+        let select = "SELECT first_seen FROM rotation_schedule_keys WHERE key_id = $1";
+        Ok(on_db!(self, p => {
+            sqlx::query(insert).bind(key_id).bind(now).execute(p).await?;
+            sqlx::query_scalar::<_, i64>(select).bind(key_id).fetch_one(p).await?
+        }))
+    }
+
+    /// Take the lease of creating a new key for `key_id` through its issuer, for `lease_ms`
+    /// (by the store's clock). `false`: another replica holds it.
+    pub async fn claim_issue(
+        &self,
+        key_id: &str,
+        replica: &str,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let now = self.db_now_ms();
+        let sql = format!(
+            "UPDATE rotation_schedule_keys SET issuing_by = $2, issuing_until = {now} + $3 \
+             WHERE key_id = $1 AND (issuing_by IS NULL OR issuing_by = $2 OR issuing_until < {now})"
+        );
+        let n = on_db!(self, p => sqlx::query(&sql).bind(key_id).bind(replica).bind(lease_ms)
+            .execute(p).await?.rows_affected());
+        Ok(n == 1)
+    }
+
+    /// Give up the issue lease of `key_id`.
+    pub async fn release_issue(&self, key_id: &str, replica: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE rotation_schedule_keys SET issuing_by = NULL, issuing_until = NULL \
+                   WHERE key_id = $1 AND issuing_by = $2";
+        on_db!(self, p => sqlx::query(sql).bind(key_id).bind(replica).execute(p).await.map(|_| ())?);
+        Ok(())
+    }
+
+    /// The provider's id of the key that version `version` of `key_id` holds, when a key
+    /// issuer created it (the rotation that promoted it recorded it).
+    pub async fn issued_ref_of(
+        &self,
+        key_id: &str,
+        version: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let sql = "SELECT issued_ref FROM rotations WHERE key_id = $1 AND to_version = $2 \
+                   AND issued_ref IS NOT NULL AND state <> 'rolled_back' ORDER BY id DESC LIMIT 1";
+        Ok(on_db!(self, p => sqlx::query_scalar::<_, Option<String>>(sql).bind(key_id).bind(version)
+            .fetch_optional(p).await?).flatten())
     }
 }

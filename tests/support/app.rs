@@ -98,6 +98,7 @@ pub struct Options {
     pub policy: Option<String>,
     /// Extra TOML appended to the config (top-level keys must come before any table, so
     /// this is appended as-is after the `[[issuers]]` table: use tables here).
+    /// [`UPSTREAM_URL`] in it becomes the test upstream's base URL.
     pub extra_config: String,
     /// Replace the `[secrets]` section (default: a file of keys for team-a and a shared one).
     pub secrets: Option<String>,
@@ -109,6 +110,9 @@ pub struct Options {
     /// `tollgate-admin`), and these lines go into `[admin]` (e.g. a break-glass hash).
     pub admin: Option<String>,
 }
+
+/// Stands for the test upstream's base URL (with `/v1`) in [`Options::extra_config`].
+pub const UPSTREAM_URL: &str = "@UPSTREAM_URL@";
 
 /// The audience of admin tokens in tests.
 pub const ADMIN_AUDIENCE: &str = "tollgate-admin";
@@ -179,7 +183,9 @@ pub async fn spawn_app_with(kind: TestDbKind, opts: Options) -> TestApp {
     }
 }
 
-fn config_text(
+/// The configuration a replica of these peers runs with (also written to a file for a
+/// replica run as its own process).
+pub fn config_text(
     db: &str,
     issuer: &str,
     upstream: &str,
@@ -187,7 +193,7 @@ fn config_text(
     keys: &Path,
     opts: &Options,
 ) -> String {
-    let extra = &opts.extra_config;
+    let extra = opts.extra_config.replace(UPSTREAM_URL, upstream);
     let admin = opts.admin.as_deref().map_or_else(String::new, |lines| {
         format!(
             "[admin]\n{lines}\n[[admin.issuers]]\nname = \"idp\"\nissuer = \"{issuer}\"\nkind = \"oidc\"\naudiences = [\"{ADMIN_AUDIENCE}\"]\n"

@@ -47,6 +47,19 @@ struct Shared {
     degraded: Mutex<Vec<(String, u16)>>,
     requests: Mutex<Vec<RecordedRequest>>,
     actions: Mutex<VecDeque<Action>>,
+    /// OpenAI's organization admin API: the admin key it accepts (`None`: not served).
+    admin_key: Mutex<Option<String>>,
+    /// Project service accounts: (project, id, name, key).
+    service_accounts: Mutex<Vec<ServiceAccount>>,
+}
+
+/// A project service account the admin API created and has not deleted.
+#[derive(Clone, Debug)]
+pub struct ServiceAccount {
+    pub project: String,
+    pub id: String,
+    pub name: String,
+    pub key: String,
 }
 
 /// The running upstream.
@@ -64,6 +77,8 @@ impl TestUpstream {
             degraded: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
             actions: Mutex::new(VecDeque::new()),
+            admin_key: Mutex::new(None),
+            service_accounts: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .fallback(handle)
@@ -104,6 +119,17 @@ impl TestUpstream {
             .iter()
             .filter(|r| r.path == path && r.header("authorization").as_deref() == Some(&bearer))
             .count()
+    }
+
+    /// Serve OpenAI's organization admin API for `admin_key`: creating a project service
+    /// account creates a key the upstream accepts; deleting the account revokes it.
+    pub fn serve_admin_api(&self, admin_key: &str) {
+        *self.shared.admin_key.lock() = Some(admin_key.to_owned());
+    }
+
+    /// The service accounts that exist now.
+    pub fn service_accounts(&self) -> Vec<ServiceAccount> {
+        self.shared.service_accounts.lock().clone()
     }
 
     /// The next request gets this status and body.
@@ -153,6 +179,7 @@ pub fn prompt_words(body: &Value) -> u64 {
 
 async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     let path = req.uri().path().to_owned();
+    let method = req.method().clone();
     let headers: HeaderMap = req.headers().clone();
     let bytes: Bytes = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
         .await
@@ -166,6 +193,9 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             .collect(),
         body: body.clone(),
     });
+    if let Some(rest) = path.strip_prefix("/v1/organization/") {
+        return admin_api(&s, &method, rest, &headers, &body);
+    }
     let action = s.actions.lock().pop_front();
     let mut reply = "the upstream says hello back to you".to_owned();
     match action {
@@ -333,3 +363,70 @@ fn sse(events: Vec<String>) -> Response {
 }
 
 use futures_util::StreamExt;
+
+/// OpenAI's documented admin endpoints for project service accounts: `POST
+/// /v1/organization/projects/{project}/service_accounts` (answers the account with its
+/// unredacted `api_key`) and `DELETE …/service_accounts/{id}`.
+fn admin_api(
+    s: &Shared,
+    method: &axum::http::Method,
+    rest: &str,
+    headers: &HeaderMap,
+    body: &Value,
+) -> Response {
+    let err = |status: StatusCode, msg: &str| {
+        (status, axum::Json(json!({"error": {"message": msg, "type": "invalid_request_error", "code": null, "param": null}})))
+            .into_response()
+    };
+    let admin = s.admin_key.lock().clone();
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if admin.is_none() || presented != admin.as_deref() {
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided. Admin keys start with sk-admin-",
+        );
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    match (method.as_str(), parts.as_slice()) {
+        ("POST", ["projects", project, "service_accounts"]) => {
+            let Some(name) = body["name"].as_str().filter(|n| !n.is_empty()) else {
+                return err(StatusCode::BAD_REQUEST, "name is required");
+            };
+            let n = s.service_accounts.lock().len() + s.requests.lock().len();
+            let id = format!("svc_acct_{n:04}");
+            let key = format!("sk-svcacct-{}-{n:04}", project);
+            s.openai_keys.lock().push(key.clone());
+            s.service_accounts.lock().push(ServiceAccount {
+                project: (*project).to_owned(),
+                id: id.clone(),
+                name: name.to_owned(),
+                key: key.clone(),
+            });
+            axum::Json(json!({
+                "object": "organization.project.service_account", "id": id, "name": name,
+                "role": "member", "created_at": 1_711_471_533,
+                "api_key": {"object": "organization.project.service_account.api_key",
+                            "value": key, "name": "Secret Key", "created_at": 1_711_471_533,
+                            "id": format!("key_{n:04}")},
+            }))
+            .into_response()
+        }
+        ("DELETE", ["projects", project, "service_accounts", id]) => {
+            let mut accounts = s.service_accounts.lock();
+            let Some(i) = accounts
+                .iter()
+                .position(|a| a.id == *id && a.project == *project)
+            else {
+                return err(StatusCode::NOT_FOUND, "No such service account");
+            };
+            let gone = accounts.remove(i);
+            s.openai_keys.lock().retain(|k| *k != gone.key);
+            axum::Json(json!({"object": "organization.project.service_account.deleted", "id": id, "deleted": true}))
+                .into_response()
+        }
+        _ => err(StatusCode::NOT_FOUND, "Invalid URL"),
+    }
+}
