@@ -75,6 +75,14 @@ async fn messages(headers: HeaderMap, body: Bytes) -> Response {
     }
 }
 
+/// The models list: the live test a rotation makes with a pending key.
+async fn models() -> Response {
+    reply(
+        r#"{"object":"list","data":[{"id":"bench","object":"model","created":1,"owned_by":"bench"}]}"#,
+        false,
+    )
+}
+
 async fn stats() -> String {
     format!("{{\"keyless\":{}}}", KEYLESS.load(Ordering::Relaxed))
 }
@@ -88,6 +96,7 @@ async fn main() {
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
+        .route("/v1/models", get(models))
         .route("/stats", get(stats));
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     println!(

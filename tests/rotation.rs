@@ -871,17 +871,28 @@ async fn a_due_key_without_a_pending_version_or_issuer_waits_for_security() {
     .await;
     let schedule =
         format!("rotations:\n  - name: nightly\n    keys: [\"{p}/*\"]\n    cron: \"0 3 * * *\"\n");
+    let (hooks, seen) = support::hooks::receiver().await;
     let rotation = format!(
-        "{}schedule_tick = \"100ms\"\n",
+        "{}schedule_tick = \"100ms\"\n[alerts]\n[[alerts.webhooks]]\nurl = \"{hooks}/hook/json\"\n",
         rotation_toml("1s", "300ms")
     );
     let (app, _db) = scheduled_app(&bao, &p, &id, 2 * DAY_MS, &schedule, rotation).await;
     app.upstream.accept_openai_key(NEW_KEY);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
         rotations_of(&app, &id).await.is_empty(),
         "nothing to rotate to yet"
     );
+    // Security is told once (not on every round) what to write.
+    let due: Vec<Value> = seen
+        .lock()
+        .iter()
+        .filter(|(_, b)| b["type"] == "rotation_due")
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(due.len(), 1, "{due:?}");
+    assert_eq!(due[0]["key"], id.as_str());
+    assert!(due[0]["message"].as_str().unwrap().contains("AWSPENDING"));
     // Security writes the new key: the due schedule rotates to it.
     assert_eq!(bao.put_key(&id, NEW_KEY).await, 2);
     let rid = first_rotation_of(&app, &id, Duration::from_secs(15)).await["id"]
@@ -951,6 +962,9 @@ async fn disabling_a_key_with_rotate_replaces_it_by_an_emergency_rotation_withou
     assert_eq!(r.status(), 409);
     let body = r.text().await.unwrap();
     assert!(body.contains("without rotate"), "{body}");
+    let (code, _, err) = cli(&app, &["disable-key", &id, "--reason", "again", "--rotate"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("without rotate"), "{err}");
     let t = security(&app);
     let audit = app
         .admin(Method::GET, "/admin/v1/audit?limit=100", Some(&t), None)

@@ -91,6 +91,8 @@ pub struct Rotator {
     issuers: Vec<Arc<dyn KeyIssuer>>,
     /// (key, due time) pairs already alerted as due without a pending version.
     due_alerted: parking_lot::Mutex<HashSet<(String, i64)>>,
+    /// When schedules first covered each key (immutable once recorded in the store).
+    first_seen: parking_lot::Mutex<HashMap<String, i64>>,
 }
 
 /// What the engine needs.
@@ -140,6 +142,7 @@ impl Rotator {
             policy: p.policy,
             issuers: p.issuers,
             due_alerted: parking_lot::Mutex::new(HashSet::new()),
+            first_seen: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
