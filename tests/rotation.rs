@@ -1092,3 +1092,117 @@ async fn a_leader_killed_with_sigkill_mid_rotation_is_replaced_without_a_failed_
         store.close().await;
     }
 }
+
+#[tokio::test]
+async fn every_replica_switches_to_the_promoted_version_within_the_propagation_bound() {
+    let bao = Bao::shared();
+    let (p, id) = vault_key_with_pending(&bao).await;
+    // The periodic re-read is slow here: the switch must come from the change feed.
+    let fleet = support::app::spawn_fleet_opts(
+        TestDbKind::Postgres,
+        3,
+        Options {
+            policy: Some(format!("{}{ROLES}", support::app::POLICY)),
+            secrets: Some(bao.secrets_toml(&p)),
+            extra_config: rotation_toml("500ms", "1s"),
+            admin: Some(String::new()),
+            revocation_sync_interval: Some("5s".into()),
+            ..Options::default()
+        },
+    )
+    .await;
+    // Each replica's first moment of routing every request of the key to version 2.
+    let watchers: Vec<_> = fleet
+        .iter()
+        .map(|app| {
+            let (keys, id) = (std::sync::Arc::clone(&app.state.keys), id.clone());
+            tokio::spawn(async move {
+                let end = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if keys
+                        .routes()
+                        .get(&id)
+                        .is_some_and(|r| r.share_ppm == 1_000_000)
+                    {
+                        return tollgate::clock::now_ms();
+                    }
+                    assert!(Instant::now() < end, "never switched");
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    for app in &fleet {
+        app.upstream.accept_openai_key(NEW_KEY);
+    }
+    let token = fleet[1].token_for("team-a").await;
+    let traffic = Traffic::start(&fleet[1], &token, 2);
+    let r: Value = rotate(&fleet[0], &id, json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rid = r["id"].as_i64().unwrap();
+    let done = until_state(&fleet[0], rid, "retired", Duration::from_secs(30)).await;
+    assert_no_failures(&traffic.stop().await);
+    let promoted_at = fleet[0]
+        .store()
+        .rotation_events(rid)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.to_state == "promoted")
+        .unwrap()
+        .at;
+    let mut lags = Vec::new();
+    for w in watchers {
+        lags.push(w.await.unwrap() - promoted_at);
+    }
+    eprintln!(
+        "switch after promotion, per replica (ms): {lags:?}; leader {}",
+        done["leader"]
+    );
+    assert!(
+        lags.iter().all(|l| *l < 1_000),
+        "every replica within 1 s of promotion: {lags:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_version_the_provider_refuses_while_draining_is_rolled_back_to_the_old_one() {
+    let bao = Bao::shared();
+    let (p, id) = vault_key_with_pending(&bao).await;
+    let app = app(bao.secrets_toml(&p), rotation_toml("300ms", "30s")).await;
+    app.upstream.accept_openai_key(NEW_KEY);
+    let token = app.token_for("team-a").await;
+    let traffic = Traffic::start(&app, &token, 2);
+    let r: Value = rotate(&app, &id, json!({})).await.json().await.unwrap();
+    let rid = r["id"].as_i64().unwrap();
+    until_state(&app, rid, "draining", Duration::from_secs(15)).await;
+    // Someone revokes the new key at the provider while the old one is still in the store.
+    app.upstream.revoke_openai_key(NEW_KEY);
+    let back = until_state(&app, rid, "rolled_back", Duration::from_secs(15)).await;
+    assert!(
+        back["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("after promotion"),
+        "{back:#}"
+    );
+    assert_eq!(vault_meta(&bao, &id).await["tollgate_version"], "1");
+    assert_eq!(vault_meta(&bao, &id).await["tollgate_rejected"], "2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A request the new version failed was served by the old one, which then stood in for
+    // it until the rollback: no client saw the revocation.
+    assert_no_failures(&traffic.stop().await);
+    // The old version serves everything again.
+    let before = app
+        .upstream
+        .count_with_key("/v1/chat/completions", OPENAI_KEY);
+    calls_succeed(&app, &token, 5).await;
+    assert_eq!(
+        app.upstream
+            .count_with_key("/v1/chat/completions", OPENAI_KEY),
+        before + 5
+    );
+}

@@ -108,6 +108,11 @@ impl Rotator {
                     .map(|_| ())
             }
             RotationState::Canary => self.judge_canary(rot, elapsed).await,
+            RotationState::Promoted | RotationState::Draining
+                if let Some((why, detail)) = self.refused_after_promotion(rot).await? =>
+            {
+                self.roll_back(rot, &why, detail).await
+            }
             RotationState::Promoted => {
                 let detail = json!({"drain_ms": ms(self.drain_of(rot))});
                 self.advance(
@@ -222,6 +227,30 @@ impl Rotator {
             return Ok(());
         }
         self.promote(rot, detail).await
+    }
+
+    /// The provider refusing the new version after promotion (it was revoked at the
+    /// provider, say) while the old one is still there: back to the old version rather than
+    /// an outage. Not for an emergency rotation: its old key is the leaked one.
+    async fn refused_after_promotion(
+        &self,
+        rot: &RotationRecord,
+    ) -> Result<Option<(String, Value)>, StepError> {
+        if rot.emergency {
+            return Ok(None);
+        }
+        let new = self
+            .store
+            .version_outcome(&rot.key_id, &rot.to_version, rot.updated_at)
+            .await?;
+        if new.refused == 0 {
+            return Ok(None);
+        }
+        let why = format!(
+            "the provider refused the new version after promotion ({} of {} requests); the old version is still usable",
+            new.refused, new.requests
+        );
+        Ok(Some((why, json!({"promoted": outcome_json(&new)}))))
     }
 
     async fn promote(&self, rot: &RotationRecord, detail: Value) -> Result<(), StepError> {

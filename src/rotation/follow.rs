@@ -64,20 +64,32 @@ impl Rotator {
                 _ => continue,
             };
             stale_listing |= share == PPM && !listed_new;
-            let Some(candidate) = self.candidate(rot, base).await else {
+            let Some(candidate) = self.version_of(rot, base, &rot.to_version).await else {
                 continue;
             };
-            // An unchanged route is kept as it is: its canary counter keeps the share exact.
-            let route = match before.get(&rot.key_id) {
-                Some(r) if Arc::ptr_eq(&r.candidate, &candidate) && r.share_ppm == share => {
-                    Arc::clone(r)
+            let previous = match rot.state {
+                RotationState::Promoted | RotationState::Draining if !rot.emergency => {
+                    self.version_of(rot, base, &rot.from_version).await
                 }
-                _ => Arc::new(RotationRoute::new(candidate, share)),
+                _ => None,
+            };
+            // An unchanged route is kept as it is: its canary counter keeps the share exact.
+            let same = |r: &RotationRoute| {
+                Arc::ptr_eq(&r.candidate, &candidate)
+                    && r.share_ppm == share
+                    && r.previous.as_ref().map(|p| &p.version)
+                        == previous.as_ref().map(|p| &p.version)
+            };
+            let route = match before.get(&rot.key_id) {
+                Some(r) if same(r) => Arc::clone(r),
+                _ => Arc::new(RotationRoute::new(candidate, share).with_previous(previous)),
             };
             routes.insert(rot.key_id.clone(), route);
         }
         let live: Vec<i64> = latest.values().map(|r| r.id).collect();
-        self.candidates.lock().retain(|id, _| live.contains(id));
+        self.candidates
+            .lock()
+            .retain(|(id, _), _| live.contains(id));
         self.keys.set_routes(routes);
         if stale_listing {
             // Promoted elsewhere: pick up the new current version rather than wait for the
@@ -86,28 +98,30 @@ impl Rotator {
         }
     }
 
-    /// The pending version of `rot` as a key, read from the store once.
-    async fn candidate(
+    /// One version of `rot`'s key (its pending or its previous one), read from the store
+    /// once per rotation; the listed key itself when it is that version and not the pending one.
+    async fn version_of(
         &self,
         rot: &RotationRecord,
-        base: &ProviderKey,
+        base: &Arc<ProviderKey>,
+        version: &str,
     ) -> Option<Arc<ProviderKey>> {
-        if let Some(c) = self.candidates.lock().get(&rot.id) {
+        if version == rot.from_version && base.version == version {
+            return Some(Arc::clone(base));
+        }
+        let slot = (rot.id, version.to_owned());
+        if let Some(c) = self.candidates.lock().get(&slot) {
             return Some(Arc::clone(c));
         }
-        match self
-            .secrets
-            .read_version(&rot.key_id, &rot.to_version)
-            .await
-        {
+        match self.secrets.read_version(&rot.key_id, version).await {
             Ok(secret) => {
-                let c = Arc::new(base.with_version(secret, rot.to_version.clone()));
-                self.candidates.lock().insert(rot.id, Arc::clone(&c));
+                let c = Arc::new(base.with_version(secret, version.to_owned()));
+                self.candidates.lock().insert(slot, Arc::clone(&c));
                 Some(c)
             }
             Err(e) => {
-                tracing::warn!(rotation = rot.id, key = %rot.key_id, error = %e,
-                    "rotation: pending version not readable; the current version keeps serving here");
+                tracing::warn!(rotation = rot.id, key = %rot.key_id, version = %version, error = %e,
+                    "rotation: a version of the key is not readable; the listed version keeps serving here");
                 None
             }
         }

@@ -83,8 +83,9 @@ pub struct Rotator {
     replica: String,
     /// Failed live tests per rotation (transient failures are retried `test_attempts` times).
     attempts: parking_lot::Mutex<HashMap<i64, u32>>,
-    /// Candidates read from the store, by rotation id (kept so a refusal stays recorded).
-    candidates: parking_lot::Mutex<HashMap<i64, Arc<ProviderKey>>>,
+    /// Versions read from the store, by rotation id and version (kept so a refusal stays
+    /// recorded).
+    candidates: parking_lot::Mutex<HashMap<(i64, String), Arc<ProviderKey>>>,
     /// The policy the scheduler reads (`None`: no scheduling).
     policy: Option<Arc<PolicyStore>>,
     /// Key issuers, in configuration order.

@@ -76,6 +76,10 @@ pub struct RotationRoute {
     pub candidate: Arc<ProviderKey>,
     /// Requests it serves per million of the key's requests (1,000,000 once promoted).
     pub share_ppm: u64,
+    /// After promotion, until the drain ends: the version served before, which stands in
+    /// when the provider refuses the new one (none for an emergency rotation: its old key is
+    /// the leaked one).
+    pub previous: Option<Arc<ProviderKey>>,
     seq: AtomicU64,
 }
 
@@ -85,8 +89,20 @@ impl RotationRoute {
         RotationRoute {
             candidate,
             share_ppm: share_ppm.min(PPM),
+            previous: None,
             seq: AtomicU64::new(0),
         }
+    }
+
+    /// The same route with `previous` standing in for a refused new version.
+    pub fn with_previous(mut self, previous: Option<Arc<ProviderKey>>) -> RotationRoute {
+        self.previous = previous;
+        self
+    }
+
+    /// The previous version, if it may stand in now.
+    fn stand_in(&self) -> Option<&Arc<ProviderKey>> {
+        self.previous.as_ref().filter(|p| !p.is_quarantined())
     }
 
     /// Does the next request go to the candidate? Exactly `share_ppm` of them do (the n-th
@@ -212,10 +228,13 @@ impl KeyCache {
             return Err(NoKey::Stale { age });
         }
         let keys = self.keys.load();
+        let routes = self.routes.load();
+        // A refused key still fits while a rotation's previous version can stand in for it.
         let fits = |k: &&Arc<ProviderKey>| {
             k.provider == provider
                 && k.allowed_models.allows(model)
-                && !k.is_quarantined()
+                && (!k.is_quarantined()
+                    || routes.get(&k.id).is_some_and(|r| r.stand_in().is_some()))
                 && usable(k)
         };
         let pick = |wanted: &str| -> Option<Arc<ProviderKey>> {
@@ -244,6 +263,11 @@ impl KeyCache {
     /// refused candidate never serves; the listing's version stands in for it.
     fn route(&self, key: Arc<ProviderKey>) -> Arc<ProviderKey> {
         let routes = self.routes.load();
+        if key.is_quarantined()
+            && let Some(p) = routes.get(&key.id).and_then(|r| r.stand_in())
+        {
+            return Arc::clone(p);
+        }
         match routes.get(&key.id) {
             Some(r)
                 if r.candidate.version != key.version
@@ -256,8 +280,9 @@ impl KeyCache {
         }
     }
 
-    /// When `key` is a rotation candidate, the listed version of the same key, which serves a
-    /// request the candidate failed (the old version still serves retried requests).
+    /// When `key` is a rotation candidate, the other version of the same key, which serves a
+    /// request the candidate failed: the listed one during the canary, the previous one after
+    /// promotion until the drain ends (the old version still serves retried requests).
     pub fn fallback_for(&self, key: &ProviderKey) -> Option<Arc<ProviderKey>> {
         let routes = self.routes.load();
         let route = routes.get(&key.id)?;
@@ -268,6 +293,7 @@ impl KeyCache {
             .load()
             .iter()
             .find(|k| k.id == key.id && k.version != key.version && !k.is_quarantined())
+            .or_else(|| route.stand_in().filter(|p| p.version != key.version))
             .map(Arc::clone)
     }
 

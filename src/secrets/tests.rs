@@ -265,3 +265,41 @@ async fn a_rotation_route_sends_exactly_its_share_to_the_candidate_and_never_a_r
     cache.set_routes(std::collections::HashMap::new());
     assert_eq!(pick(&cache).version, base.version);
 }
+
+#[tokio::test]
+async fn after_promotion_the_previous_version_stands_in_for_a_refused_new_one() {
+    let (_f, s) = store_with(KEYS);
+    let cache = KeyCache::load(s, std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let pick = |c: &KeyCache| c.select("anthropic", "claude", Owner::only("team-b"), |_| true);
+    // The listing already shows the new version (as after promotion); the route keeps the
+    // old one as its previous.
+    let listed = pick(&cache).unwrap();
+    let old = Arc::new(listed.with_version(SecretString::from("sk-ant-old"), "v0"));
+    let route = |previous: Option<Arc<ProviderKey>>| {
+        let mut routes = std::collections::HashMap::new();
+        let candidate =
+            Arc::new(listed.with_version(listed.secret.clone(), listed.version.clone()));
+        routes.insert(
+            "anthropic".to_owned(),
+            Arc::new(RotationRoute::new(candidate, 1_000_000).with_previous(previous)),
+        );
+        routes
+    };
+    cache.set_routes(route(Some(Arc::clone(&old))));
+    let served = pick(&cache).unwrap();
+    assert_eq!(served.version, listed.version);
+    // The provider refuses the new version: the request's retry goes to the old one, and so
+    // does every request after it.
+    assert_eq!(cache.fallback_for(&served).unwrap().version, "v0");
+    assert!(cache.quarantine(&served));
+    assert!((0..10).all(|_| pick(&cache).unwrap().version == "v0"));
+    // Without a previous version (an emergency rotation), or once it is refused too, nothing
+    // stands in.
+    cache.set_routes(route(None));
+    assert!(pick(&cache).is_err());
+    cache.set_routes(route(Some(Arc::clone(&old))));
+    cache.quarantine(&old);
+    assert!(pick(&cache).is_err());
+}
