@@ -244,6 +244,16 @@ async fn vault_key_with_pending(bao: &Bao) -> (String, String) {
     (p, id)
 }
 
+/// A Vault key with a pending version and a replica that rotates at this pace and whose
+/// upstream accepts the new key.
+async fn vault_rotation_app(canary: &str, drain: &str) -> (Bao, String, TestApp) {
+    let bao = Bao::shared();
+    let (p, id) = vault_key_with_pending(&bao).await;
+    let app = app(bao.secrets_toml(&p), rotation_toml(canary, drain)).await;
+    app.upstream.accept_openai_key(NEW_KEY);
+    (bao, id, app)
+}
+
 async fn vault_meta(bao: &Bao, id: &str) -> Value {
     bao.api(Method::GET, &format!("secret/metadata/{id}"), None)
         .await["data"]["custom_metadata"]
@@ -252,10 +262,7 @@ async fn vault_meta(bao: &Bao, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_vault_key_rotates_through_every_step_under_traffic_without_a_failed_request() {
-    let bao = Bao::shared();
-    let (p, id) = vault_key_with_pending(&bao).await;
-    let app = app(bao.secrets_toml(&p), rotation_toml("1500ms", "500ms")).await;
-    app.upstream.accept_openai_key(NEW_KEY);
+    let (bao, id, app) = vault_rotation_app("1500ms", "500ms").await;
     let token = app.token_for("team-a").await;
     let traffic = Traffic::start(&app, &token, 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -385,10 +392,7 @@ async fn a_key_refused_during_the_canary_is_rolled_back_at_once_without_failing_
 }
 
 async fn degraded_canary(status: u16, reason: &str) {
-    let bao = Bao::shared();
-    let (p, id) = vault_key_with_pending(&bao).await;
-    let app = app(bao.secrets_toml(&p), rotation_toml("30s", "500ms")).await;
-    app.upstream.accept_openai_key(NEW_KEY);
+    let (bao, id, app) = vault_rotation_app("30s", "500ms").await;
     // The live test (GET /models) passes; real calls with the new key fail.
     app.upstream.degrade_key(NEW_KEY, status);
     let token = app.token_for("team-a").await;
@@ -425,10 +429,7 @@ async fn degraded_canary(status: u16, reason: &str) {
 
 #[tokio::test]
 async fn concurrent_rotate_calls_give_one_rotation_and_abort_rolls_it_back() {
-    let bao = Bao::shared();
-    let (p, id) = vault_key_with_pending(&bao).await;
-    let app = app(bao.secrets_toml(&p), rotation_toml("1h", "1h")).await;
-    app.upstream.accept_openai_key(NEW_KEY);
+    let (_bao, id, app) = vault_rotation_app("1h", "1h").await;
     let calls = (0..8).map(|_| rotate(&app, &id, json!({})));
     let replies = futures_util::future::join_all(calls).await;
     let mut ids = Vec::new();
@@ -905,12 +906,9 @@ async fn a_due_key_without_a_pending_version_or_issuer_waits_for_security() {
 
 #[tokio::test]
 async fn disabling_a_key_with_rotate_replaces_it_by_an_emergency_rotation_without_an_outage() {
-    let bao = Bao::shared();
-    let (p, id) = vault_key_with_pending(&bao).await;
     // A canary and drain far longer than the test: the emergency rotation skips the one and
     // shortens the other.
-    let app = app(bao.secrets_toml(&p), rotation_toml("60s", "60s")).await;
-    app.upstream.accept_openai_key(NEW_KEY);
+    let (_bao, id, app) = vault_rotation_app("60s", "60s").await;
     let token = app.token_for("team-a").await;
     let traffic = Traffic::start(&app, &token, 2);
     let oncall = app.admin_token("olive@example.com", &["oncall"]);
@@ -1170,10 +1168,7 @@ async fn every_replica_switches_to_the_promoted_version_within_the_propagation_b
 
 #[tokio::test]
 async fn a_new_version_the_provider_refuses_while_draining_is_rolled_back_to_the_old_one() {
-    let bao = Bao::shared();
-    let (p, id) = vault_key_with_pending(&bao).await;
-    let app = app(bao.secrets_toml(&p), rotation_toml("300ms", "30s")).await;
-    app.upstream.accept_openai_key(NEW_KEY);
+    let (bao, id, app) = vault_rotation_app("300ms", "30s").await;
     let token = app.token_for("team-a").await;
     let traffic = Traffic::start(&app, &token, 2);
     let r: Value = rotate(&app, &id, json!({})).await.json().await.unwrap();

@@ -57,14 +57,18 @@ impl Rotator {
                 continue;
             };
             let listed_new = base.version == rot.to_version;
-            let share = match rot.state {
-                RotationState::Canary => self.cfg.share_ppm(),
-                RotationState::Promoted | RotationState::Draining => PPM,
-                RotationState::Retired if !listed_new => PPM,
+            // Which version the route sends requests to, and what share of them.
+            let (target, share) = match rot.state {
+                RotationState::Canary => (&rot.to_version, self.cfg.share_ppm()),
+                RotationState::Promoted | RotationState::Draining => (&rot.to_version, PPM),
+                RotationState::Retired if !listed_new => (&rot.to_version, PPM),
+                // Rolled back after promotion, listed here before the rollback: the old version
+                // until the listing catches up.
+                RotationState::RolledBack if listed_new => (&rot.from_version, PPM),
                 _ => continue,
             };
-            stale_listing |= share == PPM && !listed_new;
-            let Some(candidate) = self.version_of(rot, base, &rot.to_version).await else {
+            stale_listing |= share == PPM && base.version != *target;
+            let Some(candidate) = self.version_of(rot, base, target).await else {
                 continue;
             };
             let previous = match rot.state {

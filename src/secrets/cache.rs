@@ -100,9 +100,16 @@ impl RotationRoute {
         self
     }
 
-    /// The previous version, if it may stand in now.
-    fn stand_in(&self) -> Option<&Arc<ProviderKey>> {
-        self.previous.as_ref().filter(|p| !p.is_quarantined())
+    /// What serves instead of `refused` (a version of this key the provider refused): the
+    /// previous version, or a candidate that takes every request (a rollback's old version
+    /// while this replica's listing still shows the new one). Never `refused`'s own version.
+    fn stand_in(&self, refused: &ProviderKey) -> Option<&Arc<ProviderKey>> {
+        let usable = |k: &&Arc<ProviderKey>| !k.is_quarantined() && k.version != refused.version;
+        self.previous.as_ref().filter(usable).or_else(|| {
+            Some(&self.candidate)
+                .filter(|_| self.share_ppm >= PPM)
+                .filter(usable)
+        })
     }
 
     /// Does the next request go to the candidate? Exactly `share_ppm` of them do (the n-th
@@ -234,7 +241,7 @@ impl KeyCache {
             k.provider == provider
                 && k.allowed_models.allows(model)
                 && (!k.is_quarantined()
-                    || routes.get(&k.id).is_some_and(|r| r.stand_in().is_some()))
+                    || routes.get(&k.id).is_some_and(|r| r.stand_in(k).is_some()))
                 && usable(k)
         };
         let pick = |wanted: &str| -> Option<Arc<ProviderKey>> {
@@ -264,7 +271,7 @@ impl KeyCache {
     fn route(&self, key: Arc<ProviderKey>) -> Arc<ProviderKey> {
         let routes = self.routes.load();
         if key.is_quarantined()
-            && let Some(p) = routes.get(&key.id).and_then(|r| r.stand_in())
+            && let Some(p) = routes.get(&key.id).and_then(|r| r.stand_in(&key))
         {
             return Arc::clone(p);
         }
@@ -293,7 +300,12 @@ impl KeyCache {
             .load()
             .iter()
             .find(|k| k.id == key.id && k.version != key.version && !k.is_quarantined())
-            .or_else(|| route.stand_in().filter(|p| p.version != key.version))
+            .or_else(|| {
+                route
+                    .previous
+                    .as_ref()
+                    .filter(|p| !p.is_quarantined() && p.version != key.version)
+            })
             .map(Arc::clone)
     }
 

@@ -302,4 +302,14 @@ async fn after_promotion_the_previous_version_stands_in_for_a_refused_new_one() 
     cache.set_routes(route(Some(Arc::clone(&old))));
     cache.quarantine(&old);
     assert!(pick(&cache).is_err());
+    // Rolled back while this listing still shows the refused new version: the route sends
+    // every request to the old version until the listing catches up.
+    let restored = Arc::new(listed.with_version(SecretString::from("sk-ant-old"), "v0"));
+    let mut routes = std::collections::HashMap::new();
+    routes.insert(
+        "anthropic".to_owned(),
+        Arc::new(RotationRoute::new(restored, 1_000_000)),
+    );
+    cache.set_routes(routes);
+    assert!((0..5).all(|_| pick(&cache).unwrap().version == "v0"));
 }
