@@ -187,6 +187,9 @@ impl ApiError {
 #[derive(Debug)]
 pub struct Shaped(pub Shape, pub ApiError);
 
+/// The header naming Tollgate's error code on every error it answers (metrics count by it).
+pub const ERROR_CODE_HEADER: &str = "x-tollgate-error-code";
+
 impl IntoResponse for Shaped {
     fn into_response(self) -> Response {
         let Shaped(shape, err) = self;
@@ -202,7 +205,7 @@ impl IntoResponse for Shaped {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         headers.insert(
-            header::HeaderName::from_static("x-tollgate-error-code"),
+            header::HeaderName::from_static(ERROR_CODE_HEADER),
             HeaderValue::from_static(err.code.as_str()),
         );
         resp
@@ -245,6 +248,10 @@ impl IntoResponse for OAuthError {
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        h.insert(
+            header::HeaderName::from_static(ERROR_CODE_HEADER),
+            HeaderValue::from_static(self.error),
+        );
         resp
     }
 }

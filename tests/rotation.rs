@@ -444,11 +444,26 @@ async fn concurrent_rotate_calls_give_one_rotation_and_abort_rolls_it_back() {
     assert_eq!(ids.len(), 1, "{ids:?}");
     let rid = ids[0];
     until_state(&app, rid, "canary", Duration::from_secs(20)).await;
+    // The metrics show the key in canary (the follower reads every tick).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = format!(r#"tollgate_rotation_state{{key="{id}",state="canary"}}"#);
+    assert_eq!(app.metrics().await.value(&state), Some(1.0));
     let t = security(&app);
     let r = abort(&app, rid).await;
     assert_eq!(r.status(), 202);
     let done = until_state(&app, rid, "rolled_back", Duration::from_secs(10)).await;
     assert_eq!(done["outcome"], "aborted by sam@example.com");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = app.metrics().await;
+    assert_eq!(
+        m.value(&state),
+        None,
+        "a finished rotation leaves the gauge"
+    );
+    assert_eq!(
+        m.value(r#"tollgate_rotations_finished_total{outcome="rolled_back"}"#),
+        Some(1.0)
+    );
     let r = abort(&app, rid).await;
     assert_eq!(r.status(), 409);
     // Roles: a viewer-less caller may not rotate; unknown keys and ids are 404.

@@ -275,13 +275,20 @@ impl Application {
         let prefetch = Arc::clone(&identity);
         tasks.push(tokio::spawn(async move { prefetch.prefetch().await }));
 
-        let metrics = super::metrics::registry(
+        let requests = crate::telemetry::requests::RequestMetrics::default();
+        let mut metrics = super::metrics::registry(
             Arc::clone(&keys),
             Arc::clone(&revocations),
             Arc::clone(&alerts),
             Arc::clone(&guard),
             Arc::clone(&admin),
         );
+        requests.register(metrics.registry_mut());
+        metrics.register_collector(super::metrics::RotationCollector(Arc::clone(&rotator)));
+        metrics.register_collector(super::metrics::WriterCollector {
+            spend: spend.clone(),
+            issued: issued.clone(),
+        });
         let state = AppState(Arc::new(Inner {
             store,
             policy,
@@ -307,6 +314,7 @@ impl Application {
             audit: Arc::clone(&audit),
             dev: dev.issuer,
             metrics,
+            requests,
         }));
         Ok(Application {
             listener,

@@ -1,6 +1,7 @@
-//! The metrics this application exposes, read from its state at scrape time. Request-path
-//! series (latency, tokens, spend) land with the telemetry work; what is here is what an
-//! operator needs to see a secret-store or revocation-sync outage before it bites.
+//! The metrics this application exposes that are read from its state at scrape time: the
+//! secret store's and the revocation list's freshness, alerts and pauses, rotations, the
+//! writers' queues. Request-path series (requests, latency, tokens, spend) are counted as
+//! requests end, in `telemetry::requests`.
 
 use crate::admin::AdminAuth;
 use crate::alerts::Alerts;
@@ -231,4 +232,84 @@ where
     let g = ConstGauge::new(value);
     let mut family = encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?;
     g.encode(family.encode_family(&labels)?)
+}
+
+/// Rotations: which keys are being rotated and in what state, and how this replica's ended.
+pub(super) struct RotationCollector(pub Arc<crate::rotation::Rotator>);
+
+impl std::fmt::Debug for RotationCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RotationCollector")
+    }
+}
+
+impl Collector for RotationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "rotation_state",
+            "1 per provider key being rotated, labelled with its rotation's state (keys not being rotated are absent)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, state) in self.0.open_states() {
+            let labels = [("key", key.as_str()), ("state", state.as_str())];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+        let (retired, rolled_back) = self.0.finished();
+        let mut family = encoder.encode_descriptor(
+            "rotations_finished",
+            "Rotations this replica led to their end, by outcome (a rolled_back one has alerted)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in [("retired", retired), ("rolled_back", rolled_back)] {
+            ConstCounter::new(n).encode(family.encode_family(&[("outcome", outcome)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The background writers' queues: rows wait there while the store is slow or down.
+pub(super) struct WriterCollector {
+    pub spend: crate::spend::Writer<crate::store::SpendRecord>,
+    pub issued: crate::spend::Writer<crate::store::IssuedTokenRecord>,
+}
+
+impl std::fmt::Debug for WriterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterCollector")
+    }
+}
+
+impl Collector for WriterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let writers = [
+            (self.spend.name(), self.spend.queued(), self.spend.dropped()),
+            (
+                self.issued.name(),
+                self.issued.queued(),
+                self.issued.dropped(),
+            ),
+        ];
+        let mut family = encoder.encode_descriptor(
+            "writer_queue_depth",
+            "Rows waiting to be written to the store, by writer",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, queued, _) in writers {
+            ConstGauge::new(i64::try_from(queued).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&[("writer", name)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "writer_dropped",
+            "Rows dropped because a writer's queue was full, by writer",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, _, dropped) in writers {
+            ConstCounter::new(dropped).encode(family.encode_family(&[("writer", name)])?)?;
+        }
+        Ok(())
+    }
 }

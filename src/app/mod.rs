@@ -24,5 +24,30 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::proxy::router())
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// Every request into `http_requests` / `http_request_duration`, and Tollgate's own refusals
+/// (the `x-tollgate-error-code` they carry) into `rejections`.
+async fn count(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let code = resp
+        .headers()
+        .get(crate::error::ERROR_CODE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    state
+        .requests
+        .http(&route, resp.status().as_u16(), started.elapsed(), code);
+    resp
 }

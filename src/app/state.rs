@@ -124,6 +124,8 @@ pub struct Inner {
     pub dev: Option<DevIdentity>,
     /// What `GET /metrics` exposes.
     pub metrics: crate::telemetry::metrics::Metrics,
+    /// The request-path series in it.
+    pub requests: crate::telemetry::requests::RequestMetrics,
 }
 
 impl Deref for AppState {

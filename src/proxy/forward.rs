@@ -50,6 +50,9 @@ pub async fn forward(
         return Ok(mock(state, &out, settle));
     }
     let mut out = out;
+    // Time spent waiting on the provider, so the rest is Tollgate's own (`overhead`).
+    let mut upstream = std::time::Duration::ZERO;
+    let sent_at = std::time::Instant::now();
     let (mut status, mut headers, mut body) = match send(state, &out).await {
         Ok(r) => r,
         Err(e) => {
@@ -70,6 +73,8 @@ pub async fn forward(
         }
         settle.failed_attempt(status.as_u16(), &k.version, &current.version);
         out.key = Some(current);
+        upstream += sent_at.elapsed();
+        let sent_at = std::time::Instant::now();
         (status, headers, body) = match send(state, &out).await {
             Ok(r) => r,
             Err(e) => {
@@ -77,7 +82,13 @@ pub async fn forward(
                 return Err(e);
             }
         };
+        upstream += sent_at.elapsed();
+    } else {
+        upstream += sent_at.elapsed();
     }
+    state
+        .requests
+        .overhead(out.api.path(), settle.elapsed().saturating_sub(upstream));
     if !status.is_success() {
         return upstream_failure(state, &out, status, &headers, body, settle).await;
     }
@@ -149,9 +160,13 @@ async fn send(
     }
     let sent = state.upstream_client.send(req);
     let resp = match tokio::time::timeout(state.upstream.response_timeout, sent).await {
-        Err(_) => return Err(timeout_error(out)),
+        Err(_) => {
+            state.requests.upstream_error(&out.route.id, 504);
+            return Err(timeout_error(out));
+        }
         Ok(Err(e)) => {
             tracing::warn!(provider = %out.route.id, error = %e, "upstream request failed");
+            state.requests.upstream_error(&out.route.id, 502);
             return Err(ApiError::new(
                 Code::UpstreamError,
                 format!("could not reach provider {}: {e}", out.route.id),
@@ -160,6 +175,11 @@ async fn send(
         Ok(Ok(r)) => r,
     };
     let (parts, body) = resp.into_parts();
+    if !parts.status.is_success() {
+        state
+            .requests
+            .upstream_error(&out.route.id, parts.status.as_u16());
+    }
     Ok((parts.status, parts.headers, body))
 }
 

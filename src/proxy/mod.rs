@@ -307,6 +307,7 @@ async fn pipeline(
         input_estimate,
         state.spend.clone(),
         started,
+        state.requests.clone(),
     );
     let body = req.upstream_body(&model.upstream_model);
     let mut resp = forward::forward(

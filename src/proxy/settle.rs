@@ -8,6 +8,7 @@ use crate::providers::Usage;
 use crate::quota::Admission;
 use crate::spend::Writer;
 use crate::store::SpendRecord;
+use crate::telemetry::requests::{RequestMetrics, Settled};
 use std::time::Instant;
 
 /// What to charge.
@@ -37,6 +38,7 @@ pub struct Settlement {
     reserved_input: u64,
     writer: Writer<SpendRecord>,
     started: Instant,
+    metrics: RequestMetrics,
 }
 
 impl Settlement {
@@ -48,6 +50,7 @@ impl Settlement {
         reserved_input: u64,
         writer: Writer<SpendRecord>,
         started: Instant,
+        metrics: RequestMetrics,
     ) -> Self {
         Settlement {
             admission: Some(admission),
@@ -56,7 +59,13 @@ impl Settlement {
             reserved_input,
             writer,
             started,
+            metrics,
         }
+    }
+
+    /// Time since the request arrived.
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Record an attempt the provider failed before the request was served by another key
@@ -133,6 +142,16 @@ impl Settlement {
             prompt_sha256 = rec.prompt_sha256.as_deref().unwrap_or(""),
             "request settled"
         );
+        self.metrics.settled(&Settled {
+            team: &rec.team,
+            pool: &rec.pool,
+            model: &rec.model,
+            status,
+            input_tokens: tokens.input,
+            output_tokens: tokens.output,
+            cached_input_tokens: tokens.cached_input,
+            cost_micro_usd: u64::try_from(rec.cost_micro_usd).unwrap_or(0),
+        });
         self.writer.record(rec);
     }
 }

@@ -394,6 +394,15 @@ impl Rotator {
         if !done {
             return Ok(false);
         }
+        match to {
+            RotationState::Retired => {
+                self.finished[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
+            RotationState::RolledBack => {
+                self.finished[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            }
+            _ => 0,
+        };
         tracing::info!(rotation = rot.id, key = %rot.key_id, from = rot.state.as_str(), to = to.as_str(),
             outcome, "rotation step");
         self.audit.record(

@@ -90,6 +90,11 @@ impl Rotator {
             };
             routes.insert(rot.key_id.clone(), route);
         }
+        *self.open.lock() = latest
+            .values()
+            .filter(|r| !r.state.is_final())
+            .map(|r| (r.key_id.clone(), r.state))
+            .collect();
         let live: Vec<i64> = latest.values().map(|r| r.id).collect();
         self.candidates
             .lock()

@@ -94,6 +94,10 @@ pub struct Rotator {
     due_alerted: parking_lot::Mutex<HashSet<(String, i64)>>,
     /// When schedules first covered each key (immutable once recorded in the store).
     first_seen: parking_lot::Mutex<HashMap<String, i64>>,
+    /// The unfinished rotations as the follower last read them (key, state), for metrics.
+    open: parking_lot::Mutex<Vec<(String, crate::store::RotationState)>>,
+    /// Rotations this replica led to `retired` and to `rolled_back`.
+    finished: [std::sync::atomic::AtomicU64; 2],
 }
 
 /// What the engine needs.
@@ -144,6 +148,8 @@ impl Rotator {
             issuers: p.issuers,
             due_alerted: parking_lot::Mutex::new(HashSet::new()),
             first_seen: parking_lot::Mutex::new(HashMap::new()),
+            open: parking_lot::Mutex::new(Vec::new()),
+            finished: Default::default(),
         })
     }
 
@@ -333,5 +339,19 @@ impl Rotator {
     /// This replica's id.
     pub fn replica(&self) -> &str {
         &self.replica
+    }
+
+    /// The unfinished rotations (key, state) as last read.
+    pub fn open_states(&self) -> Vec<(String, crate::store::RotationState)> {
+        self.open.lock().clone()
+    }
+
+    /// Rotations this replica led to `retired`, and to `rolled_back`.
+    pub fn finished(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.finished[0].load(Relaxed),
+            self.finished[1].load(Relaxed),
+        )
     }
 }

@@ -102,6 +102,16 @@ impl<T: Send + 'static> Writer<T> {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Rows waiting to be written (they pile up while the store is slow or down).
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// The writer's name (`spend`, `issued_tokens`, …).
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 async fn run<T: Send + 'static>(

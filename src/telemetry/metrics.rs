@@ -35,6 +35,11 @@ impl Metrics {
         Metrics::default()
     }
 
+    /// The registry itself (request-path families register into it).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Add a collector read at every scrape.
     pub fn register_collector(&mut self, collector: impl Collector) {
         self.registry.register_collector(Box::new(collector));

@@ -4,6 +4,7 @@
 
 mod json;
 pub mod metrics;
+pub mod requests;
 mod writer;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};

@@ -1,0 +1,246 @@
+//! Request-path metrics: counters and histograms updated as requests end, lock-free
+//! (`prometheus-client` families are sharded atomics behind a read-mostly map).
+//!
+//! Label sets are bounded by construction: routes are the router's matched paths (or
+//! `unmatched`), statuses are HTTP codes, error codes are Tollgate's fixed set, and team, pool
+//! and model come from the policy; never a subject, a token id, a key or a request id.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    route: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    team: String,
+    pool: String,
+    model: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    team: String,
+    pool: String,
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpendLabels {
+    team: String,
+    pool: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    provider: String,
+    status: u16,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Seconds from 100 µs to about 100 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+/// Tollgate's own time: 10 µs to about 80 ms.
+fn overhead() -> Histogram {
+    Histogram::new(exponential_buckets(0.00001, 2.0, 14))
+}
+
+/// What one request settled as, for the metrics.
+pub struct Settled<'a> {
+    /// Team, pool and policy model of the token.
+    pub team: &'a str,
+    /// Pool.
+    pub pool: &'a str,
+    /// Model.
+    pub model: &'a str,
+    /// Status answered.
+    pub status: u16,
+    /// Tokens charged.
+    pub input_tokens: u64,
+    /// Output tokens charged.
+    pub output_tokens: u64,
+    /// Cached input tokens charged.
+    pub cached_input_tokens: u64,
+    /// Cost charged.
+    pub cost_micro_usd: u64,
+}
+
+/// The request-path series of one application.
+#[derive(Clone, Debug)]
+pub struct RequestMetrics {
+    http: Family<HttpLabels, Counter>,
+    http_duration: Histograms<RouteLabel>,
+    rejections: Family<CodeLabels, Counter>,
+    llm: Family<ModelLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    spend: Family<SpendLabels, Counter>,
+    overhead: Histograms<RouteLabel>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        RequestMetrics {
+            http: Family::default(),
+            http_duration: Family::new_with_constructor(latency),
+            rejections: Family::default(),
+            llm: Family::default(),
+            tokens: Family::default(),
+            spend: Family::default(),
+            overhead: Family::new_with_constructor(overhead),
+            upstream_errors: Family::default(),
+        }
+    }
+}
+
+impl RequestMetrics {
+    /// Register every series in `registry` (they share their storage with `self`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "http_requests",
+            "HTTP requests by matched route and status",
+            self.http.clone(),
+        );
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to the response headers, by matched route (a stream's body is not included)",
+            Unit::Seconds,
+            self.http_duration.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Requests Tollgate refused or failed itself, by route and error code (limits, budgets, auth, no key, …)",
+            self.rejections.clone(),
+        );
+        registry.register(
+            "llm_requests",
+            "Model calls settled, by team, pool, policy model and status",
+            self.llm.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens charged, by team, pool, model and kind (input, output, cached_input)",
+            self.tokens.clone(),
+        );
+        registry.register(
+            "spend_micro_usd",
+            "Money charged in micro-dollars, by team, pool and model",
+            self.spend.clone(),
+        );
+        registry.register_with_unit(
+            "overhead",
+            "Tollgate's own time before the provider's answer: request time to the upstream's response headers minus the upstream call",
+            Unit::Seconds,
+            self.overhead.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Provider answers that were not a success (or no answer: 502/504), by provider and status",
+            self.upstream_errors.clone(),
+        );
+    }
+
+    /// An HTTP request answered (`code`: Tollgate's error code when it refused it).
+    pub fn http(&self, route: &str, status: u16, elapsed: Duration, code: Option<&str>) {
+        self.http
+            .get_or_create(&HttpLabels {
+                route: route.to_owned(),
+                status,
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if let Some(code) = code {
+            self.rejections
+                .get_or_create(&CodeLabels {
+                    route: route.to_owned(),
+                    code: code.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// A model call settled.
+    pub fn settled(&self, s: &Settled<'_>) {
+        self.llm
+            .get_or_create(&ModelLabels {
+                team: s.team.to_owned(),
+                pool: s.pool.to_owned(),
+                model: s.model.to_owned(),
+                status: s.status,
+            })
+            .inc();
+        for (kind, n) in [
+            ("input", s.input_tokens),
+            ("output", s.output_tokens),
+            ("cached_input", s.cached_input_tokens),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        team: s.team.to_owned(),
+                        pool: s.pool.to_owned(),
+                        model: s.model.to_owned(),
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+        if s.cost_micro_usd > 0 {
+            self.spend
+                .get_or_create(&SpendLabels {
+                    team: s.team.to_owned(),
+                    pool: s.pool.to_owned(),
+                    model: s.model.to_owned(),
+                })
+                .inc_by(s.cost_micro_usd);
+        }
+    }
+
+    /// Tollgate's own time on a request that reached the provider.
+    pub fn overhead(&self, route: &str, d: Duration) {
+        self.overhead
+            .get_or_create(&RouteLabel {
+                route: route.to_owned(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// A provider answered `status` (not a success).
+    pub fn upstream_error(&self, provider: &str, status: u16) {
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels {
+                provider: provider.to_owned(),
+                status,
+            })
+            .inc();
+    }
+}
