@@ -3,6 +3,7 @@
 
 mod admin;
 mod admin_api;
+mod agent;
 mod audit;
 mod dev;
 
@@ -60,6 +61,9 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The workload's sidecar: swaps the pod's service-account token for a Tollgate token,
+    /// keeps it fresh, and serves it through a loopback proxy or a token file.
+    Agent(agent::AgentArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,6 +121,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(args) => dev::run(args).await,
+        Command::Agent(args) => {
+            let _log = telemetry::init(LogFormat::Json, "info");
+            agent::run(args).await
+        }
         Command::Migrate { config } => {
             let _log = telemetry::init(LogFormat::Pretty, "info");
             let cfg = Config::load(&config)?;

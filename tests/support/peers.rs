@@ -17,7 +17,7 @@ fn env_or_fail(var: &str) -> String {
     })
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
