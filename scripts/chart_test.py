@@ -149,6 +149,18 @@ def main():
             refused = True
         check(refused, f"values.schema.json refuses {why}")
 
+    # The example values files render into valid objects and a config that passes.
+    for path in sorted(glob.glob(os.path.join(ROOT, "helm", "examples", "values-*.yaml"))):
+        with open(path) as f:
+            values = yaml.safe_load(f)
+        values.setdefault("policies", {"files": shipped_policies()})
+        docs = render(values)
+        for _, doc in docs:
+            if doc["kind"] not in CRDS:
+                kubernetes_validate.validate(doc, KUBE, strict=True)
+        check(True, f"{os.path.basename(path)}: {len(docs)} objects valid")
+        check_config(binary, docs)
+
     # The example workload is valid as written.
     with open(EXAMPLE) as f:
         for doc in yaml.safe_load_all(f):

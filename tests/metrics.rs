@@ -137,6 +137,7 @@ async fn metrics_count_requests_tokens_money_refusals_and_upstream_errors_after_
         ),
         0.0
     );
+    assert_eq!(value(&m, r#"tollgate_revocations_active{kind="jti"}"#), 0.0);
     // Bounded labels only: no token, key or subject.
     for secret in [token.as_str(), OPENAI_KEY, "system:serviceaccount"] {
         assert!(!m.0.contains(secret), "{secret} in the metrics");

@@ -138,6 +138,16 @@ impl Collector for RevocationCollector {
             age.metric_type(),
         )?;
         age.encode(family)?;
+        let mut family = encoder.encode_descriptor(
+            "revocations_active",
+            "Revocations in force on this replica, by kind (jti, subject, team, pool, issuer, pod_uid, provider_key)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, n) in self.0.sizes() {
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
+                .encode(family.encode_family(&[("kind", kind)])?)?;
+        }
         let notified = ConstCounter::new(self.0.notifications());
         let family = encoder.encode_descriptor(
             "revocation_notifications",

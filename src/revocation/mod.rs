@@ -242,6 +242,20 @@ impl RevocationSet {
         self.store.purge_revocations(now, now - horizon).await
     }
 
+    /// Revocations in force on this replica, by kind (metrics).
+    pub fn sizes(&self) -> Vec<(&'static str, usize)> {
+        let snap = self.snap.load();
+        let mut out = vec![
+            ("jti", snap.jtis.len()),
+            ("provider_key", snap.provider_keys.len()),
+        ];
+        for (kind, values) in &snap.cutoffs {
+            out.push((kind.as_str(), values.len()));
+        }
+        out.sort_unstable();
+        out
+    }
+
     /// Change notifications received from the store (metrics).
     pub fn notifications(&self) -> u64 {
         self.notified.load(std::sync::atomic::Ordering::Relaxed)
