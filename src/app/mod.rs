@@ -49,5 +49,15 @@ async fn count(
     state
         .requests
         .http(&route, resp.status().as_u16(), started.elapsed(), code);
+    // A served model call logs its own line at settlement; a refusal logs this one.
+    if let Some(code) = code {
+        let request_id = resp
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info!(request_id, route = %route, status = resp.status().as_u16(), code,
+            decision = "refused", "request refused");
+    }
     resp
 }

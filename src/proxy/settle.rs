@@ -140,6 +140,7 @@ impl Settlement {
             cost_micro_usd = rec.cost_micro_usd,
             latency_ms = rec.latency_ms,
             prompt_sha256 = rec.prompt_sha256.as_deref().unwrap_or(""),
+            decision = if (200..300).contains(&status) { "served" } else { "failed" },
             "request settled"
         );
         self.metrics.settled(&Settled {
