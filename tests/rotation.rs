@@ -206,6 +206,26 @@ impl Traffic {
     }
 }
 
+/// A manual rotation of `id` from version 1 to 2, recorded straight in the store.
+async fn stage_1_to_2(
+    store: &tollgate::store::Store,
+    id: &str,
+) -> (tollgate::store::RotationRecord, bool) {
+    store
+        .start_rotation(&tollgate::store::NewRotation {
+            key_id: id.to_owned(),
+            from_version: "1".into(),
+            to_version: "2".into(),
+            trigger: tollgate::store::RotationTrigger::Manual,
+            emergency: false,
+            requested_by: "test".into(),
+            issued_ref: None,
+            now: tollgate::clock::now_ms(),
+        })
+        .await
+        .unwrap()
+}
+
 /// Every client request was answered 200.
 fn assert_no_failures(statuses: &[u16]) {
     let failed: Vec<&u16> = statuses.iter().filter(|s| **s != 200).collect();
@@ -508,7 +528,7 @@ async fn concurrent_rotate_calls_give_one_rotation_and_abort_rolls_it_back() {
 /// serving every request meanwhile.
 #[tokio::test]
 async fn rotations_left_by_a_dead_leader_at_any_step_are_resumed_by_another_replica() {
-    use tollgate::store::{NewRotation, RotationState as S, RotationTrigger, Store, Transition};
+    use tollgate::store::{RotationState as S, Store, Transition};
     let bao = Bao::shared();
     let p = unique_prefix();
     let db = support::db::TestDb::new(TestDbKind::Postgres).await;
@@ -537,19 +557,7 @@ async fn rotations_left_by_a_dead_leader_at_any_step_are_resumed_by_another_repl
         )
         .await;
         bao.put_key(&id, NEW_KEY).await;
-        let (rot, created) = store
-            .start_rotation(&NewRotation {
-                key_id: id.clone(),
-                from_version: "1".into(),
-                to_version: "2".into(),
-                trigger: RotationTrigger::Manual,
-                emergency: false,
-                requested_by: "test".into(),
-                issued_ref: None,
-                now: tollgate::clock::now_ms(),
-            })
-            .await
-            .unwrap();
+        let (rot, created) = stage_1_to_2(&store, &id).await;
         assert!(created);
         assert!(
             store
@@ -991,7 +999,6 @@ async fn disabling_a_key_with_rotate_replaces_it_by_an_emergency_rotation_withou
 #[tokio::test]
 async fn a_leader_killed_with_sigkill_mid_rotation_is_replaced_without_a_failed_request() {
     use support::app::{ANTHROPIC_KEY, POLICY, config_text};
-    use tollgate::store::{NewRotation, RotationTrigger};
     for kill_at in ["canary", "draining"] {
         eprintln!("--- the leader is killed in {kill_at}");
         let bao = Bao::shared();
@@ -1033,19 +1040,7 @@ async fn a_leader_killed_with_sigkill_mid_rotation_is_replaced_without_a_failed_
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let (rot, _) = store
-            .start_rotation(&NewRotation {
-                key_id: id.clone(),
-                from_version: "1".into(),
-                to_version: "2".into(),
-                trigger: RotationTrigger::Manual,
-                emergency: false,
-                requested_by: "test".into(),
-                issued_ref: None,
-                now: tollgate::clock::now_ms(),
-            })
-            .await
-            .unwrap();
+        let (rot, _) = stage_1_to_2(&store, &id).await;
         let end = Instant::now() + Duration::from_secs(30);
         let a_leader = loop {
             let r = store.rotation(rot.id).await.unwrap().unwrap();

@@ -209,10 +209,16 @@ impl OpenAiIssuer {
             .map_err(|e| self.fail(format!("admin key: {e}")))
     }
 
-    /// The provider's answer to a failed call: status and OpenAI's `error.message` (which
-    /// never holds a key), at most 200 characters.
+    /// The provider's answer to a failed call: the status, and OpenAI's `error.message` (at
+    /// most 200 characters) except on 401/403, whose message may echo part of the admin key.
     async fn refusal(&self, call: &str, resp: reqwest::Response) -> IssueError {
         let status = resp.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            return self.fail(format!(
+                "{call}: OpenAI answered {status}: the admin key in {} was refused",
+                self.cfg.admin_key_secret
+            ));
+        }
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let msg = body["error"]["message"].as_str().unwrap_or("");
         self.fail(format!("{call}: OpenAI answered {status}: {msg:.200}"))
