@@ -55,6 +55,8 @@ FULL = {
     },
     "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/tollgate"}},
     "policies": {"files": shipped_policies()},
+    "extraEnv": [{"name": "OTEL_EXPORTER_OTLP_HEADERS",
+                  "valueFrom": {"secretKeyRef": {"name": "otel-auth", "key": "headers"}}}],
 }
 
 
@@ -125,6 +127,14 @@ def main():
                   "migrations as an init container")
             rules = by_kind["PrometheusRule"]["spec"]["groups"][0]["rules"]
             check(len(rules) >= 6, f"PrometheusRule: {[r['alert'] for r in rules]}")
+            env = {e["name"]: e for e in app.get("env", [])}
+            check(env.get("OTEL_EXPORTER_OTLP_HEADERS", {}).get("valueFrom", {}).get("secretKeyRef"),
+                  "extraEnv: the collector's credentials from a Secret")
+            near = [r for r in rules if r["alert"] == "TollgateBudgetNearCap"]
+            check(near and near[0]["expr"].endswith("> 0.9")
+                  and "{{ $labels.pool }}" in near[0]["annotations"]["summary"]
+                  and "90 %" in near[0]["annotations"]["summary"],
+                  "PrometheusRule: a pool near its cap, at the share the values set")
             dash = [d for _, d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
             check(dash and dash[0]["metadata"]["labels"]["grafana_dashboard"] == "1",
                   "the Grafana dashboard ConfigMap")
@@ -136,6 +146,10 @@ def main():
     # values.schema.json refuses what would deploy something broken or leak a secret.
     for bad, why in [
         ({"replicaCount": "three"}, "a replica count that is not a number"),
+        ({"extraEnv": [{"name": "TOLLGATE_DATABASE_URL", "value": "postgres://u:p@db/x"}]},
+         "the database URL inline through extraEnv"),
+        ({"metrics": {"prometheusRule": {"enabled": True, "budgetUtilization": 2}}},
+         "a budget alert share over 1"),
         ({"config": 'database_url = "postgres://u:p@db/x"'}, "a database URL inline in the config"),
         ({"secrets": {"databaseUrl": {"name": "", "key": "url"}, "keyEncryptionKey": {"name": "k", "key": "k"}}},
          "an empty Secret name"),

@@ -187,6 +187,11 @@ impl ApiError {
 #[derive(Debug)]
 pub struct Shaped(pub Shape, pub ApiError);
 
+/// Set on a refused response (an extension, never sent) when the caller's token was valid:
+/// the refusal's log line names who asked.
+#[derive(Clone, Debug)]
+pub struct RefusedSubject(pub String);
+
 /// The header naming Tollgate's error code on every error it answers (metrics count by it).
 pub const ERROR_CODE_HEADER: &str = "x-tollgate-error-code";
 

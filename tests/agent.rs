@@ -8,78 +8,16 @@
 mod support;
 
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
-use support::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, POLICY, TestApp, config_text};
+use std::time::Duration;
+use support::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, TestApp};
 use support::db::{TestDb, TestDbKind};
 use support::oidc::TestIssuer;
 use support::peers::free_port;
+use support::process::{BIN, Tollgate, wait_ok};
 use support::upstream::TestUpstream;
 use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
-
-/// One `tollgate serve` on a fixed port (so it can be restarted in place).
-struct Tollgate {
-    url: String,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Tollgate {
-    async fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        wait_ok(&format!("{}/readyz", self.url), &self.log).await;
-    }
-
-    /// SIGTERM, as Kubernetes stops a pod, and wait for the exit.
-    async fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().unwrap();
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await
-            .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .expect("tollgate stops on SIGTERM")
-            .unwrap();
-        assert!(status.success(), "{status:?}");
-    }
-}
-
-async fn wait_ok(url: &str, log: &Path) {
-    let end = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = reqwest::get(url).await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{url} never answered 200:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Replace the token file the way the kubelet does: write beside it, rename over it.
 fn write_token(path: &Path, token: &str) {
@@ -114,35 +52,8 @@ async fn the_agent_keeps_a_keyless_client_working_across_token_rotation_and_a_to
     let db = TestDb::new(TestDbKind::Sqlite).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::create_dir(d.join("policies")).unwrap();
-    std::fs::write(d.join("policies/policy.yaml"), POLICY).unwrap();
-    std::fs::write(
-        d.join("keys.yaml"),
-        format!(
-            "keys:\n  - id: openai-team-a\n    provider: openai\n    api_key: {OPENAI_KEY}\n    billing_owner: team-a\n  - id: anthropic-team-a\n    provider: anthropic\n    api_key: {ANTHROPIC_KEY}\n    billing_owner: team-a\n"
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let text = config_text(
-        &db.url,
-        &issuer.url,
-        &upstream.url,
-        d.join("policies"),
-        &d.join("keys.yaml"),
-        &Options::default(),
-    )
-    .replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(d.join("tollgate.toml"), text).unwrap();
-    let mut tollgate = Tollgate {
-        url: format!("http://127.0.0.1:{port}"),
-        config: d.join("tollgate.toml"),
-        log: d.join("tollgate.log"),
-        child: None,
-    };
+    let mut tollgate =
+        Tollgate::prepare(d, &db.url, &issuer.url, &upstream.url, &Options::default());
     tollgate.start().await;
 
     // The pod: a projected token for team-a/app, the agent beside the app.

@@ -143,3 +143,139 @@ async fn metrics_count_requests_tokens_money_refusals_and_upstream_errors_after_
         assert!(!m.0.contains(secret), "{secret} in the metrics");
     }
 }
+
+#[tokio::test]
+async fn metrics_show_each_budgeted_pools_spend_cap_and_utilisation_in_its_window() {
+    let app = support::app::spawn_app_with(
+        TestDbKind::Sqlite,
+        support::app::Options {
+            extra_config: "[alerts]\ncheck_interval = \"50ms\"\n".into(),
+            policy: Some(support::app::POLICY.replace(
+                "budget: { usd: 0.0001, window: daily }",
+                "budget: { usd: 1, window: daily }",
+            )),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Before any spend, the budgeted pool shows 0 of its $1 cap; the unbudgeted one is absent.
+    let mut m = app.metrics().await;
+    for _ in 0..100 {
+        if m.value(r#"tollgate_budget_cap_micro_usd{pool="tiny",window="daily"}"#)
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        m = app.metrics().await;
+    }
+    assert_eq!(
+        value(
+            &m,
+            r#"tollgate_budget_cap_micro_usd{pool="tiny",window="daily"}"#
+        ),
+        1_000_000.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"tollgate_budget_utilization_ratio{pool="tiny",window="daily"}"#
+        ),
+        0.0
+    );
+    assert!(!m.0.contains(r#"pool="main",window"#), "{}", m.0);
+
+    // One call of the `broke` binding spends from the pool.
+    let token = app.token_for("broke").await;
+    let r = app
+        .post(
+            CHAT,
+            &token,
+            &TestApp::chat("gpt-test", "four words of prompt"),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let mut spent = 0.0;
+    for _ in 0..100 {
+        spent = app
+            .metrics()
+            .await
+            .value(r#"tollgate_budget_spent_micro_usd{pool="tiny",window="daily"}"#)
+            .unwrap_or(0.0);
+        if spent > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(spent > 0.0, "the spend never reached the metric");
+    let m = app.metrics().await;
+    let ratio = value(
+        &m,
+        r#"tollgate_budget_utilization_ratio{pool="tiny",window="daily"}"#,
+    );
+    assert!((ratio - spent / 1e6).abs() < 1e-9, "{ratio} vs {spent}");
+}
+
+/// The metric names (`tollgate_…`) a text mentions.
+fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("tollgate_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        out.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_series_the_charts_alerts_and_dashboard_query_is_exposed() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut wanted = std::collections::BTreeSet::new();
+    for f in [
+        "helm/tollgate/templates/prometheusrule.yaml",
+        "helm/tollgate/dashboards/tollgate.json",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{f}")).unwrap();
+        wanted.extend(names_in(&text));
+    }
+    assert!(wanted.len() >= 10, "{wanted:?}");
+    let app = spawn_app(TestDbKind::Sqlite).await;
+    // Request-path families appear with their first sample: a served call, a refused one and
+    // one the provider fails.
+    let token = app.token_for("team-a").await;
+    let ok = app
+        .post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
+        .await;
+    assert_eq!(ok.status(), 200);
+    let refused = app
+        .post(CHAT, &token, &TestApp::chat("unbound", "hi"))
+        .await;
+    assert!(refused.status().is_client_error());
+    app.upstream.fail_next(
+        500,
+        json!({"error": {"message": "boom", "type": "server_error"}}),
+    );
+    let failed = app
+        .post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
+        .await;
+    assert!(failed.status().is_server_error());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let m = app.metrics().await;
+    for name in &wanted {
+        // OpenMetrics names a counter's family without `_total`, a histogram's without the
+        // suffix of its samples.
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            m.0.contains(&format!("# TYPE {family} ")),
+            "the chart queries {name}, which Tollgate does not expose:\n{}",
+            m.0
+        );
+    }
+}

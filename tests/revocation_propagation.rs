@@ -164,6 +164,28 @@ async fn a_revocation_on_one_replica_is_refused_on_the_others_within_the_bound()
         n >= (KINDS.len() * SAMPLES_PER_KIND) as u64 / 2,
         "{n} notifications"
     );
+    // Every replica measured each revocation's lag once, when it first enforced it; the
+    // recording replica too.
+    let total = (KINDS.len() * SAMPLES_PER_KIND) as f64;
+    for app in &apps {
+        let m = app.metrics().await;
+        let count = m
+            .value("tollgate_revocation_propagation_seconds_count")
+            .unwrap();
+        let sum = m
+            .value("tollgate_revocation_propagation_seconds_sum")
+            .unwrap();
+        assert_eq!(count, total, "{}", m.0);
+        assert!(
+            sum / count < HARD_BOUND.as_secs_f64(),
+            "mean lag {}",
+            sum / count
+        );
+        assert_eq!(
+            m.value(r#"tollgate_revocation_propagation_seconds_bucket{le="+Inf"}"#),
+            Some(total)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -63,6 +63,28 @@ impl Alert {
     }
 }
 
+/// A budgeted pool's spend in its current window, fleet-wide, as of the last check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSpend {
+    /// Spent in the window, micro-dollars.
+    pub spent: i64,
+    /// The cap in force (raised by an approved increase), micro-dollars.
+    pub cap: i64,
+    /// The window, as written in policy.
+    pub window: String,
+}
+
+impl PoolSpend {
+    /// Percent of the cap spent (100 for a zero cap).
+    pub fn percent(&self) -> i64 {
+        if self.cap > 0 {
+            self.spent.saturating_mul(100) / self.cap
+        } else {
+            100
+        }
+    }
+}
+
 /// The alert checker.
 pub struct Alerts {
     store: Store,
@@ -70,8 +92,8 @@ pub struct Alerts {
     http: reqwest::Client,
     webhooks: Vec<WebhookConfig>,
     at_cap: Mutex<HashSet<String>>,
-    /// Percent of its cap each budgeted pool has spent, as of the last check.
-    levels: parking_lot::RwLock<std::collections::HashMap<String, i64>>,
+    /// What each budgeted pool has spent of its cap, as of the last check.
+    levels: parking_lot::RwLock<std::collections::HashMap<String, PoolSpend>>,
     /// Budget alerts sent by this replica.
     sent: AtomicU64,
     increases: Arc<crate::quota::Increases>,
@@ -100,7 +122,19 @@ impl Alerts {
 
     /// Percent of its cap `pool` had spent at the last check (0 when unknown).
     pub fn level(&self, pool: &str) -> i64 {
-        self.levels.read().get(pool).copied().unwrap_or(0)
+        self.levels.read().get(pool).map_or(0, PoolSpend::percent)
+    }
+
+    /// Every budgeted pool's spend as of the last check, by pool name (metrics).
+    pub fn budgets(&self) -> Vec<(String, PoolSpend)> {
+        let mut v: Vec<_> = self
+            .levels
+            .read()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     /// The pool refused a request at its cap (the 100 % alert fires at the next check).
@@ -118,6 +152,10 @@ impl Alerts {
         let at_cap: HashSet<String> = std::mem::take(&mut *self.at_cap.lock());
         let mut sent = Vec::new();
         let pools: Vec<_> = self.policy.current().pools().cloned().collect();
+        // A pool that lost its budget (or left the policy) stops being reported.
+        self.levels
+            .write()
+            .retain(|name, _| pools.iter().any(|p| p.name == *name && p.budget.is_some()));
         for pool in pools {
             let Some(budget) = &pool.budget else {
                 continue;
@@ -134,12 +172,13 @@ impl Alerts {
                     continue;
                 }
             };
-            let pct = if cap > 0 {
-                spent.saturating_mul(100) / cap
-            } else {
-                100
+            let level = PoolSpend {
+                spent,
+                cap,
+                window: budget.window.name(),
             };
-            self.levels.write().insert(pool.name.clone(), pct);
+            let pct = level.percent();
+            self.levels.write().insert(pool.name.clone(), level);
             for &t in &pool.alerts {
                 let crossed =
                     pct >= i64::from(t) || (t == 100 && at_cap.contains(pool.name.as_str()));

@@ -275,7 +275,8 @@ impl Application {
         let prefetch = Arc::clone(&identity);
         tasks.push(tokio::spawn(async move { prefetch.prefetch().await }));
 
-        let requests = crate::telemetry::requests::RequestMetrics::default();
+        let requests =
+            crate::telemetry::requests::RequestMetrics::new(config.telemetry.metrics_subject_label);
         let mut metrics = super::metrics::registry(
             Arc::clone(&keys),
             Arc::clone(&revocations),

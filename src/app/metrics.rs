@@ -27,6 +27,12 @@ pub fn registry(
     admin: Arc<AdminAuth>,
 ) -> Metrics {
     let mut m = Metrics::new();
+    m.registry_mut().register_with_unit(
+        "revocation_propagation",
+        "Time from a revocation being recorded (on any replica) to this replica enforcing it",
+        Unit::Seconds,
+        revocations.lag_histogram(),
+    );
     m.register_collector(AdminCollector(admin));
     m.register_collector(SecretStoreCollector(keys));
     m.register_collector(RevocationCollector(Arc::clone(&revocations)));
@@ -223,6 +229,48 @@ impl Collector for GuardCollector {
         for kind in crate::store::PauseKind::ALL {
             let c = ConstCounter::new(self.guard.pauses_recorded(kind));
             c.encode(family.encode_family(&[("kind", kind.as_str())])?)?;
+        }
+        self.encode_budgets(&mut encoder)
+    }
+}
+
+/// One budget gauge's value, from a pool's spend.
+type BudgetValue = fn(&crate::alerts::PoolSpend) -> f64;
+
+impl GuardCollector {
+    /// Each budgeted pool's fleet-wide spend in its window, as the alert checker last read it
+    /// from the store (every `alerts.check_interval`): the hot path never counts it.
+    fn encode_budgets(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let budgets = self.alerts.budgets();
+        let series: [(&str, &str, BudgetValue); 3] = [
+            (
+                "budget_spent_micro_usd",
+                "Spent in the pool's current budget window, fleet-wide, as of the last alert check",
+                |b| b.spent as f64,
+            ),
+            (
+                "budget_cap_micro_usd",
+                "The pool's budget cap in force for its current window (approved increases included)",
+                |b| b.cap as f64,
+            ),
+            (
+                "budget_utilization_ratio",
+                "Spent over cap in the pool's current budget window (1 = at the cap)",
+                |b| {
+                    if b.cap > 0 {
+                        b.spent as f64 / b.cap as f64
+                    } else {
+                        1.0
+                    }
+                },
+            ),
+        ];
+        for (name, help, value) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (pool, b) in &budgets {
+                let labels = [("pool", pool.as_str()), ("window", b.window.as_str())];
+                ConstGauge::new(value(b)).encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

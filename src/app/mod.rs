@@ -41,23 +41,36 @@ async fn count(
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let started = std::time::Instant::now();
-    let resp = next.run(req).await;
+    let span = crate::telemetry::trace::server_span(req.method(), &route, req.headers());
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status().as_u16();
     let code = resp
         .headers()
         .get(crate::error::ERROR_CODE_HEADER)
         .and_then(|v| v.to_str().ok());
-    state
-        .requests
-        .http(&route, resp.status().as_u16(), started.elapsed(), code);
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok());
+    state.requests.http(&route, status, started.elapsed(), code);
     // A served model call logs its own line at settlement; a refusal logs this one.
     if let Some(code) = code {
-        let request_id = resp
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        tracing::info!(request_id, route = %route, status = resp.status().as_u16(), code,
+        let subject = resp
+            .extensions()
+            .get::<crate::error::RefusedSubject>()
+            .map_or("-", |s| s.0.as_str());
+        tracing::info!(request_id = request_id.unwrap_or("-"), route = %route, subject, status, code,
             decision = "refused", "request refused");
     }
-    resp
+    if span.is_none() {
+        return resp;
+    }
+    crate::telemetry::trace::finish_server(&span, status, request_id, code);
+    // The span ends with the response body (the last event of a stream), not its headers.
+    resp.map(|body| {
+        axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+            let _span = &span;
+            frame
+        }))
+    })
 }

@@ -114,10 +114,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("configuration and policies are valid");
                 return Ok(ExitCode::SUCCESS);
             }
-            let _log = telemetry::init(log_format(cfg.log_format), "info");
+            let log = telemetry::init_with(
+                log_format(cfg.log_format),
+                "info",
+                cfg.telemetry.otlp.as_ref(),
+            );
             let app = Application::build(cfg).await?;
             tracing::info!(addr = %app.local_addr()?, "tollgate serving");
             app.run_until(shutdown_signal()).await?;
+            log.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dev(args) => dev::run(args).await,

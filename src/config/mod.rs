@@ -135,6 +135,7 @@ impl Config {
         }
         self.anomaly.validate()?;
         self.rotation.validate()?;
+        self.telemetry.validate()?;
         if !(self.admin.increase_finops_above_usd.is_finite()
             && self.admin.increase_finops_above_usd >= 0.0)
         {

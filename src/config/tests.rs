@@ -316,3 +316,47 @@ fn key_issuers_are_checked_field_by_field() {
         .to_string();
     assert!(e.contains("rotation.issuers[1].name"), "{e}");
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_bad_settings_name_the_field() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert!(!c.telemetry.metrics_subject_label);
+    assert!(c.telemetry.otlp.is_none());
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}[telemetry.otlp]\nendpoint = \"http://otel-collector.monitoring:4318/\"\n"
+    ))
+    .unwrap();
+    let o = c.telemetry.otlp.unwrap();
+    assert_eq!(
+        o.traces_url(),
+        "http://otel-collector.monitoring:4318/v1/traces"
+    );
+    assert_eq!(o.service_name, "tollgate");
+    assert!((o.sample_ratio - 1.0).abs() < f64::EPSILON);
+    for (bad, field) in [
+        ("endpoint = \"grpc://c:4317\"", "telemetry.otlp.endpoint"),
+        (
+            "endpoint = \"https://user:pw@c:4318\"",
+            "telemetry.otlp.endpoint",
+        ),
+        (
+            "endpoint = \"http://c:4318\"\nsample_ratio = 1.5",
+            "telemetry.otlp.sample_ratio",
+        ),
+        (
+            "endpoint = \"http://c:4318\"\nservice_name = \" \"",
+            "telemetry.otlp.service_name",
+        ),
+        (
+            "endpoint = \"http://c:4318\"\ntimeout = \"5m\"",
+            "telemetry.otlp.timeout",
+        ),
+        ("endpoint = \"http://c:4318\"\nheaders = 1", "headers"),
+    ] {
+        let e = Config::from_toml_str(&format!("{MINIMAL}[telemetry.otlp]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+        assert!(!e.contains("pw@"), "credentials echoed: {e}");
+    }
+}

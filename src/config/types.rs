@@ -84,6 +84,9 @@ pub struct Config {
     /// How often the in-memory revocation set is re-read from the store.
     #[serde(default = "default_revocation_sync", with = "humantime_serde")]
     pub revocation_sync_interval: Duration,
+    /// Subject-labelled metrics and trace export.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::config::TelemetryConfig,
 }
 
 /// Log output format.

@@ -7,6 +7,7 @@ use crate::app::{AppState, ProviderRoute};
 use crate::error::{ApiError, Code};
 use crate::providers::{self, Api, InboundRequest, MockReply, ProviderKind, StreamObserver};
 use crate::secrets::ProviderKey;
+use crate::telemetry::trace;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
@@ -53,7 +54,8 @@ pub async fn forward(
     // Time spent waiting on the provider, so the rest is Tollgate's own (`overhead`).
     let mut upstream = std::time::Duration::ZERO;
     let sent_at = std::time::Instant::now();
-    let (mut status, mut headers, mut body) = match send(state, &out).await {
+    // The provider call's span lives until its body is read (or, streaming, relayed).
+    let (mut status, mut headers, mut body, mut span) = match send(state, &out).await {
         Ok(r) => r,
         Err(e) => {
             settle.finish(e.code.status().as_u16(), Charge::Nothing);
@@ -75,7 +77,7 @@ pub async fn forward(
         out.key = Some(current);
         upstream += sent_at.elapsed();
         let sent_at = std::time::Instant::now();
-        (status, headers, body) = match send(state, &out).await {
+        (status, headers, body, span) = match send(state, &out).await {
             Ok(r) => r,
             Err(e) => {
                 settle.finish(e.code.status().as_u16(), Charge::Nothing);
@@ -103,7 +105,7 @@ pub async fn forward(
         }
         return Ok(stream_response(
             status,
-            byte_stream(body),
+            byte_stream(body, span),
             observer,
             settle,
             state.upstream.idle_timeout,
@@ -136,7 +138,7 @@ pub async fn forward(
 async fn send(
     state: &AppState,
     out: &Outbound<'_>,
-) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Incoming, tracing::Span), ApiError> {
     let uri = out
         .route
         .endpoint(out.api)
@@ -158,13 +160,21 @@ async fn send(
     if let Some(k) = &out.key {
         providers::apply_auth(out.route.kind, headers, &k.secret);
     }
+    let host = req.uri().host().unwrap_or("-").to_owned();
+    let span = trace::client_span(&out.route.id, out.upstream_model, &host, req.headers_mut());
     let sent = state.upstream_client.send(req);
-    let resp = match tokio::time::timeout(state.upstream.response_timeout, sent).await {
+    let sent = tracing::Instrument::instrument(
+        tokio::time::timeout(state.upstream.response_timeout, sent),
+        span.clone(),
+    );
+    let resp = match sent.await {
         Err(_) => {
+            trace::finish_client(&span, 504);
             state.requests.upstream_error(&out.route.id, 504);
             return Err(timeout_error(out));
         }
         Ok(Err(e)) => {
+            trace::finish_client(&span, 502);
             tracing::warn!(provider = %out.route.id, error = %e, "upstream request failed");
             state.requests.upstream_error(&out.route.id, 502);
             return Err(ApiError::new(
@@ -175,12 +185,13 @@ async fn send(
         Ok(Ok(r)) => r,
     };
     let (parts, body) = resp.into_parts();
+    trace::finish_client(&span, parts.status.as_u16());
     if !parts.status.is_success() {
         state
             .requests
             .upstream_error(&out.route.id, parts.status.as_u16());
     }
-    Ok((parts.status, parts.headers, body))
+    Ok((parts.status, parts.headers, body, span))
 }
 
 fn timeout_error(out: &Outbound<'_>) -> ApiError {
@@ -196,8 +207,11 @@ fn candidate_failed(status: StatusCode) -> bool {
 }
 
 /// An upstream body as a stream of data chunks (trailers dropped), for the SSE relay.
-fn byte_stream(body: Incoming) -> ByteStream {
-    Box::pin(BodyDataStream::new(body).map(|r| r.map_err(|_| "response body failed".to_owned())))
+fn byte_stream(body: Incoming, span: tracing::Span) -> ByteStream {
+    Box::pin(BodyDataStream::new(body).map(move |r| {
+        let _span = &span;
+        r.map_err(|_| "response body failed".to_owned())
+    }))
 }
 
 async fn upstream_failure(

@@ -88,11 +88,28 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
 async fn serve(state: AppState, api: Api, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().to_string();
-    let mut resp = match pipeline(&state, api, &headers, body, &request_id, started).await {
+    let mut subject = None;
+    let mut resp = match pipeline(
+        &state,
+        api,
+        &headers,
+        body,
+        &request_id,
+        started,
+        &mut subject,
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
-            tracing::info!(request_id = %request_id, endpoint = api.path(), code = e.code.as_str(), "request refused");
-            e.shaped(shape(api.family())).into_response()
+            // The refusal's log line is written by the request middleware; it names the
+            // subject when the token was good enough to say who asked.
+            let mut resp = e.shaped(shape(api.family())).into_response();
+            if let Some(s) = subject {
+                resp.extensions_mut()
+                    .insert(crate::error::RefusedSubject(s));
+            }
+            resp
         }
     };
     set_request_id(&mut resp, &request_id);
@@ -113,8 +130,10 @@ async fn pipeline(
     body: Body,
     request_id: &str,
     started: Instant,
+    subject: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     let claims = auth::authenticate(state, headers, api.family()).await?;
+    *subject = Some(claims.sub.clone());
     let bytes = read_body(body, headers, state.limits.max_body_bytes).await?;
     let mut req = providers::parse_request(api, bytes)
         .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;

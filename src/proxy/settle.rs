@@ -144,6 +144,7 @@ impl Settlement {
             "request settled"
         );
         self.metrics.settled(&Settled {
+            subject: &rec.subject,
             team: &rec.team,
             pool: &rec.pool,
             model: &rec.model,

@@ -88,6 +88,10 @@ pub struct RevocationSet {
     /// Bumped after every re-read: followers of other fleet-wide state announced on the same
     /// channel (rotations) re-read theirs.
     synced: tokio::sync::watch::Sender<u64>,
+    /// Ids of the revocations in the last read: one not seen before is new to this replica.
+    seen: parking_lot::Mutex<Option<HashSet<i64>>>,
+    /// Time from a revocation being recorded to this replica enforcing it.
+    lag: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl RevocationSet {
@@ -100,6 +104,10 @@ impl RevocationSet {
             syncing: tokio::sync::Mutex::new(()),
             notified: std::sync::atomic::AtomicU64::new(0),
             synced: tokio::sync::watch::Sender::new(0),
+            seen: parking_lot::Mutex::new(None),
+            lag: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 14),
+            ),
         });
         set.sync().await?;
         Ok(set)
@@ -111,10 +119,32 @@ impl RevocationSet {
         let rows = self.store.active_revocations(now_ms()).await?;
         let pauses = self.store.pauses(None).await?;
         let n = rows.len() + pauses.len();
+        self.observe_new(&rows);
         self.snap.store(Arc::new(build(rows, pauses)));
         *self.synced_at.lock() = std::time::Instant::now();
         self.synced.send_modify(|g| *g += 1);
         Ok(n)
+    }
+
+    /// Measure the propagation lag of every revocation this read is the first to bring. The
+    /// first read (start-up) measures none: those were recorded before this replica ran.
+    fn observe_new(&self, rows: &[RevocationRecord]) {
+        let ids: HashSet<i64> = rows.iter().map(|r| r.id).collect();
+        let mut seen = self.seen.lock();
+        if let Some(old) = seen.as_ref() {
+            let now = now_ms();
+            for r in rows.iter().filter(|r| !old.contains(&r.id)) {
+                // Clocks of two replicas may disagree by a little: a negative lag counts as 0.
+                self.lag
+                    .observe((now.saturating_sub(r.created_at)).max(0) as f64 / 1000.0);
+            }
+        }
+        *seen = Some(ids);
+    }
+
+    /// The propagation-lag histogram (registered in the application's metrics).
+    pub fn lag_histogram(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.lag.clone()
     }
 
     /// Changes with every re-read (after a change notification, a reconnect or the periodic

@@ -3,7 +3,8 @@
 //!
 //! Label sets are bounded by construction: routes are the router's matched paths (or
 //! `unmatched`), statuses are HTTP codes, error codes are Tollgate's fixed set, and team, pool
-//! and model come from the policy; never a subject, a token id, a key or a request id.
+//! and model come from the policy; never a token id, a key or a request id, and a subject only
+//! in the `subject_*` series an operator turned on (`telemetry.metrics_subject_label`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -53,6 +54,30 @@ struct SpendLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubjectLabels {
+    subject: String,
+    team: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubjectTokenLabels {
+    subject: String,
+    team: String,
+    model: String,
+    kind: &'static str,
+}
+
+/// Per-subject series (`telemetry.metrics_subject_label`): one series per workload, so off
+/// unless asked for.
+#[derive(Clone, Debug, Default)]
+struct SubjectSeries {
+    requests: Family<SubjectLabels, Counter>,
+    tokens: Family<SubjectTokenLabels, Counter>,
+    spend: Family<SubjectLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     provider: String,
     status: u16,
@@ -72,6 +97,8 @@ fn overhead() -> Histogram {
 
 /// What one request settled as, for the metrics.
 pub struct Settled<'a> {
+    /// The workload subject (a label only with `telemetry.metrics_subject_label`).
+    pub subject: &'a str,
     /// Team, pool and policy model of the token.
     pub team: &'a str,
     /// Pool.
@@ -90,6 +117,19 @@ pub struct Settled<'a> {
     pub cost_micro_usd: u64,
 }
 
+impl Settled<'_> {
+    /// Each kind of token charged, with its count (kinds with none are left out).
+    fn charged_tokens(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("input", self.input_tokens),
+            ("output", self.output_tokens),
+            ("cached_input", self.cached_input_tokens),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+    }
+}
+
 /// The request-path series of one application.
 #[derive(Clone, Debug)]
 pub struct RequestMetrics {
@@ -101,6 +141,7 @@ pub struct RequestMetrics {
     spend: Family<SpendLabels, Counter>,
     overhead: Histograms<RouteLabel>,
     upstream_errors: Family<UpstreamLabels, Counter>,
+    subjects: Option<SubjectSeries>,
 }
 
 impl Default for RequestMetrics {
@@ -114,11 +155,20 @@ impl Default for RequestMetrics {
             spend: Family::default(),
             overhead: Family::new_with_constructor(overhead),
             upstream_errors: Family::default(),
+            subjects: None,
         }
     }
 }
 
 impl RequestMetrics {
+    /// The series, with the per-subject ones when `subject_label` is set.
+    pub fn new(subject_label: bool) -> RequestMetrics {
+        RequestMetrics {
+            subjects: subject_label.then(SubjectSeries::default),
+            ..RequestMetrics::default()
+        }
+    }
+
     /// Register every series in `registry` (they share their storage with `self`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -163,6 +213,23 @@ impl RequestMetrics {
             "Provider answers that were not a success (or no answer: 502/504), by provider and status",
             self.upstream_errors.clone(),
         );
+        if let Some(sub) = &self.subjects {
+            registry.register(
+                "subject_requests",
+                "Model calls settled, by workload subject, team and model (telemetry.metrics_subject_label)",
+                sub.requests.clone(),
+            );
+            registry.register(
+                "subject_tokens",
+                "Tokens charged, by workload subject, team, model and kind (telemetry.metrics_subject_label)",
+                sub.tokens.clone(),
+            );
+            registry.register(
+                "subject_spend_micro_usd",
+                "Money charged in micro-dollars, by workload subject, team and model (telemetry.metrics_subject_label)",
+                sub.spend.clone(),
+            );
+        }
     }
 
     /// An HTTP request answered (`code`: Tollgate's error code when it refused it).
@@ -198,21 +265,15 @@ impl RequestMetrics {
                 status: s.status,
             })
             .inc();
-        for (kind, n) in [
-            ("input", s.input_tokens),
-            ("output", s.output_tokens),
-            ("cached_input", s.cached_input_tokens),
-        ] {
-            if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        team: s.team.to_owned(),
-                        pool: s.pool.to_owned(),
-                        model: s.model.to_owned(),
-                        kind,
-                    })
-                    .inc_by(n);
-            }
+        for (kind, n) in s.charged_tokens() {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    team: s.team.to_owned(),
+                    pool: s.pool.to_owned(),
+                    model: s.model.to_owned(),
+                    kind,
+                })
+                .inc_by(n);
         }
         if s.cost_micro_usd > 0 {
             self.spend
@@ -222,6 +283,9 @@ impl RequestMetrics {
                     model: s.model.to_owned(),
                 })
                 .inc_by(s.cost_micro_usd);
+        }
+        if let Some(sub) = &self.subjects {
+            sub.settled(s);
         }
     }
 
@@ -242,5 +306,29 @@ impl RequestMetrics {
                 status,
             })
             .inc();
+    }
+}
+
+impl SubjectSeries {
+    fn settled(&self, s: &Settled<'_>) {
+        let labels = SubjectLabels {
+            subject: s.subject.to_owned(),
+            team: s.team.to_owned(),
+            model: s.model.to_owned(),
+        };
+        self.requests.get_or_create(&labels).inc();
+        for (kind, n) in s.charged_tokens() {
+            self.tokens
+                .get_or_create(&SubjectTokenLabels {
+                    subject: labels.subject.clone(),
+                    team: labels.team.clone(),
+                    model: labels.model.clone(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+        if s.cost_micro_usd > 0 {
+            self.spend.get_or_create(&labels).inc_by(s.cost_micro_usd);
+        }
     }
 }

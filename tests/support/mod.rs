@@ -7,4 +7,5 @@ pub mod db;
 pub mod hooks;
 pub mod oidc;
 pub mod peers;
+pub mod process;
 pub mod upstream;

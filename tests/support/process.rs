@@ -1,0 +1,117 @@
+//! A real `tollgate serve` process on a fixed port (so it can be restarted in place), its
+//! files in a directory of the test's, its stderr (the JSON log lines) in a file.
+
+use super::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, POLICY, config_text};
+use super::peers::free_port;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// One `tollgate serve`.
+pub struct Tollgate {
+    pub url: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Tollgate {
+    /// Write the policy, a key file (team-a's OpenAI and Anthropic keys) and the config under
+    /// `dir`, on a free port. Not started.
+    pub fn prepare(dir: &Path, db: &str, issuer: &str, upstream: &str, opts: &Options) -> Tollgate {
+        std::fs::create_dir(dir.join("policies")).unwrap();
+        std::fs::write(
+            dir.join("policies/policy.yaml"),
+            opts.policy.as_deref().unwrap_or(POLICY),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("keys.yaml"),
+            format!(
+                "keys:\n  - id: openai-team-a\n    provider: openai\n    api_key: {OPENAI_KEY}\n    billing_owner: team-a\n  - id: anthropic-team-a\n    provider: anthropic\n    api_key: {ANTHROPIC_KEY}\n    billing_owner: team-a\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let text = config_text(
+            db,
+            issuer,
+            upstream,
+            dir.join("policies"),
+            &dir.join("keys.yaml"),
+            opts,
+        )
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        );
+        std::fs::write(dir.join("tollgate.toml"), text).unwrap();
+        Tollgate {
+            url: format!("http://127.0.0.1:{port}"),
+            config: dir.join("tollgate.toml"),
+            log: dir.join("tollgate.log"),
+            child: None,
+        }
+    }
+
+    /// Start it and wait for `/readyz`.
+    pub async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_ok(&format!("{}/readyz", self.url), &self.log).await;
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod, and wait for a clean exit.
+    pub async fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("tollgate stops on SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Wait until `url` answers 200 (30 s at most), showing `log` if it never does.
+pub async fn wait_ok(url: &str, log: &Path) {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{url} never answered 200:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
