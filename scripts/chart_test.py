@@ -60,6 +60,19 @@ FULL = {
 }
 
 
+def image_user():
+    """The numeric user the Dockerfile's image runs as; its entrypoint must be the binary."""
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        text = f.read()
+    user = [l.split()[1] for l in text.splitlines() if l.startswith("USER ")][-1]
+    entry = [l for l in text.splitlines() if l.startswith("ENTRYPOINT ")][-1]
+    assert entry == 'ENTRYPOINT ["/usr/local/bin/tollgate"]', entry
+    return int(user.split(":")[0])
+
+
+IMAGE_USER = image_user()
+
+
 def render(values):
     with helm.Chart.load(CHART) as chart:
         out = chart.render(values, name="tollgate", namespace="tollgate", is_install=True)
@@ -113,6 +126,8 @@ def main():
                 check("secretKeyRef" in env[name].get("valueFrom", {}) and "value" not in env[name],
                       f"{label}: {c['name']} reads {name} from a Secret")
         app = deploy["spec"]["template"]["spec"]["containers"][0]
+        check(app["securityContext"]["runAsUser"] == IMAGE_USER and app["args"][0] == "serve",
+              f"{label}: runs as the image's user ({IMAGE_USER}) with the image's entrypoint")
         check(app["readinessProbe"]["httpGet"]["path"] == "/readyz"
               and app["livenessProbe"]["httpGet"]["path"] == "/healthz",
               f"{label}: probes on /readyz and /healthz")
@@ -142,6 +157,16 @@ def main():
         else:
             check(deploy["spec"]["replicas"] == 3, "3 replicas by default")
             check(any(d["kind"] == "Job" for _, d in docs), "migrations as a pre-install/upgrade Job by default")
+
+    # A config change rolls the pods; a policy change reloads in place (no new checksum).
+    def checksum(values):
+        deploy = [d for _, d in render(values) if d["kind"] == "Deployment"][0]
+        return deploy["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    base = checksum({})
+    check(checksum({"policies": {"files": {"pools.yaml": "pools: {}\n"}}}) == base,
+          "a policy change reloads in place: the pods' checksum stays")
+    check(checksum({"config": 'public_url = "https://other.example"\n'}) != base,
+          "a config change rolls the pods: the checksum changes")
 
     # values.schema.json refuses what would deploy something broken or leak a secret.
     for bad, why in [

@@ -52,6 +52,15 @@ fn serve_check_config_names_the_bad_field() {
     let (code, _, err) = tollgate(&["serve", "--config", "/nonexistent.toml"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent.toml"), "{err}");
+    // Issuer settings are checked too, without fetching anything.
+    std::fs::write(
+        &cfg,
+        "public_url = \"https://t\"\ndatabase_url = \"sqlite::memory:\"\n[signing]\nkey_encryption_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"\n[secrets]\npath = \"keys.yaml\"\n[[issuers]]\nname = \"c\"\nissuer = \"http://issuer.example\"\nbearer_token_file = \"/t\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = tollgate(&["serve", "--config", cfg.to_str().unwrap(), "--check-config"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("issuers[0].bearer_token_file"), "{err}");
 }
 
 #[test]

@@ -110,6 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cfg.migrate_on_start = false;
             }
             if check_config {
+                crate::identity::check_issuers(&cfg.issuers)?;
+                crate::identity::check_issuers(&cfg.admin.issuers)
+                    .map_err(|e| anyhow::anyhow!("admin.{e}"))?;
                 crate::policy::load_dir(&cfg.policy_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
                 eprintln!("configuration and policies are valid");
                 return Ok(ExitCode::SUCCESS);

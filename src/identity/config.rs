@@ -43,6 +43,12 @@ pub struct IssuerConfig {
     pub kind: IssuerKind,
     /// Extra CA certificate (PEM) for the issuer's HTTPS endpoints.
     pub ca_file: Option<PathBuf>,
+    /// A token file presented as `Authorization: Bearer` when fetching discovery and JWKS, re-read
+    /// on every fetch (the pod's own projected service-account token: a Kubernetes API server
+    /// serves its OIDC documents to authenticated callers only, by default). Sent only to the
+    /// origins of `issuer`, `discovery_url` and `jwks_uri` as configured, never to a URL a
+    /// discovery document names.
+    pub bearer_token_file: Option<PathBuf>,
     /// The claim holding the caller's groups (a list of strings, or one string), which admin
     /// roles may be granted to.
     #[serde(default = "default_groups_claim")]
@@ -75,6 +81,42 @@ pub struct IdentityConfigError {
     pub reason: String,
 }
 
+impl IssuerConfig {
+    /// Where `bearer_token_file` may be presented: the origins of the configured URLs.
+    pub(super) fn bearer_origins(&self) -> Vec<String> {
+        let mut out: Vec<String> = [
+            Some(&self.issuer),
+            self.discovery_url.as_ref(),
+            self.jwks_uri.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(|u| url::Url::parse(u).ok())
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null")
+        .collect();
+        out.dedup();
+        out
+    }
+}
+
+/// https, or http to a loopback address (tests, a local issuer).
+fn may_carry_token(origin: &str) -> bool {
+    let Ok(u) = url::Url::parse(origin) else {
+        return false;
+    };
+    match u.scheme() {
+        "https" => true,
+        "http" => match u.host() {
+            Some(url::Host::Ipv4(a)) => a.is_loopback(),
+            Some(url::Host::Ipv6(a)) => a.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        },
+        _ => false,
+    }
+}
+
 pub(super) fn validate(issuers: &[IssuerConfig]) -> Result<(), IdentityConfigError> {
     let err = |index, field, reason: &str| IdentityConfigError {
         index,
@@ -103,6 +145,24 @@ pub(super) fn validate(issuers: &[IssuerConfig]) -> Result<(), IdentityConfigErr
         }
         if c.jwks_uri.is_some() && c.discovery_url.is_some() {
             return Err(err(i, "jwks_uri", "use either jwks_uri or discovery_url"));
+        }
+        if c.bearer_token_file.is_some() {
+            if c.jwks_file.is_some() {
+                return Err(err(
+                    i,
+                    "bearer_token_file",
+                    "has nothing to authenticate: keys come from jwks_file",
+                ));
+            }
+            if let Some(bad) = c.bearer_origins().into_iter().find(|o| !may_carry_token(o)) {
+                return Err(IdentityConfigError {
+                    index: i,
+                    field: "bearer_token_file",
+                    reason: format!(
+                        "a token is only sent over https (or to a loopback address), not to {bad}"
+                    ),
+                });
+            }
         }
         if c.audiences.is_empty() || c.audiences.iter().any(|a| a.trim().is_empty()) {
             return Err(err(

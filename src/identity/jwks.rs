@@ -156,23 +156,39 @@ impl IssuerKeys {
             .ok_or_else(|| FetchError::Document("discovery document has no jwks_uri".into()))
     }
 
+    /// The bearer token for `url`, when one is configured and `url` is one of the origins it
+    /// may be sent to.
+    fn bearer_for(&self, url: &str) -> Result<Option<secrecy::SecretString>, FetchError> {
+        let Some(path) = &self.cfg.bearer_token_file else {
+            return Ok(None);
+        };
+        let origin = url::Url::parse(url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        if !self.cfg.bearer_origins().contains(&origin) {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            FetchError::Document(format!("bearer_token_file {}: {e}", path.display()))
+        })?;
+        Ok(Some(secrecy::SecretString::from(text.trim().to_owned())))
+    }
+
     async fn get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
-        let resp = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| {
-                FetchError::Http(format!(
-                    "GET {url}: {}",
-                    if e.is_timeout() {
-                        "timed out"
-                    } else {
-                        "failed"
-                    }
-                ))
-            })?;
+        let mut req = self.http.get(url).timeout(Duration::from_secs(5));
+        if let Some(token) = self.bearer_for(url)? {
+            req = req.bearer_auth(secrecy::ExposeSecret::expose_secret(&token));
+        }
+        let resp = req.send().await.map_err(|e| {
+            FetchError::Http(format!(
+                "GET {url}: {}",
+                if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "failed"
+                }
+            ))
+        })?;
         if !resp.status().is_success() {
             return Err(FetchError::Http(format!(
                 "GET {url}: status {}",

@@ -15,6 +15,11 @@ mod dev;
 mod jwks;
 
 pub use config::{IdentityConfigError, IssuerConfig, IssuerKind};
+
+/// Check issuer settings without fetching anything (`serve --check-config`).
+pub fn check_issuers(issuers: &[IssuerConfig]) -> Result<(), IdentityConfigError> {
+    config::validate(issuers)
+}
 pub use dev::{DevAlgorithm, DevIssuer, DevIssuerError};
 
 use base64::Engine;

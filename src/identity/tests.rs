@@ -264,6 +264,94 @@ fn config_errors_name_the_field() {
         json!({"name": "a", "issuer": "https://x", "audiences": []}),
     )];
     assert!(IdentityVerifier::new(noaud, vec![], reqwest::Client::new()).is_err());
+    for (bad, why) in [
+        (
+            json!({"name": "a", "issuer": "https://x", "jwks_file": "/x", "bearer_token_file": "/t"}),
+            "nothing to authenticate",
+        ),
+        (
+            json!({"name": "a", "issuer": "http://issuer.example", "bearer_token_file": "/t"}),
+            "only sent over https",
+        ),
+        (
+            json!({"name": "a", "issuer": "https://x", "jwks_uri": "http://10.0.0.1/jwks", "bearer_token_file": "/t"}),
+            "http://10.0.0.1",
+        ),
+    ] {
+        let e = IdentityVerifier::new(vec![c(bad.clone())], vec![], reqwest::Client::new())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("issuers[0].bearer_token_file") && e.contains(why),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_issuer_that_wants_a_bearer_gets_the_token_file_re_read_on_every_fetch() {
+    let iss = TestIssuer::start().await;
+    iss.require_bearer(Some("sa-token-1"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "sa-token-1\n").unwrap();
+
+    // Without the token file the issuer's documents are refused: no keys, no verification.
+    let anonymous = verifier(&iss, Duration::ZERO);
+    assert!(
+        anonymous
+            .verify(&iss.service_account_token("a", "b"))
+            .await
+            .is_err()
+    );
+    assert_eq!(iss.auth_seen(), vec![None]);
+
+    let mut cfg = cfg(&iss);
+    cfg.bearer_token_file = Some(file.clone());
+    let v = IdentityVerifier::new(vec![cfg], vec![], reqwest::Client::new())
+        .unwrap()
+        .with_refresh_min_interval(Duration::ZERO);
+    v.verify(&iss.service_account_token("a", "b"))
+        .await
+        .unwrap();
+    let seen = iss.auth_seen();
+    assert_eq!(
+        seen[1..],
+        [
+            Some("Bearer sa-token-1".to_owned()),
+            Some("Bearer sa-token-1".to_owned())
+        ],
+        "discovery and JWKS both authenticated"
+    );
+
+    // The kubelet rotates the token; the next fetch (an unknown kid) presents the new one.
+    std::fs::write(&file, "sa-token-2").unwrap();
+    iss.require_bearer(Some("sa-token-2"));
+    iss.add_key();
+    let r = v.verify(&iss.sign_es256(&iss.claims("a", "b"))).await;
+    assert!(r.is_ok(), "{r:?} {:?}", iss.auth_seen());
+    assert_eq!(
+        iss.auth_seen().last().unwrap().as_deref(),
+        Some("Bearer sa-token-2")
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_never_goes_to_a_jwks_uri_the_discovery_document_names_elsewhere() {
+    let iss = TestIssuer::start().await;
+    let elsewhere = TestIssuer::start().await;
+    iss.point_jwks_to(&format!("{}/jwks.json", elsewhere.url));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "sa-token").unwrap();
+    let mut cfg = cfg(&iss);
+    cfg.bearer_token_file = Some(file);
+    let v = IdentityVerifier::new(vec![cfg], vec![], reqwest::Client::new()).unwrap();
+    // Whether the other origin's keys verify the token does not matter here: who saw it does.
+    let _ = v.verify(&iss.service_account_token("a", "b")).await;
+    assert_eq!(iss.auth_seen(), vec![Some("Bearer sa-token".to_owned())]);
+    assert_eq!(elsewhere.auth_seen(), vec![None]);
 }
 
 #[test]

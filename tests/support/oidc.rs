@@ -52,6 +52,12 @@ struct Shared {
     ec: Mutex<Vec<EcKey>>,
     discovery_hits: AtomicUsize,
     jwks_hits: AtomicUsize,
+    /// When set, discovery and JWKS answer 401 without `Authorization: Bearer <this>`.
+    bearer: Mutex<Option<String>>,
+    /// The `Authorization` header of every discovery and JWKS request.
+    auth_seen: Mutex<Vec<Option<String>>>,
+    /// A `jwks_uri` the discovery document names instead of this issuer's own.
+    jwks_uri: Mutex<Option<String>>,
 }
 
 /// The running issuer.
@@ -70,6 +76,9 @@ impl TestIssuer {
             ec: Mutex::new(vec![ec_key("ec-1")]),
             discovery_hits: AtomicUsize::new(0),
             jwks_hits: AtomicUsize::new(0),
+            bearer: Mutex::new(None),
+            auth_seen: Mutex::new(Vec::new()),
+            jwks_uri: Mutex::new(None),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -182,28 +191,72 @@ impl TestIssuer {
     pub fn discovery_hits(&self) -> usize {
         self.shared.discovery_hits.load(Ordering::SeqCst)
     }
+
+    /// Serve discovery and JWKS only to callers presenting `Bearer <token>` (as a Kubernetes
+    /// API server does), or to anyone again with `None`.
+    pub fn require_bearer(&self, token: Option<&str>) {
+        *self.shared.bearer.lock() = token.map(str::to_owned);
+    }
+
+    /// The `Authorization` headers discovery and JWKS requests carried, in order.
+    pub fn auth_seen(&self) -> Vec<Option<String>> {
+        self.shared.auth_seen.lock().clone()
+    }
+
+    /// Name another `jwks_uri` in the discovery document.
+    pub fn point_jwks_to(&self, url: &str) {
+        *self.shared.jwks_uri.lock() = Some(url.to_owned());
+    }
+}
+
+/// Record the caller's `Authorization` and check it when a bearer is required.
+fn admit(s: &Shared, headers: &axum::http::HeaderMap) -> Result<(), axum::http::StatusCode> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    s.auth_seen.lock().push(auth.clone());
+    match &*s.bearer.lock() {
+        Some(t) if auth.as_deref() != Some(format!("Bearer {t}").as_str()) => {
+            Err(axum::http::StatusCode::UNAUTHORIZED)
+        }
+        _ => Ok(()),
+    }
 }
 
 fn b64(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
-async fn discovery(State(s): State<Arc<Shared>>) -> axum::Json<Value> {
+async fn discovery(
+    State(s): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::Json<Value>, axum::http::StatusCode> {
     s.discovery_hits.fetch_add(1, Ordering::SeqCst);
-    axum::Json(json!({
+    admit(&s, &headers)?;
+    let jwks_uri = s
+        .jwks_uri
+        .lock()
+        .clone()
+        .unwrap_or_else(|| format!("{}/jwks.json", s.url));
+    Ok(axum::Json(json!({
         "issuer": s.url,
-        "jwks_uri": format!("{}/jwks.json", s.url),
+        "jwks_uri": jwks_uri,
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-    }))
+    })))
 }
 
-async fn jwks(State(s): State<Arc<Shared>>) -> axum::Json<Value> {
+async fn jwks(
+    State(s): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::Json<Value>, axum::http::StatusCode> {
     s.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    admit(&s, &headers)?;
     let mut keys = vec![
         json!({"kty": "RSA", "kid": RSA_KID, "use": "sig", "alg": "RS256", "n": RSA_N, "e": "AQAB"}),
     ];
     keys.extend(s.ec.lock().iter().map(|k| k.jwk.clone()));
-    axum::Json(json!({ "keys": keys }))
+    Ok(axum::Json(json!({ "keys": keys })))
 }
