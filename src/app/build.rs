@@ -52,6 +52,7 @@ pub struct Application {
     tasks: Vec<JoinHandle<()>>,
     writers: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
+    connections: super::server::Limits,
 }
 
 /// Options that only `tollgate dev` sets.
@@ -324,6 +325,10 @@ impl Application {
             tasks,
             writers: vec![spend_task, issued_task, audit_task],
             drain_timeout: config.drain_timeout,
+            connections: super::server::Limits {
+                header_read_timeout: config.limits.header_read_timeout,
+                max_connections: config.limits.max_connections,
+            },
         })
     }
 
@@ -343,20 +348,20 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let app = super::router(self.state.clone());
-        let draining = CancellationToken::new();
-        let signal = draining.clone();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("shutdown requested: draining in-flight requests");
             signal.cancel();
         });
-        let drain_timeout = self.drain_timeout;
-        tokio::select! {
-            r = server => tryc!("server", r),
-            _ = async { draining.cancelled().await; tokio::time::sleep(drain_timeout).await } => {
-                tracing::warn!(?drain_timeout, "drain timeout reached; closing remaining connections");
-            }
-        }
+        super::server::serve(
+            self.listener,
+            app,
+            self.connections,
+            stop,
+            self.drain_timeout,
+        )
+        .await;
         // In-flight requests are settled: hand the unreserved budget back for the fleet.
         self.state.leases.release_all().await;
         self.state.audit.close();

@@ -8,6 +8,7 @@ mod keys;
 mod metrics;
 pub mod rates;
 mod routes;
+mod server;
 mod state;
 
 pub use build::{Application, DevOptions, StartError};

@@ -136,6 +136,20 @@ impl Config {
         self.anomaly.validate()?;
         self.rotation.validate()?;
         self.telemetry.validate()?;
+        if self.limits.header_read_timeout < std::time::Duration::from_millis(100)
+            || self.limits.header_read_timeout > std::time::Duration::from_secs(300)
+        {
+            return Err(ConfigError::invalid(
+                "limits.header_read_timeout",
+                "must be between 100ms and 5m",
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "limits.max_connections",
+                "must be at least 1",
+            ));
+        }
         if !(self.admin.increase_finops_above_usd.is_finite()
             && self.admin.increase_finops_above_usd >= 0.0)
         {

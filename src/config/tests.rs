@@ -360,3 +360,26 @@ fn telemetry_is_off_by_default_and_bad_settings_name_the_field() {
         assert!(!e.contains("pw@"), "credentials echoed: {e}");
     }
 }
+
+#[test]
+fn connection_limits_have_safe_defaults_and_bad_ones_name_the_field() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(
+        c.limits.header_read_timeout,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(c.limits.max_connections, 10_000);
+    for (bad, field) in [
+        (
+            "header_read_timeout = \"1ms\"",
+            "limits.header_read_timeout",
+        ),
+        ("header_read_timeout = \"1h\"", "limits.header_read_timeout"),
+        ("max_connections = 0", "limits.max_connections"),
+    ] {
+        let e = Config::from_toml_str(&format!("{MINIMAL}[limits]\n{bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}

@@ -262,6 +262,13 @@ pub struct LimitsConfig {
     /// Largest non-streamed upstream response Tollgate will hold to read its usage.
     #[serde(default = "default_max_response")]
     pub max_response_bytes: usize,
+    /// A client must send a request's headers within this long of connecting or of its previous
+    /// response (so also the idle keep-alive limit); slower connections are closed.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; one past it is closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for LimitsConfig {
@@ -269,8 +276,17 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_body_bytes: default_max_body(),
             max_response_bytes: default_max_response(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
         }
     }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    10_000
 }
 
 /// The spend writer.

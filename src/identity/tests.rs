@@ -1,4 +1,5 @@
 #[path = "../../tests/support/oidc.rs"]
+#[allow(dead_code)]
 mod oidc;
 
 use super::*;

@@ -27,8 +27,12 @@ const MAX_MODEL_LEN: usize = 256;
 /// Tokens assumed for one image part: more than any provider charges for a high-detail tile
 /// set, so the estimate stays an upper bound.
 const IMAGE_TOKENS: u64 = 1_600;
-/// The prompt walk stops descending here (real content nests a few levels).
-const MAX_DEPTH: u8 = 16;
+/// Deepest JSON nesting accepted in a body (real requests nest a handful of levels). Bodies
+/// nested deeper are refused, so the prompt walk, which may descend as far, sees every part
+/// and no text can hide from the token estimate below it.
+const MAX_NESTING: usize = 32;
+/// The prompt walk's own guard: never reached within [`MAX_NESTING`].
+const MAX_DEPTH: u8 = 40;
 /// Top-level fields whose text is the prompt.
 const PROMPT_FIELDS: [&str; 5] = ["system", "instructions", "messages", "prompt", "input"];
 /// Top-level fields Tollgate reads: each may appear once.
@@ -68,6 +72,36 @@ pub enum RequestError {
     /// A field Tollgate reads appears more than once.
     #[error("`{0}` appears more than once")]
     Duplicate(&'static str),
+    /// Nested past the limit.
+    #[error("request body nests deeper than {0} levels")]
+    TooDeep(usize),
+}
+
+/// The deepest `[`/`{` nesting of a JSON text (brackets inside strings do not count). Bytes
+/// that are not JSON are left to the parser to refuse.
+fn nesting(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 fn field(field: &'static str, reason: &'static str) -> RequestError {
@@ -105,6 +139,9 @@ pub struct InboundRequest {
 
 /// Parse and check a client body for `api`.
 pub fn parse_request(api: Api, body: Bytes) -> Result<InboundRequest, RequestError> {
+    if nesting(&body) > MAX_NESTING {
+        return Err(RequestError::TooDeep(MAX_NESTING));
+    }
     let members = split_members(&body)?;
     let mut req = InboundRequest {
         api,

@@ -542,3 +542,32 @@ fn metered_streams_are_cut_with_each_apis_own_ending() {
         );
     }
 }
+
+#[test]
+fn bodies_nested_past_the_limit_are_refused_and_the_walk_sees_everything_within_it() {
+    let body = |depth: usize| {
+        // `depth` counts every bracket: the body's own object, `messages`, the message, then
+        // nested arrays around the text.
+        let inner = depth - 3;
+        format!(
+            "{{\"model\":\"gpt-4o\",\"messages\":[{{\"role\":\"user\",\"content\":{}\"hidden words here\"{}}}]}}",
+            "[".repeat(inner),
+            "]".repeat(inner)
+        )
+    };
+    let ok = parse(Api::ChatCompletions, body(32).as_bytes()).unwrap();
+    assert!(
+        ok.prompt_text().contains("hidden words here"),
+        "the walk reaches the deepest text"
+    );
+    assert_eq!(
+        parse(Api::ChatCompletions, body(33).as_bytes()).err(),
+        Some(RequestError::TooDeep(32))
+    );
+    // Brackets in strings, escaped quotes included, are text.
+    let text = format!(
+        "{{\"model\":\"gpt-4o\",\"messages\":[{{\"role\":\"user\",\"content\":\"\\\"{}\"}}]}}",
+        "[{".repeat(100)
+    );
+    assert!(parse(Api::ChatCompletions, text.as_bytes()).is_ok());
+}

@@ -144,6 +144,17 @@ impl TestIssuer {
         format!("{msg}.{sig}")
     }
 
+    /// RS256 over header and payload exactly as given (duplicate keys, odd spacing).
+    pub fn sign_raw(&self, header: &str, payload: &str) -> String {
+        let msg = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &self.rsa, Algorithm::RS256).unwrap();
+        format!("{msg}.{sig}")
+    }
+
     /// ES256 with the first EC key.
     pub fn sign_es256(&self, claims: &Value) -> String {
         let kid = self.shared.ec.lock()[0].kid.clone();
