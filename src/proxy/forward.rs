@@ -259,6 +259,10 @@ async fn upstream_failure(
             let bytes = read_bounded(body, 1024 * 1024, state.upstream.idle_timeout)
                 .await
                 .unwrap_or_default();
+            let bytes = match &out.key {
+                Some(k) => without_secret(bytes, secrecy::ExposeSecret::expose_secret(&k.secret)),
+                None => bytes,
+            };
             let mut resp = json_response(status, bytes);
             if let Some(ra) = headers.get(header::RETRY_AFTER) {
                 resp.headers_mut().insert(header::RETRY_AFTER, ra.clone());
@@ -266,6 +270,24 @@ async fn upstream_failure(
             Ok(resp)
         }
     }
+}
+
+/// `body` with every occurrence of `secret` replaced: a provider's error message may quote
+/// the key it was sent, and the caller must never see it.
+fn without_secret(body: Bytes, secret: &str) -> Bytes {
+    let needle = secret.as_bytes();
+    if needle.len() < 8 || memchr::memmem::find(&body, needle).is_none() {
+        return body;
+    }
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest: &[u8] = &body;
+    while let Some(i) = memchr::memmem::find(rest, needle) {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(b"[redacted]");
+        rest = &rest[i + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    Bytes::from(out)
 }
 
 /// Read a whole body, at most `limit` bytes, each chunk within `idle`. A body that arrives
@@ -466,5 +488,25 @@ fn mock(state: &AppState, out: &Outbound<'_>, mut settle: Settlement) -> Respons
                 state.upstream.idle_timeout,
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quoted_key_is_redacted_from_a_relayed_error() {
+        let key = "sk-live-0123456789abcdef";
+        let body = Bytes::from(format!(
+            "{{\"error\":{{\"message\":\"bad key {key}, really {key}!\"}}}}"
+        ));
+        let out = without_secret(body, key);
+        assert_eq!(
+            &out[..],
+            br#"{"error":{"message":"bad key [redacted], really [redacted]!"}}"#
+        );
+        let clean = Bytes::from_static(b"{\"error\":{\"message\":\"rate limited\"}}");
+        assert_eq!(without_secret(clean.clone(), key), clean);
     }
 }
