@@ -543,3 +543,98 @@ async fn slow_and_idle_clients_are_cut_off_and_a_connection_flood_is_bounded() {
     tokio::time::sleep(Duration::from_millis(HEADER_TIMEOUT_MS + 200)).await;
     healthy(&app).await;
 }
+
+/// A streamed chat call's status and whole body, or `None` if it did not end within `limit`.
+async fn stream_within(app: &TestApp, token: &str, limit: Duration) -> Option<(u16, String)> {
+    let mut body = TestApp::chat("gpt-test", "stream please");
+    body["stream"] = json!(true);
+    tokio::time::timeout(limit, async {
+        let r = app.post(CHAT, token, &body).await;
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn upstreams_that_stall_mid_stream_send_malformed_events_or_redirect_cannot_hang_or_leak() {
+    let app = app().await;
+    let token = app.token_for("team-a").await;
+    let chunk = |text: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]})
+        )
+    };
+    let (first, second) = (chunk("first "), chunk("second "));
+
+    // Two events, then silence: the client gets both and the stream ends at the upstream idle
+    // timeout (2 s in tests) instead of hanging.
+    app.upstream.raw_stream_next(&[&first, &second], true);
+    let started = Instant::now();
+    let (status, text) = stream_within(&app, &token, Duration::from_secs(10))
+        .await
+        .expect("a stalled upstream hangs the client");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("first ") && text.contains("second "),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Events that are not JSON, an event split mid-field, no usage, no [DONE]: relayed and
+    // ended, charged the reservation's worst case (nothing tells Tollgate less).
+    app.upstream.raw_stream_next(
+        &[
+            "data: {not json}\n\n",
+            "data: {\"choices\": [",
+            "]}\n\n",
+            "event: ping\n\n",
+            ": comment\n\n",
+        ],
+        false,
+    );
+    let (status, text) = stream_within(&app, &token, Duration::from_secs(10))
+        .await
+        .expect("a malformed stream hangs the client");
+    assert_eq!(status, 200);
+    assert!(text.contains("{not json}"), "{text}");
+
+    // A redirect is never followed (the key would go with it): 502, and the target is never
+    // contacted.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_url = format!("http://{}/v1/chat/completions", trap.local_addr().unwrap());
+    let contacted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = contacted.clone();
+    tokio::spawn(async move {
+        if trap.accept().await.is_ok() {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    app.upstream.redirect_next(&trap_url);
+    let (status, code) = openai(
+        app.post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (502, "upstream_error"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !contacted.load(std::sync::atomic::Ordering::SeqCst),
+        "the redirect was followed"
+    );
+    healthy(&app).await;
+    // And the next ordinary call is served.
+    assert_eq!(
+        app.post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
+            .await
+            .status(),
+        200
+    );
+}

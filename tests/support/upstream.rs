@@ -38,6 +38,10 @@ enum Action {
     Fail(u16, Value),
     Delay(Duration),
     Runaway(usize),
+    /// Answer 200 with these SSE chunks as they are, then end the body or (true) stall forever.
+    RawStream(Vec<String>, bool),
+    /// Answer 302 to this location.
+    Redirect(String),
 }
 
 struct Shared {
@@ -146,6 +150,22 @@ impl TestUpstream {
     }
 
     /// The next answer ignores `max_tokens` and runs to `words` words.
+    /// The next call gets these SSE chunks verbatim (`stall`: then the body never ends).
+    pub fn raw_stream_next(&self, chunks: &[&str], stall: bool) {
+        self.shared.actions.lock().push_back(Action::RawStream(
+            chunks.iter().map(|c| (*c).to_owned()).collect(),
+            stall,
+        ));
+    }
+
+    /// The next call is redirected to `location`.
+    pub fn redirect_next(&self, location: &str) {
+        self.shared
+            .actions
+            .lock()
+            .push_back(Action::Redirect(location.to_owned()));
+    }
+
     pub fn runaway_next(&self, words: usize) {
         self.shared.actions.lock().push_back(Action::Runaway(words));
     }
@@ -203,6 +223,14 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
             return (StatusCode::from_u16(status).unwrap(), axum::Json(b)).into_response();
         }
         Some(Action::Delay(d)) => tokio::time::sleep(d).await,
+        Some(Action::RawStream(chunks, stall)) => return raw_sse(chunks, stall),
+        Some(Action::Redirect(to)) => {
+            return Response::builder()
+                .status(StatusCode::FOUND)
+                .header("location", to)
+                .body(Body::empty())
+                .unwrap();
+        }
         Some(Action::Runaway(n)) => {
             reply = (0..n)
                 .map(|i| format!("word{i}"))
@@ -340,6 +368,23 @@ fn response_body(model: &str, reply: &str, input: u64, output: u64) -> Value {
 
 /// An SSE response whose events arrive in separate chunks, a little apart, each split in two
 /// to exercise reassembly across chunk boundaries.
+fn raw_sse(chunks: Vec<String>, stall: bool) -> Response {
+    let head = futures_util::stream::iter(
+        chunks
+            .into_iter()
+            .map(|c| Ok::<_, std::io::Error>(Bytes::from(c))),
+    );
+    let body = if stall {
+        Body::from_stream(head.chain(futures_util::stream::pending()))
+    } else {
+        Body::from_stream(head)
+    };
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap()
+}
+
 fn sse(events: Vec<String>) -> Response {
     let stream = futures_util::stream::unfold(events.into_iter(), |mut it| async move {
         let e = it.next()?;
