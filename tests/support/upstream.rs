@@ -42,6 +42,10 @@ enum Action {
     RawStream(Vec<String>, bool),
     /// Answer 302 to this location.
     Redirect(String),
+    /// Answer 429 with `Retry-After: <secs>`, as OpenAI does when a key's limit is hit.
+    RateLimited(u64),
+    /// Answer 200, send the first bytes of a body, then break the connection.
+    Reset,
 }
 
 struct Shared {
@@ -158,6 +162,19 @@ impl TestUpstream {
         ));
     }
 
+    /// The next call gets a 429 with `Retry-After: secs`.
+    pub fn rate_limit_next(&self, secs: u64) {
+        self.shared
+            .actions
+            .lock()
+            .push_back(Action::RateLimited(secs));
+    }
+
+    /// The next call's connection breaks after the first bytes of its body.
+    pub fn reset_next(&self) {
+        self.shared.actions.lock().push_back(Action::Reset);
+    }
+
     /// The next call is redirected to `location`.
     pub fn redirect_next(&self, location: &str) {
         self.shared
@@ -224,6 +241,39 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
         }
         Some(Action::Delay(d)) => tokio::time::sleep(d).await,
         Some(Action::RawStream(chunks, stall)) => return raw_sse(chunks, stall),
+        Some(Action::RateLimited(secs)) => {
+            let b = json!({"error": {"message": "Rate limit reached for requests", "type": "requests",
+                "param": null, "code": "rate_limit_exceeded"}});
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", secs.to_string())],
+                axum::Json(b),
+            )
+                .into_response();
+        }
+        Some(Action::Reset) => {
+            // The head and the first bytes go out (flushed while the stream waits), then the
+            // connection breaks.
+            let parts = futures_util::stream::unfold(0u8, |i| async move {
+                match i {
+                    0 => Some((Ok(Bytes::from_static(b"{\"id\":\"chatcmpl-up\",\"choi")), 1)),
+                    1 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Err(std::io::Error::other("connection reset")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            let content_type = if body["stream"].as_bool() == Some(true) {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            return Response::builder()
+                .header("content-type", content_type)
+                .body(Body::from_stream(parts))
+                .unwrap();
+        }
         Some(Action::Redirect(to)) => {
             return Response::builder()
                 .status(StatusCode::FOUND)
