@@ -54,21 +54,7 @@ async fn provider_keys_appear_in_no_response_log_metric_admin_answer_or_database
     let mut seen = Seen::default();
 
     let sa = issuer.service_account_token("team-a", "app");
-    let r = http
-        .post(format!("{url}/v1/token"))
-        .form(&[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-            ("subject_token", sa.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    let body: Value = r.json().await.unwrap();
-    let token = body["access_token"].as_str().unwrap().to_owned();
+    let token = support::process::exchange(&http, url, &sa).await;
 
     let chat = |body: Value| {
         http.post(format!("{url}/v1/chat/completions"))

@@ -120,24 +120,7 @@ async fn traces_continue_the_callers_trace_reach_the_upstream_and_logs_name_each
     let http = reqwest::Client::new();
 
     let sa = issuer.service_account_token("team-a", "app");
-    let r = http
-        .post(format!("{}/v1/token", tollgate.url))
-        .form(&[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-            ("subject_token", sa.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let token = r.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = support::process::exchange(&http, &tollgate.url, &sa).await;
 
     // The caller is inside a trace of its own: a sampled `traceparent`.
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";

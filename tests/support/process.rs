@@ -115,3 +115,23 @@ pub async fn wait_ok(url: &str, log: &Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Exchange a workload token at `url` for a Tollgate token (the exchange must succeed).
+pub async fn exchange(http: &reqwest::Client, url: &str, subject_token: &str) -> String {
+    let r = http
+        .post(format!("{url}/v1/token"))
+        .form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("subject_token", subject_token),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the exchange is refused");
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
