@@ -13,10 +13,15 @@ RUN mkdir -p src benches examples \
     && cargo build --release --locked --bin tollgate
 COPY . .
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin tollgate \
-    && install -D -m 0755 target/release/tollgate /out/tollgate
+    && install -D -m 0755 target/release/tollgate /out/tollgate \
+    && install -d -m 0700 /out/state
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/tollgate /usr/local/bin/tollgate
+# The working directory holds the default spool (`tollgate-spool`); mount a volume here (the
+# chart does) so rows spooled during a database outage outlive the container.
+COPY --from=build --chown=65532:65532 /out/state /var/lib/tollgate
+WORKDIR /var/lib/tollgate
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/tollgate"]

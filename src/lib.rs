@@ -15,6 +15,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod policy;
 pub mod pricing;

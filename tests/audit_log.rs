@@ -43,7 +43,7 @@ async fn fresh(kind: TestDbKind) -> (TestDb, Store) {
 /// A chain as one process leaves it: start, `n` entries, a clean end, flushed.
 async fn chain_of(store: &Store, n: usize) -> String {
     let cancel = CancellationToken::new();
-    let (audit, task) = Audit::start(store.clone(), wcfg(), cancel.clone()).await;
+    let (audit, task) = Audit::start(store.clone(), wcfg(), None, cancel.clone()).await;
     for i in 0..n {
         audit.record(
             "alice@example.com",

@@ -8,7 +8,7 @@ use crate::providers::ProviderKind;
 use crate::quota::Quota;
 use crate::revocation::RevocationSet;
 use crate::secrets::KeyCache;
-use crate::spend::{Sink, Writer, WriterConfig};
+use crate::spend::{Overflow, Sink, Spool, Writer, WriterConfig};
 use crate::store::{IssuedTokenRecord, SpendRecord, Store};
 use crate::token::keys::Kek;
 use crate::token::{Keyring, TokenService};
@@ -167,20 +167,38 @@ impl Application {
             queue_capacity: config.spend.queue_capacity,
             shutdown_deadline: config.drain_timeout,
         };
+        let overflow = |name: &str| -> Result<Option<Overflow>, StartError> {
+            if !config.spool.enabled {
+                return Ok(None);
+            }
+            let spool = Spool::open(&config.spool.dir.join(name), config.spool.max_bytes)
+                .map_err(|e| fail("spool")(&e))?;
+            Ok(Some(Overflow {
+                spool,
+                on_full: config.spool.on_full,
+            }))
+        };
         let (spend, spend_task) = Writer::spawn(
             "spend",
             wcfg,
             spend_sink(store.clone()),
+            overflow("spend")?,
             cancel.child_token(),
         );
         let (issued, issued_task) = Writer::spawn(
             "issued_tokens",
             wcfg,
             issued_sink(store.clone()),
+            overflow("issued_tokens")?,
             cancel.child_token(),
         );
-        let (audit, audit_task) =
-            crate::audit::Audit::start(store.clone(), wcfg, cancel.child_token()).await;
+        let (audit, audit_task) = crate::audit::Audit::start(
+            store.clone(),
+            wcfg,
+            overflow("audit")?,
+            cancel.child_token(),
+        )
+        .await;
         tasks.push(audit.spawn_anchoring(
             store.clone(),
             config.audit.anchor_interval,
@@ -287,10 +305,20 @@ impl Application {
         );
         requests.register(metrics.registry_mut());
         metrics.register_collector(super::metrics::RotationCollector(Arc::clone(&rotator)));
-        metrics.register_collector(super::metrics::WriterCollector {
-            spend: spend.clone(),
-            issued: issued.clone(),
-        });
+        metrics.register_collector(super::metrics::WriterCollector(vec![
+            ("spend", {
+                let w = spend.clone();
+                Arc::new(move || w.status())
+            }),
+            ("issued_tokens", {
+                let w = issued.clone();
+                Arc::new(move || w.status())
+            }),
+            ("audit", {
+                let a = Arc::clone(&audit);
+                Arc::new(move || a.writer_status())
+            }),
+        ]));
         let state = AppState(Arc::new(Inner {
             store,
             policy,
@@ -363,7 +391,16 @@ impl Application {
         )
         .await;
         // In-flight requests are settled: hand the unreserved budget back for the fleet.
-        self.state.leases.release_all().await;
+        // Bounded: with the store down there is nothing to hand back to, and the leases of a
+        // replica that stops heartbeating are reclaimed by the others anyway.
+        if tokio::time::timeout(Duration::from_secs(3), self.state.leases.release_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "budget leases not handed back (store unavailable); the fleet reclaims them"
+            );
+        }
         self.state.audit.close();
         drop(self.state);
         self.cancel.cancel();

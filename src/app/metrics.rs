@@ -327,11 +327,19 @@ impl Collector for RotationCollector {
     }
 }
 
-/// The background writers' queues: rows wait there while the store is slow or down.
-pub(super) struct WriterCollector {
-    pub spend: crate::spend::Writer<crate::store::SpendRecord>,
-    pub issued: crate::spend::Writer<crate::store::IssuedTokenRecord>,
-}
+/// A gauge of the writers: name, help, and how to read it off a status.
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&crate::spend::WriterStatus) -> u64,
+);
+
+/// A writer's status, read at scrape time.
+pub(super) type StatusFn = Arc<dyn Fn() -> crate::spend::WriterStatus + Send + Sync>;
+
+/// The background writers: rows wait in their queues, spools and memory while the store is
+/// slow or down.
+pub(super) struct WriterCollector(pub Vec<(&'static str, StatusFn)>);
 
 impl std::fmt::Debug for WriterCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -341,32 +349,53 @@ impl std::fmt::Debug for WriterCollector {
 
 impl Collector for WriterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let writers = [
-            (self.spend.name(), self.spend.queued(), self.spend.dropped()),
+        let all: Vec<_> = self.0.iter().map(|(n, f)| (*n, f())).collect();
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        let series: [Series; 4] = [
             (
-                self.issued.name(),
-                self.issued.queued(),
-                self.issued.dropped(),
+                "writer_queue_depth",
+                "Rows waiting in a writer's in-memory queue, by writer",
+                |s| s.queued as u64,
+            ),
+            (
+                "spool_bytes",
+                "Bytes in a writer's local spool (rows the store has not taken yet), by writer",
+                |s| s.spool_bytes,
+            ),
+            (
+                "spool_batches",
+                "Batches in a writer's local spool, by writer",
+                |s| s.spool_batches,
+            ),
+            (
+                "writer_held_rows",
+                "Rows held in memory because neither the store nor the spool took them, by writer",
+                |s| s.held,
             ),
         ];
+        for (name, help, get) in series {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (w, st) in &all {
+                gauge(get(st)).encode(family.encode_family(&[("writer", *w)])?)?;
+            }
+        }
         let mut family = encoder.encode_descriptor(
-            "writer_queue_depth",
-            "Rows waiting to be written to the store, by writer",
+            "writer_accepting",
+            "1 while a writer can make new rows durable; 0 while it holds rows in memory with spool.on_full = refuse (new calls are refused)",
             None,
             MetricType::Gauge,
         )?;
-        for (name, queued, _) in writers {
-            ConstGauge::new(i64::try_from(queued).unwrap_or(i64::MAX))
-                .encode(family.encode_family(&[("writer", name)])?)?;
+        for (w, st) in &all {
+            gauge(u64::from(st.accepting)).encode(family.encode_family(&[("writer", *w)])?)?;
         }
         let mut family = encoder.encode_descriptor(
             "writer_dropped",
-            "Rows dropped because a writer's queue was full, by writer",
+            "Rows dropped because a writer had nowhere to keep them, by writer",
             None,
             MetricType::Counter,
         )?;
-        for (name, _, dropped) in writers {
-            ConstCounter::new(dropped).encode(family.encode_family(&[("writer", name)])?)?;
+        for (w, st) in &all {
+            ConstCounter::new(st.dropped).encode(family.encode_family(&[("writer", *w)])?)?;
         }
         Ok(())
     }

@@ -108,6 +108,17 @@ async fn token(State(state): State<AppState>, headers: HeaderMap, body: Body) ->
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
+    if let Some(writer) = state.undurable_writer() {
+        tracing::warn!(
+            writer,
+            "token exchange refused: its records cannot be made durable"
+        );
+        return OAuthError::new(
+            "temporarily_unavailable",
+            "the store is unavailable and this replica's local spool is full: no token is issued that cannot be recorded; retry shortly or on another replica",
+        )
+        .into_response();
+    }
     let policy = state.policy.current();
     let ctx = ExchangeContext {
         identity: &state.identity,
@@ -166,9 +177,11 @@ async fn healthz() -> Response {
 }
 
 /// Ready when a signing key is available, the store answers (or an outage is shorter than
-/// the revocation freshness bound: we serve from memory) and the provider keys are within
-/// `secrets.max_staleness`. Serving from cache during a store outage is `degraded`: still
-/// ready (200), so load balancers keep sending traffic, but visible.
+/// the revocation freshness bound: we serve from memory), the provider keys are within
+/// `secrets.max_staleness` and every writer can make its rows durable. Serving from cache or
+/// spooling rows during a store outage is `degraded`: still ready (200), so load balancers
+/// keep sending traffic, but visible. A writer that holds rows in memory with
+/// `spool.on_full = "refuse"` makes the replica not ready: traffic should go elsewhere.
 async fn readyz(State(state): State<AppState>) -> Response {
     let store_ok = matches!(
         tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await,
@@ -177,8 +190,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let fresh = state.revocations.last_sync_age() < Duration::from_secs(60);
     let signing = state.tokens.keyring().can_sign();
     let keys = state.keys.health();
-    let ready = signing && (store_ok || fresh) && !keys.stale;
-    let degraded = !store_ok || keys.degraded;
+    let writers = [
+        ("spend", state.spend.status()),
+        ("issued_tokens", state.issued.status()),
+        ("audit", state.audit.writer_status()),
+    ];
+    let durable = writers.iter().all(|(_, w)| w.accepting);
+    let spooling = writers
+        .iter()
+        .any(|(_, w)| w.state != crate::spend::WriterState::Direct);
+    let ready = signing && (store_ok || fresh) && !keys.stale && durable;
+    let degraded = !store_ok || keys.degraded || spooling;
     let body = json!({
         "status": match (ready, degraded) {
             (false, _) => "not_ready",
@@ -187,6 +209,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
         },
         "store": if store_ok { "ok" } else { "unreachable" },
         "revocations_fresh": fresh,
+        "writers": writers.iter().map(|(name, w)| (name.to_string(), json!({
+            "state": w.state.as_str(),
+            "accepting": w.accepting,
+            "queued": w.queued,
+            "held": w.held,
+            "spool_bytes": w.spool_bytes,
+            "spool_batches": w.spool_batches,
+        }))).collect::<serde_json::Map<_, _>>(),
         "signing_key": signing,
         "secret_store": {
             "backend": keys.store,

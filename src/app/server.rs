@@ -81,15 +81,22 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let first_byte = limits.header_read_timeout;
+        let stopping = stop.clone();
         tokio::spawn(async move {
             // hyper's header timer starts with the first byte, and telling HTTP/1 from HTTP/2
             // waits for bytes without one: a client that connects and sends nothing would
             // hold its slot forever.
+            // A connection that has sent nothing when shutdown starts has nothing in flight:
+            // it is closed at once rather than holding the drain open.
             let mut probe = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(first_byte, stream.peek(&mut probe)).await,
-                Ok(Ok(n)) if n > 0
-            ) {
+            let first = tokio::select! {
+                r = tokio::time::timeout(first_byte, stream.peek(&mut probe)) => r,
+                () = stopping.cancelled() => {
+                    drop(slot);
+                    return;
+                }
+            };
+            if !matches!(first, Ok(Ok(n)) if n > 0) {
                 drop(slot);
                 return;
             }

@@ -134,3 +134,21 @@ impl Deref for AppState {
         &self.0
     }
 }
+
+impl Inner {
+    /// The writer that cannot make new rows durable right now (store down and spool full,
+    /// with `spool.on_full = "refuse"`), if any. Model calls and token exchanges are refused
+    /// while one is: they would produce spend rows, audit entries or token records with
+    /// nowhere safe to go. Three atomic loads.
+    pub fn undurable_writer(&self) -> Option<&'static str> {
+        if !self.spend.accepting() {
+            Some(self.spend.name())
+        } else if !self.issued.accepting() {
+            Some(self.issued.name())
+        } else if !self.audit.accepting() {
+            Some("audit")
+        } else {
+            None
+        }
+    }
+}

@@ -8,8 +8,8 @@
 //! record the heads (last seq and hash) of the other chains, so deleting the tail of a chain,
 //! or a whole chain, is found by [`verify`] up to its last anchor.
 //!
-//! Loss: entries wait in the writer's queue while the store is down and are flushed on
-//! shutdown (the same bound as spend rows). An entry refused because the queue is full never
+//! Loss: entries go to the writer's local spool while the store is down and are replayed in
+//! order when it answers (the same path as spend rows). An entry refused because the queue is full never
 //! takes a place in the chain, so the chain stays intact; the next entry that fits is preceded
 //! by an `audit.dropped` entry with the count, so the loss itself is on the record.
 
@@ -19,7 +19,7 @@ mod verify;
 pub use chain::{GENESIS_PREV, entry_hash};
 pub use verify::{Problem, ProblemKind, Report, verify};
 
-use crate::spend::{Sink, Writer, WriterConfig};
+use crate::spend::{Overflow, Sink, Writer, WriterConfig};
 use crate::store::{AuditRecord, Store};
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -76,9 +76,10 @@ impl Audit {
     pub async fn start(
         store: Store,
         cfg: WriterConfig,
+        overflow: Option<Overflow>,
         cancel: CancellationToken,
     ) -> (Arc<Audit>, JoinHandle<()>) {
-        let (writer, task) = Writer::spawn("audit", cfg, sink(store.clone()), cancel);
+        let (writer, task) = Writer::spawn("audit", cfg, sink(store.clone()), overflow, cancel);
         let audit = Arc::new(Audit::new(writer));
         let since = crate::clock::ledger_ms() - GENESIS_LOOKBACK_MS;
         let anchors = match store.audit_heads(since).await {
@@ -130,11 +131,21 @@ impl Audit {
             queue_capacity: 16,
             shutdown_deadline: Duration::from_secs(10),
         };
-        let (audit, task) = Audit::start(store.clone(), cfg, cancel.clone()).await;
+        let (audit, task) = Audit::start(store.clone(), cfg, None, cancel.clone()).await;
         audit.record(actor, action, target, detail);
         audit.close();
         cancel.cancel();
         let _ = task.await;
+    }
+
+    /// The writer's state (spool, backlog, whether it accepts new work).
+    pub fn writer_status(&self) -> crate::spend::WriterStatus {
+        self.writer.status()
+    }
+
+    /// Whether new entries can be made durable (see [`Writer::accepting`]).
+    pub fn accepting(&self) -> bool {
+        self.writer.accepting()
     }
 
     /// This process's chain id.

@@ -182,6 +182,15 @@ impl Config {
                 "must be at least 1 and at most spend.queue_capacity",
             ));
         }
+        if self.spool.enabled && self.spool.dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("spool.dir", "must not be empty"));
+        }
+        if self.spool.enabled && self.spool.max_bytes < 1 << 20 {
+            return Err(ConfigError::invalid(
+                "spool.max_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
         Ok(())
     }
 }
@@ -205,6 +214,7 @@ const TOP_LEVEL: &[&str] = &[
     "upstream",
     "limits",
     "spend",
+    "spool",
     "drain_timeout",
     "revocation_sync_interval",
 ];

@@ -66,6 +66,10 @@ pub struct Config {
     /// The asynchronous spend writer.
     #[serde(default)]
     pub spend: SpendConfig,
+    /// The local spool that keeps spend rows, issued tokens and audit entries through a
+    /// store outage and a restart.
+    #[serde(default)]
+    pub spool: SpoolConfig,
     /// Budget threshold alerts.
     #[serde(default)]
     pub alerts: AlertsConfig,
@@ -312,6 +316,47 @@ impl Default for SpendConfig {
             queue_capacity: default_queue(),
         }
     }
+}
+
+/// The writers' durable overflow on local disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Spool rows to disk while the store fails (off: rows wait in memory only, up to
+    /// `spend.queue_capacity`, and are lost on a crash).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// This replica's spool directory (one subdirectory per writer). Give every replica its
+    /// own: a second live process cannot open a spool in use. On Kubernetes, a volume that
+    /// outlives the container (the chart mounts one).
+    #[serde(default = "default_spool_dir")]
+    pub dir: PathBuf,
+    /// Bytes the spool may hold, per writer.
+    #[serde(default = "default_spool_max")]
+    pub max_bytes: u64,
+    /// When the store is down and the spool can take no more (`max_bytes`, or a full disk):
+    /// `refuse` new model calls and token exchanges (503 `unavailable`), or `serve` and keep
+    /// rows in memory until `spend.queue_capacity`, then drop them.
+    #[serde(default)]
+    pub on_full: crate::spend::OnFull,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            enabled: true,
+            dir: default_spool_dir(),
+            max_bytes: default_spool_max(),
+            on_full: crate::spend::OnFull::default(),
+        }
+    }
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("tollgate-spool")
+}
+fn default_spool_max() -> u64 {
+    1 << 30
 }
 
 fn default_listen() -> SocketAddr {

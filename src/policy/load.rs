@@ -97,6 +97,26 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
             }),
         }
     }
+    let mut set = validate_sources(&sources, errors)?;
+    set.digest = digest_dir(dir)?;
+    Ok(set)
+}
+
+/// Load and validate one policy file's text, named `name` in diagnostics.
+pub fn load_str(name: &str, text: &str) -> Result<PolicySet, PolicyErrors> {
+    let sources = [Source {
+        path: PathBuf::from(name),
+        text: text.to_owned(),
+    }];
+    let mut set = validate_sources(&sources, Vec::new())?;
+    set.digest = hex::encode(Sha256::digest(text.as_bytes()));
+    Ok(set)
+}
+
+fn validate_sources(
+    sources: &[Source],
+    mut errors: Vec<Diagnostic>,
+) -> Result<PolicySet, PolicyErrors> {
     let mut parsed = Vec::new();
     for (i, s) in sources.iter().enumerate() {
         if s.text.trim().is_empty()
@@ -119,15 +139,13 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyErrors> {
         }
     }
     let mut v = Validator {
-        sources: &sources,
+        sources,
         errors,
         set: PolicySet::default(),
     };
     v.merge(parsed);
     if v.errors.is_empty() {
-        let mut set = v.set;
-        set.digest = digest_dir(dir)?;
-        Ok(set)
+        Ok(v.set)
     } else {
         Err(PolicyErrors(v.errors))
     }

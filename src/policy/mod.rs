@@ -7,7 +7,7 @@ mod load;
 mod model;
 mod raw;
 
-pub use load::load_dir;
+pub use load::{load_dir, load_str};
 pub use model::*;
 
 use arc_swap::ArcSwap;

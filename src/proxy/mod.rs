@@ -134,6 +134,13 @@ async fn pipeline(
 ) -> Result<Response, ApiError> {
     let claims = auth::authenticate(state, headers, api.family()).await?;
     *subject = Some(claims.sub.clone());
+    if let Some(writer) = state.undurable_writer() {
+        return Err(ApiError::new(
+            Code::Unavailable,
+            format!("the store is unavailable and this replica's local spool is full: no call is served whose {writer} record could be lost; retry shortly"),
+        )
+        .retry_after(5));
+    }
     let bytes = read_body(body, headers, state.limits.max_body_bytes).await?;
     let mut req = providers::parse_request(api, bytes)
         .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;

@@ -33,6 +33,7 @@ async fn rows_survive_store_failures_and_shutdown_flushes_everything() {
         "t",
         cfg(),
         sink(Arc::clone(&out), Arc::new(AtomicU64::new(3))),
+        None,
         cancel.clone(),
     );
     for i in 0..95 {
@@ -58,10 +59,154 @@ async fn rows_are_written_within_the_flush_interval() {
         "t",
         cfg(),
         sink(Arc::clone(&out), Arc::new(AtomicU64::new(0))),
+        None,
         cancel.clone(),
     );
     w.record(7);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(*out.lock(), vec![7]);
     cancel.cancel();
+}
+
+/// A store that is down while `down` is set and records what it took, in order.
+fn switchable(store: Arc<Mutex<Vec<u32>>>, down: Arc<std::sync::atomic::AtomicBool>) -> Sink<u32> {
+    Arc::new(move |rows: Vec<u32>| {
+        let store = Arc::clone(&store);
+        let down = Arc::clone(&down);
+        Box::pin(async move {
+            if down.load(Ordering::SeqCst) {
+                return Err((rows, "down".to_owned()));
+            }
+            store.lock().extend(rows);
+            Ok(())
+        })
+    })
+}
+
+async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn overflow(dir: &std::path::Path, max: u64, on_full: OnFull) -> Option<Overflow> {
+    Some(Overflow {
+        spool: Spool::open(dir, max).unwrap(),
+        on_full,
+    })
+}
+
+#[tokio::test]
+async fn an_outage_spools_rows_to_disk_and_they_reach_the_store_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cancel = CancellationToken::new();
+    let (w, h) = Writer::spawn(
+        "t",
+        cfg(),
+        switchable(Arc::clone(&out), Arc::clone(&down)),
+        overflow(dir.path(), 1 << 20, OnFull::Refuse),
+        cancel.clone(),
+    );
+    for i in 0..50 {
+        assert!(w.record(i));
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    until("rows on disk", || {
+        w.status().spool_batches > 0 && w.queued() == 0
+    })
+    .await;
+    assert_eq!(w.status().state, WriterState::Spooling);
+    assert!(w.accepting(), "spooling still accepts work");
+    assert!(out.lock().is_empty());
+    down.store(false, Ordering::SeqCst);
+    for i in 50..60 {
+        w.record(i);
+    }
+    until("backlog replayed", || out.lock().len() == 60).await;
+    assert_eq!(
+        *out.lock(),
+        (0..60).collect::<Vec<_>>(),
+        "in order, once each"
+    );
+    until("direct again", || w.status().state == WriterState::Direct).await;
+    assert_eq!(w.status().spool_bytes, 0);
+    cancel.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test]
+async fn rows_spooled_at_shutdown_are_replayed_by_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let cancel = CancellationToken::new();
+    let (w, h) = Writer::spawn(
+        "t",
+        cfg(),
+        switchable(Arc::clone(&out), Arc::clone(&down)),
+        overflow(dir.path(), 1 << 20, OnFull::Refuse),
+        cancel.clone(),
+    );
+    for i in 0..25 {
+        w.record(i);
+    }
+    cancel.cancel();
+    h.await.unwrap();
+    assert!(out.lock().is_empty());
+
+    down.store(false, Ordering::SeqCst);
+    let cancel = CancellationToken::new();
+    let (w, h) = Writer::spawn(
+        "t",
+        cfg(),
+        switchable(Arc::clone(&out), Arc::clone(&down)),
+        overflow(dir.path(), 1 << 20, OnFull::Refuse),
+        cancel.clone(),
+    );
+    w.record(25);
+    until("the previous run's rows", || out.lock().len() == 26).await;
+    assert_eq!(*out.lock(), (0..26).collect::<Vec<_>>());
+    cancel.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_spool_holds_rows_in_memory_and_refuses_new_work_until_the_store_returns() {
+    for on_full in [OnFull::Refuse, OnFull::Serve] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cancel = CancellationToken::new();
+        let (w, h) = Writer::spawn(
+            "t",
+            cfg(),
+            switchable(Arc::clone(&out), Arc::clone(&down)),
+            // Room for about one batch of ten small numbers.
+            overflow(dir.path(), 30, on_full),
+            cancel.clone(),
+        );
+        for i in 0..40 {
+            w.record(i);
+        }
+        until("holding", || w.status().state == WriterState::Holding).await;
+        assert!(w.status().held > 0);
+        assert_eq!(w.accepting(), on_full == OnFull::Serve, "{on_full:?}");
+        down.store(false, Ordering::SeqCst);
+        until("everything written", || out.lock().len() == 40).await;
+        assert_eq!(*out.lock(), (0..40).collect::<Vec<_>>());
+        until("direct again", || w.status().state == WriterState::Direct).await;
+        assert!(w.accepting());
+        assert_eq!(w.dropped(), 0);
+        cancel.cancel();
+        h.await.unwrap();
+    }
 }

@@ -5,7 +5,7 @@
 use super::{Db, Store, StoreError, on_db};
 
 /// One stored audit entry.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     /// The chain (one per Tollgate process).
     pub chain_id: String,

@@ -26,7 +26,7 @@ pub struct SigningKeyRecord {
 }
 
 /// A minted token in the inventory.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IssuedTokenRecord {
     /// Token id.
     pub jti: String,
@@ -202,7 +202,7 @@ impl RevocationRow {
 }
 
 /// One proxied request.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct SpendRecord {
     /// Tollgate's request id (idempotency key).
     pub request_id: String,

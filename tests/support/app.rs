@@ -109,6 +109,8 @@ pub struct Options {
     /// Configure the admin API: the test issuer becomes admin issuer `idp` (kind oidc, audience
     /// `tollgate-admin`), and these lines go into `[admin]` (e.g. a break-glass hash).
     pub admin: Option<String>,
+    /// Replace the `[spool]` section (default: a spool beside the key file).
+    pub spool: Option<String>,
 }
 
 /// Stands for the test upstream's base URL (with `/v1`) in [`Options::extra_config`].
@@ -199,6 +201,10 @@ pub fn config_text(
             "[admin]\n{lines}\n[[admin.issuers]]\nname = \"idp\"\nissuer = \"{issuer}\"\nkind = \"oidc\"\naudiences = [\"{ADMIN_AUDIENCE}\"]\n"
         )
     });
+    let spool = opts.spool.clone().unwrap_or_else(|| {
+        let dir = keys.parent().unwrap_or(Path::new(".")).join("spool");
+        format!("[spool]\ndir = \"{}\"\n", dir.display())
+    });
     let revocation_sync = opts.revocation_sync_interval.as_deref().unwrap_or("100ms");
     let secrets = opts.secrets.as_deref().map_or_else(
         || format!("[secrets]\npath = \"{}\"\n", keys.display()),
@@ -233,6 +239,8 @@ idle_timeout = "2s"
 
 [spend]
 flush_interval = "50ms"
+
+{spool}
 
 [[issuers]]
 name = "cluster"

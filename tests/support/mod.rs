@@ -7,5 +7,6 @@ pub mod db;
 pub mod hooks;
 pub mod oidc;
 pub mod peers;
+pub mod pg;
 pub mod process;
 pub mod upstream;

@@ -85,10 +85,13 @@ impl Tollgate {
             .status()
             .await
             .unwrap();
-        let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-            .await
-            .expect("tollgate stops on SIGTERM")
-            .unwrap();
+        let status = match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(s) => s.unwrap(),
+            Err(_) => panic!(
+                "tollgate did not stop within 20 s of SIGTERM:\n{}",
+                self.log_text()
+            ),
+        };
         assert!(status.success(), "{status:?}");
     }
 
