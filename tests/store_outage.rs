@@ -71,27 +71,64 @@ async fn revoke(http: &reqwest::Client, url: &str, token: &str) {
     assert_eq!(r.status(), 200);
 }
 
+/// A `tollgate serve` on a PostgreSQL cluster of its own, with a workload token exchanged.
+struct Setup {
+    pg: Cluster,
+    issuer: TestIssuer,
+    _upstream: TestUpstream,
+    dir: tempfile::TempDir,
+    tollgate: Tollgate,
+    http: reqwest::Client,
+    url: String,
+    sa: String,
+    token: String,
+}
+
+impl Setup {
+    /// `at_dir` builds the options once the test's directory exists (a spool inside it).
+    async fn start(at_dir: impl FnOnce(&std::path::Path) -> Options) -> Setup {
+        let pg = Cluster::start();
+        let issuer = TestIssuer::start().await;
+        let upstream = TestUpstream::start(OPENAI_KEY, ANTHROPIC_KEY).await;
+        let dir = tempfile::tempdir().unwrap();
+        let opts = at_dir(dir.path());
+        let mut tollgate =
+            Tollgate::prepare(dir.path(), &pg.url(), &issuer.url, &upstream.url, &opts);
+        tollgate.start().await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let url = tollgate.url.clone();
+        let sa = issuer.service_account_token("team-a", "app");
+        let token = support::process::exchange(&http, &url, &sa).await;
+        Setup {
+            pg,
+            issuer,
+            _upstream: upstream,
+            dir,
+            tollgate,
+            http,
+            url,
+            sa,
+            token,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_and_a_sigterm_in_it_lose_no_spend_row_token_or_audit_entry() {
-    let pg = Cluster::start();
-    let issuer = TestIssuer::start().await;
-    let upstream = TestUpstream::start(OPENAI_KEY, ANTHROPIC_KEY).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut tollgate = Tollgate::prepare(
-        dir.path(),
-        &pg.url(),
-        &issuer.url,
-        &upstream.url,
-        &Options::default(),
-    );
-    tollgate.start().await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let url = tollgate.url.clone();
-    let sa = issuer.service_account_token("team-a", "app");
-    let token = support::process::exchange(&http, &url, &sa).await;
+    let Setup {
+        pg,
+        issuer: _issuer,
+        _upstream,
+        dir,
+        mut tollgate,
+        http,
+        url,
+        sa,
+        token,
+    } = Setup::start(|_| Options::default()).await;
     let revoked = support::process::exchange(&http, &url, &sa).await;
     revoke(&http, &url, &revoked).await;
 
@@ -249,30 +286,30 @@ impl Drop for Tmpfs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_disk_refuses_new_work_rather_than_lose_records_and_recovers() {
-    let pg = Cluster::start();
-    let issuer = TestIssuer::start().await;
-    let upstream = TestUpstream::start(OPENAI_KEY, ANTHROPIC_KEY).await;
-    let dir = tempfile::tempdir().unwrap();
-    let disk = Tmpfs::mount(&dir.path().join("small-disk"), "64k");
-    let mut tollgate = Tollgate::prepare(
-        dir.path(),
-        &pg.url(),
-        &issuer.url,
-        &upstream.url,
-        &Options {
-            spool: Some(format!("[spool]\ndir = \"{}\"\n", disk.0.display())),
+    let mut disk = None;
+    let Setup {
+        pg,
+        issuer: _issuer,
+        _upstream,
+        dir: _dir,
+        mut tollgate,
+        http,
+        url,
+        sa,
+        token,
+    } = Setup::start(|dir| {
+        let mnt = Tmpfs::mount(&dir.join("small-disk"), "64k");
+        let spool = format!("[spool]\ndir = \"{}\"\n", mnt.0.display());
+        disk = Some(mnt);
+        Options {
+            spool: Some(spool),
+            // Without the pool's fleet-wide rate: its leased slice would run out first (a
+            // replica cut off from the store serves no more than the slice it holds).
+            policy: Some(support::app::POLICY.replace("limits: { rpm: 100000 }", "limits: {}")),
             ..Options::default()
-        },
-    );
-    tollgate.start().await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let url = tollgate.url.clone();
-    let sa = issuer.service_account_token("team-a", "app");
-    let token = support::process::exchange(&http, &url, &sa).await;
-
+        }
+    })
+    .await;
     pg.down();
     let mut served = 0i64;
     let mut refused = None;
@@ -316,19 +353,7 @@ async fn a_full_spool_disk_refuses_new_work_rather_than_lose_records_and_recover
     assert_eq!(s, 503, "a replica that cannot record is not ready: {v}");
     assert_eq!(v["writers"]["spend"]["state"], "holding", "{v}");
     assert_eq!(v["writers"]["spend"]["accepting"], false, "{v}");
-    let r = http
-        .post(format!("{url}/v1/token"))
-        .form(&[
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange",
-            ),
-            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
-            ("subject_token", sa.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let r = support::process::exchange_response(&http, &url, &sa).await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "temporarily_unavailable", "{v}");
@@ -354,22 +379,23 @@ async fn a_full_spool_disk_refuses_new_work_rather_than_lose_records_and_recover
         0,
         "refused calls cost nothing"
     );
+    // Unmounted before the test's directory is removed.
+    drop(disk);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_postgres_never_slows_a_call() {
-    let pg = Cluster::start();
-    let issuer = TestIssuer::start().await;
-    let upstream = TestUpstream::start(OPENAI_KEY, ANTHROPIC_KEY).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut tollgate = Tollgate::prepare(
-        dir.path(),
-        &pg.url(),
-        &issuer.url,
-        &upstream.url,
-        &Options::default(),
-    );
-    tollgate.start().await;
+    let Setup {
+        pg,
+        issuer: _issuer,
+        _upstream,
+        dir: _dir,
+        mut tollgate,
+        http,
+        url,
+        sa: _sa,
+        token,
+    } = Setup::start(|_| Options::default()).await;
     let db = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     // Every spend insert now takes 1.5 s.
     for sql in [
@@ -378,10 +404,6 @@ async fn a_slow_postgres_never_slows_a_call() {
     ] {
         sqlx::query(sql).execute(&db).await.unwrap();
     }
-    let http = reqwest::Client::new();
-    let url = tollgate.url.clone();
-    let sa = issuer.service_account_token("team-a", "app");
-    let token = support::process::exchange(&http, &url, &sa).await;
     let mut slowest = Duration::ZERO;
     for i in 0..60 {
         let t = Instant::now();

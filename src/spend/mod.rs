@@ -561,10 +561,6 @@ impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Run<T> {
     /// answers, until the shutdown deadline.
     async fn finish(mut self, rows: Vec<T>) {
         let deadline = Instant::now() + self.cfg.shutdown_deadline;
-        // The store is known to be failing when a backlog waits for its next retry, or when a
-        // write here fails: with a spool, the rows are safe on disk and shutdown does not wait
-        // on the store again.
-        let mut failing = self.failing;
         if self.backlog() {
             self.spill(rows).await;
         } else {
@@ -576,14 +572,16 @@ impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> Run<T> {
                     let mut back = back;
                     back.extend(rest);
                     self.spill(back).await;
-                    failing = true;
                     break;
                 }
                 rows = rest;
             }
         }
+        // After a failed write (here or the last one before shutdown), rows that are safe on
+        // disk do not make shutdown wait on the store again.
         let safe_on_disk = |run: &Self| run.spool.is_some() && run.held.is_empty();
-        while self.backlog() && Instant::now() < deadline && !(failing && safe_on_disk(&self)) {
+        while self.backlog() && Instant::now() < deadline && !(self.failing && safe_on_disk(&self))
+        {
             match self.drain_one().await {
                 Drained::Progress => {}
                 Drained::Empty => break,

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why the spool did not take or give a batch.
@@ -143,7 +144,12 @@ impl Spool {
         let tmp = self.path(seq, "tmp");
         let done = self.path(seq, "jsonl");
         let written = (|| {
-            let file = File::create(&tmp)?;
+            // Rows name workloads and teams: readable by Tollgate's user only.
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             let mut w = BufWriter::new(file);
             w.write_all(&buf)?;
             let file = w.into_inner().map_err(|e| e.into_error())?;

@@ -94,11 +94,32 @@ async fn until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn overflow(dir: &std::path::Path, max: u64, on_full: OnFull) -> Option<Overflow> {
-    Some(Overflow {
-        spool: Spool::open(dir, max).unwrap(),
-        on_full,
-    })
+/// A writer over a store that is down while `down` is set, spooling to `dir`.
+struct Spooled {
+    w: Writer<u32>,
+    h: JoinHandle<()>,
+    cancel: CancellationToken,
+}
+
+fn spooled(
+    dir: &std::path::Path,
+    max: u64,
+    on_full: OnFull,
+    out: &Arc<Mutex<Vec<u32>>>,
+    down: &Arc<std::sync::atomic::AtomicBool>,
+) -> Spooled {
+    let cancel = CancellationToken::new();
+    let (w, h) = Writer::spawn(
+        "t",
+        cfg(),
+        switchable(Arc::clone(out), Arc::clone(down)),
+        Some(Overflow {
+            spool: Spool::open(dir, max).unwrap(),
+            on_full,
+        }),
+        cancel.clone(),
+    );
+    Spooled { w, h, cancel }
 }
 
 #[tokio::test]
@@ -106,14 +127,7 @@ async fn an_outage_spools_rows_to_disk_and_they_reach_the_store_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let out = Arc::new(Mutex::new(Vec::new()));
     let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let cancel = CancellationToken::new();
-    let (w, h) = Writer::spawn(
-        "t",
-        cfg(),
-        switchable(Arc::clone(&out), Arc::clone(&down)),
-        overflow(dir.path(), 1 << 20, OnFull::Refuse),
-        cancel.clone(),
-    );
+    let Spooled { w, h, cancel } = spooled(dir.path(), 1 << 20, OnFull::Refuse, &out, &down);
     for i in 0..50 {
         assert!(w.record(i));
         if i % 10 == 0 {
@@ -148,14 +162,7 @@ async fn rows_spooled_at_shutdown_are_replayed_by_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let out = Arc::new(Mutex::new(Vec::new()));
     let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let cancel = CancellationToken::new();
-    let (w, h) = Writer::spawn(
-        "t",
-        cfg(),
-        switchable(Arc::clone(&out), Arc::clone(&down)),
-        overflow(dir.path(), 1 << 20, OnFull::Refuse),
-        cancel.clone(),
-    );
+    let Spooled { w, h, cancel } = spooled(dir.path(), 1 << 20, OnFull::Refuse, &out, &down);
     for i in 0..25 {
         w.record(i);
     }
@@ -164,14 +171,7 @@ async fn rows_spooled_at_shutdown_are_replayed_by_the_next_start() {
     assert!(out.lock().is_empty());
 
     down.store(false, Ordering::SeqCst);
-    let cancel = CancellationToken::new();
-    let (w, h) = Writer::spawn(
-        "t",
-        cfg(),
-        switchable(Arc::clone(&out), Arc::clone(&down)),
-        overflow(dir.path(), 1 << 20, OnFull::Refuse),
-        cancel.clone(),
-    );
+    let Spooled { w, h, cancel } = spooled(dir.path(), 1 << 20, OnFull::Refuse, &out, &down);
     w.record(25);
     until("the previous run's rows", || out.lock().len() == 26).await;
     assert_eq!(*out.lock(), (0..26).collect::<Vec<_>>());
@@ -185,15 +185,8 @@ async fn a_full_spool_holds_rows_in_memory_and_refuses_new_work_until_the_store_
         let dir = tempfile::tempdir().unwrap();
         let out = Arc::new(Mutex::new(Vec::new()));
         let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let cancel = CancellationToken::new();
-        let (w, h) = Writer::spawn(
-            "t",
-            cfg(),
-            switchable(Arc::clone(&out), Arc::clone(&down)),
-            // Room for about one batch of ten small numbers.
-            overflow(dir.path(), 30, on_full),
-            cancel.clone(),
-        );
+        // Room for about one batch of ten small numbers.
+        let Spooled { w, h, cancel } = spooled(dir.path(), 30, on_full, &out, &down);
         for i in 0..40 {
             w.record(i);
         }

@@ -121,8 +121,19 @@ pub async fn wait_ok(url: &str, log: &Path) {
 
 /// Exchange a workload token at `url` for a Tollgate token (the exchange must succeed).
 pub async fn exchange(http: &reqwest::Client, url: &str, subject_token: &str) -> String {
-    let r = http
-        .post(format!("{url}/v1/token"))
+    let r = exchange_response(http, url, subject_token).await;
+    assert_eq!(r.status(), 200, "the exchange is refused");
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The answer of `POST /v1/token` for a workload token, whatever it is.
+pub async fn exchange_response(
+    http: &reqwest::Client,
+    url: &str,
+    subject_token: &str,
+) -> reqwest::Response {
+    http.post(format!("{url}/v1/token"))
         .form(&[
             (
                 "grant_type",
@@ -133,8 +144,5 @@ pub async fn exchange(http: &reqwest::Client, url: &str, subject_token: &str) ->
         ])
         .send()
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the exchange is refused");
-    let v: serde_json::Value = r.json().await.unwrap();
-    v["access_token"].as_str().unwrap().to_owned()
+        .unwrap()
 }
