@@ -25,6 +25,22 @@ where
     }
 }
 
+/// `replica`'s lease of pool "p": (granted, available, allowance).
+async fn lease(store: &Store, replica: &str) -> (i64, i64, i64) {
+    let l = store
+        .budget_leases("p")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|l| l.replica == replica)
+        .unwrap();
+    (
+        l.granted_micro_usd,
+        l.available_micro_usd,
+        l.allowance_micro_usd,
+    )
+}
+
 #[tokio::test]
 async fn concurrent_acquires_never_grant_past_the_cap() {
     each_store(|store| async move {
@@ -170,22 +186,54 @@ async fn a_dead_replicas_promised_money_is_reclaimed_once() {
         // less, and the store keeps its report consistent with what it still grants.
         let granted = store.heartbeat("dead", &[report]).await.unwrap();
         assert_eq!(granted, vec![("p".to_owned(), DAY, 45)]);
-        let lease = store
-            .budget_leases("p")
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|l| l.replica == "dead")
-            .unwrap();
-        assert_eq!(
-            (lease.available_micro_usd, lease.allowance_micro_usd),
-            (15, 15)
-        );
+        let (_, available, allowance) = lease(&store, "dead").await;
+        assert_eq!((available, allowance), (15, 15));
         assert_eq!(
             store.reclaim_expired(150).await.unwrap(),
             0,
             "nothing promised is left to reclaim"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn money_granted_after_the_last_report_is_never_reclaimed() {
+    each_store(|store| async move {
+        // Registered, granted 80, and dead before its first report: it may have spent all of
+        // it, so nothing comes back.
+        store.heartbeat("fresh", &[]).await.unwrap();
+        store
+            .acquire_budget("fresh", "p", DAY, DAY, 1_000, 80, 1)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        store.heartbeat("alive", &[]).await.unwrap();
+        assert_eq!(store.reclaim_expired(150).await.unwrap(), 0);
+
+        // Reported (50 available, 15 promised), then 20 more granted: 15 + 20 may be spent
+        // by the time it dies, so only 35 of the 70 it holds unreserved come back.
+        let report = LeaseReport {
+            pool: "p".into(),
+            day: DAY,
+            available: 50,
+            allowance: 15,
+            held: 80,
+        };
+        store.heartbeat("late", &[]).await.unwrap();
+        store
+            .acquire_budget("late", "p", DAY, DAY, 1_000, 80, 1)
+            .await
+            .unwrap();
+        store.heartbeat("late", &[report]).await.unwrap();
+        store
+            .acquire_budget("late", "p", DAY, DAY, 1_000, 20, 1)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        store.heartbeat("alive", &[]).await.unwrap();
+        assert_eq!(store.reclaim_expired(150).await.unwrap(), 35);
+        assert_eq!(lease(&store, "late").await, (65, 35, 35));
     })
     .await;
 }

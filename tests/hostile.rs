@@ -544,6 +544,67 @@ async fn slow_and_idle_clients_are_cut_off_and_a_connection_flood_is_bounded() {
     healthy(&app).await;
 }
 
+/// One `GET /healthz` on an open keep-alive connection: the answer's status line.
+async fn keep_alive_get(s: &mut TcpStream) -> String {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn many_idle_keep_alive_connections_are_closed_and_never_lock_out_new_clients() {
+    let app = app().await;
+    let addr = app.url.trim_start_matches("http://").to_owned();
+    // 56 clients make two calls each on one connection and then go quiet, keeping it open.
+    let mut kept = Vec::new();
+    for _ in 0..56 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(keep_alive_get(&mut s).await, "HTTP/1.1 200 OK");
+        }
+        kept.push(s);
+    }
+    // Meanwhile others are served at once.
+    healthy(&app).await;
+    // The server closes every one of them after the header timeout, all at the same time.
+    let started = Instant::now();
+    let closed = futures_util::future::join_all(
+        kept.iter_mut()
+            .map(|s| closed_within(s, Duration::from_secs(5))),
+    )
+    .await;
+    assert!(
+        closed.iter().all(|c| *c),
+        "{} left open",
+        closed.iter().filter(|c| !**c).count()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Their slots are free again: 60 new keep-alive clients fit under the cap of 64.
+    let mut fresh = Vec::new();
+    for i in 0..60 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        assert_eq!(
+            keep_alive_get(&mut s).await,
+            "HTTP/1.1 200 OK",
+            "client {i}"
+        );
+        fresh.push(s);
+    }
+    drop(fresh);
+    healthy(&app).await;
+}
+
 /// A streamed chat call's status and whole body, or `None` if it did not end within `limit`.
 async fn stream_within(app: &TestApp, token: &str, limit: Duration) -> Option<(u16, String)> {
     let mut body = TestApp::chat("gpt-test", "stream please");

@@ -650,9 +650,17 @@ async fn upstream_failures_map_to_502_and_504_without_leaking_the_key(app: &Test
     let r = app.post("/v1/chat/completions", &token, &body).await;
     assert_eq!(r.status(), 400);
 
+    // A provider that takes too long may still do (and bill) the work: the reservation is
+    // charged, once; a provider that cannot be reached costs nothing.
     app.upstream.delay_next(Duration::from_secs(4));
     let r = app.post("/v1/chat/completions", &token, &body).await;
+    let rid = request_id(&r);
     openai_error(r, 504, "upstream_timeout").await;
+    let row = app.spend_row(&rid).await;
+    assert!(
+        row.cost_micro_usd > 0,
+        "a timed-out call is charged its reservation"
+    );
 }
 on_both_stores!(
     upstream_failures_map_to_502_and_504_without_leaking_the_key_test,

@@ -9,6 +9,8 @@ mod support;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 use support::app::{ANTHROPIC_KEY, OPENAI_KEY, Options, POLICY, TestApp, spawn_app_with};
 use support::db::TestDbKind;
 use support::peers::{Bao, Moto, unique_prefix};
@@ -672,13 +674,7 @@ async fn throttling_proxy(
 async fn aws_throttling_is_retried_with_backoff_and_never_forever() {
     use std::sync::atomic::Ordering;
     let moto = Moto::shared();
-    let p = format!("{}/", unique_prefix());
-    moto.create(
-        &format!("{p}openai/team-a"),
-        &json!({"api_key": OPENAI_KEY}).to_string(),
-        &[("billing_owner", "team-a")],
-    )
-    .await;
+    let p = team_a_on(&moto).await;
 
     // Throttled twice, then answered: the listing succeeds on the third attempt.
     let (endpoint, calls) = throttling_proxy(&moto, 2).await;
@@ -721,6 +717,18 @@ async fn app_with_secrets(secrets: String) -> TestApp {
         },
     )
     .await
+}
+
+/// A fresh prefix on `moto` holding team-a's OpenAI key (its `secrets_toml` prefix).
+async fn team_a_on(moto: &Moto) -> String {
+    let p = format!("{}/", unique_prefix());
+    moto.create(
+        &format!("{p}openai/team-a"),
+        &json!({"api_key": OPENAI_KEY}).to_string(),
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    p
 }
 
 async fn call(app: &TestApp, token: &str) -> reqwest::Response {
@@ -809,13 +817,7 @@ async fn tollgate_serves_with_the_vault_key_and_rides_out_a_vault_outage() {
 #[tokio::test]
 async fn tollgate_serves_with_the_aws_key_and_rides_out_an_aws_outage() {
     let mut moto = Moto::spawn().await;
-    let p = format!("{}/", unique_prefix());
-    moto.create(
-        &format!("{p}openai/team-a"),
-        &json!({"api_key": OPENAI_KEY}).to_string(),
-        &[("billing_owner", "team-a")],
-    )
-    .await;
+    let p = team_a_on(&moto).await;
     let app = app_with_secrets(moto.secrets_toml(&p)).await;
     let token = app.token_for("team-a").await;
     assert_eq!(call(&app, &token).await.status(), 200);
@@ -825,6 +827,191 @@ async fn tollgate_serves_with_the_aws_key_and_rides_out_an_aws_outage() {
     assert!(app.state.keys.refresh().await.is_err());
     assert_eq!(call(&app, &token).await.status(), 200);
     assert!(app.state.keys.health().degraded);
+    app.stop().await;
+}
+
+/// `n` clients calling in a loop until `stop`: each call's status and how long it took.
+fn load(
+    app: &TestApp,
+    token: &str,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(u16, Duration)>>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    (0..n)
+        .map(|_| {
+            let (http, url, token, stop) = (
+                http.clone(),
+                format!("{}/v1/chat/completions", app.url),
+                token.to_owned(),
+                Arc::clone(stop),
+            );
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let status = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&TestApp::chat("gpt-test", "under load"))
+                        .send()
+                        .await
+                        .map_or(0, |r| r.status().as_u16());
+                    seen.push((status, t.elapsed()));
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+async fn finish(
+    stop: &AtomicBool,
+    clients: Vec<tokio::task::JoinHandle<Vec<(u16, Duration)>>>,
+) -> Vec<(u16, Duration)> {
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for c in clients {
+        all.extend(c.await.unwrap());
+    }
+    all
+}
+
+/// Wait (≤ 20 s) until the series satisfies `ok`.
+async fn until_metric(app: &TestApp, series: &str, ok: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = app.metrics().await;
+        if m.value(series).is_some_and(&ok) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never got there:\n{}",
+            m.0
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every call answered 200, none waited on the store (the slowest well under a refresh).
+fn assert_all_served(calls: &[(u16, Duration)]) {
+    assert!(calls.len() > 40, "only {} calls", calls.len());
+    let failed: Vec<_> = calls.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {failed:?}",
+        failed.len(),
+        calls.len()
+    );
+    let slowest = calls.iter().map(|(_, d)| *d).max().unwrap();
+    assert!(
+        slowest < Duration::from_millis(750),
+        "slowest call {slowest:?}"
+    );
+}
+
+async fn readiness(app: &TestApp) -> serde_json::Value {
+    app.http
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_sealed_under_load_fails_no_call_and_unsealing_brings_refreshes_back() {
+    let bao = Bao::spawn().await;
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/team-a"),
+        OPENAI_KEY,
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    let secrets = bao
+        .secrets_toml(&p)
+        .replace("refresh_interval = \"1h\"", "refresh_interval = \"1s\"");
+    let app = app_with_secrets(secrets).await;
+    let token = app.token_for("team-a").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&app, &token, 8, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    bao.seal().await;
+    let failures = r#"tollgate_secret_store_refresh_failures_total{backend="vault"}"#;
+    until_metric(&app, failures, |n| n >= 2.0).await;
+    until_metric(&app, r#"tollgate_secret_store_up{backend="vault"}"#, |v| {
+        v == 0.0
+    })
+    .await;
+    let ready = readiness(&app).await;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(
+        ready["secret_store"]["status"], "serving_from_cache",
+        "{ready}"
+    );
+    assert!(!ready.to_string().contains(OPENAI_KEY));
+
+    bao.unseal().await;
+    until_metric(&app, r#"tollgate_secret_store_up{backend="vault"}"#, |v| {
+        v == 1.0
+    })
+    .await;
+    let calls = finish(&stop, clients).await;
+    assert_all_served(&calls);
+    assert_eq!(readiness(&app).await["secret_store"]["status"], "ok");
+    assert!(
+        app.upstream
+            .requests()
+            .iter()
+            .all(|r| r.header("authorization") == Some(format!("Bearer {OPENAI_KEY}")))
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aws_endpoint_that_hangs_then_dies_under_load_fails_no_call() {
+    let mut moto = Moto::spawn().await;
+    let p = team_a_on(&moto).await;
+    let secrets = moto
+        .secrets_toml(&p)
+        .replace("refresh_interval = \"1h\"", "refresh_interval = \"1s\"")
+        .replace("timeout = \"2s\"", "timeout = \"500ms\"");
+    let app = app_with_secrets(secrets).await;
+    let token = app.token_for("team-a").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&app, &token, 8, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Hung: connections are accepted and never answered, so every listing runs into its
+    // timeout while the proxy keeps serving from the cache.
+    moto.pause();
+    let failures = r#"tollgate_secret_store_refresh_failures_total{backend="aws"}"#;
+    until_metric(&app, failures, |n| n >= 2.0).await;
+    assert_eq!(
+        readiness(&app).await["secret_store"]["status"],
+        "serving_from_cache"
+    );
+    moto.resume();
+    until_metric(&app, r#"tollgate_secret_store_up{backend="aws"}"#, |v| {
+        v == 1.0
+    })
+    .await;
+
+    // Gone: connections refused.
+    moto.kill();
+    let seen = app.metrics().await.value(failures).unwrap();
+    until_metric(&app, failures, |n| n >= seen + 2.0).await;
+    let calls = finish(&stop, clients).await;
+    assert_all_served(&calls);
+    assert_eq!(readiness(&app).await["status"], "degraded");
     app.stop().await;
 }
 
@@ -1166,13 +1353,7 @@ async fn the_vault_break_glass_hash_is_replaced_without_a_restart_and_outlives_a
 #[tokio::test]
 async fn the_aws_break_glass_hash_is_read_bare_or_as_json_and_replaced() {
     let moto = Moto::shared();
-    let p = format!("{}/", unique_prefix());
-    moto.create(
-        &format!("{p}openai/team-a"),
-        &json!({"api_key": OPENAI_KEY}).to_string(),
-        &[("billing_owner", "team-a")],
-    )
-    .await;
+    let p = team_a_on(&moto).await;
     let name = format!("{}-admin/break-glass", p.trim_end_matches('/'));
     moto.create(&name, &sha256_hex(BREAK_GLASS_1), &[]).await;
     let app = app_with_break_glass_secret(moto.secrets_toml(&p), &name).await;

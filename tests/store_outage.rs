@@ -164,14 +164,7 @@ async fn a_postgres_outage_and_a_sigterm_in_it_lose_no_spend_row_token_or_audit_
         v["writers"]["spend"]["spool_bytes"].as_u64().unwrap() > 0,
         "{v}"
     );
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::process::metrics(&http, &url).await.0;
     assert!(
         metrics
             .lines()

@@ -160,14 +160,7 @@ async fn traces_continue_the_callers_trace_reach_the_upstream_and_logs_name_each
         .to_owned();
 
     // The opt-in subject series.
-    let metrics = http
-        .get(format!("{}/metrics", tollgate.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = support::process::metrics(&http, &tollgate.url).await.0;
     let subject = "system:serviceaccount:team-a:app";
     let series = format!(
         r#"tollgate_subject_requests_total{{subject="{subject}",team="a",model="gpt-test"}} 2"#

@@ -85,6 +85,12 @@ impl Application {
         if config.migrate_on_start {
             tryc!("database migrations", store.migrate().await);
         }
+        // Before anything is dated: signing keys, tokens, leases.
+        super::fleet_clock::sync(&store).await;
+        tasks.push(super::fleet_clock::spawn(
+            store.clone(),
+            cancel.child_token(),
+        ));
         let policy = Arc::new(tryc!("policies", PolicyStore::open(&config.policy_dir)));
         warn_about_policy_references(&config, &policy);
 

@@ -34,6 +34,7 @@ pub fn registry(
         revocations.lag_histogram(),
     );
     m.register_collector(AdminCollector(admin));
+    m.register_collector(ClockCollector);
     m.register_collector(SecretStoreCollector(keys));
     m.register_collector(RevocationCollector(Arc::clone(&revocations)));
     m.register_collector(GuardCollector {
@@ -162,6 +163,23 @@ impl Collector for RevocationCollector {
             notified.metric_type(),
         )?;
         notified.encode(family)
+    }
+}
+
+/// How far the store's clock is from this host's: the correction this replica dates by.
+#[derive(Debug)]
+struct ClockCollector;
+
+impl Collector for ClockCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut encoder,
+            "clock_store_offset",
+            "How far the store's clock is ahead of this host's (negative: behind); the replica dates tokens, revocations and limits by the store's",
+            Some(Unit::Seconds),
+            &[],
+            crate::clock::store_offset_ms() as f64 / 1000.0,
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod budget;
 mod build;
+mod fleet_clock;
 mod keys;
 mod metrics;
 pub mod rates;

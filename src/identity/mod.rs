@@ -252,8 +252,10 @@ impl IdentityVerifier {
         let mut v = Validation::new(alg);
         v.set_issuer(&[iss]);
         v.set_audience(&cfg.audiences);
-        v.leeway = cfg.leeway.as_secs();
-        v.validate_nbf = true;
+        // `exp` and `nbf` are checked in `workload` against the fleet's clock (crate::clock),
+        // not this host's: jsonwebtoken would read the host's.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         let mut required = vec!["exp", "iss", "aud", "sub"];
         if cfg.kind == IssuerKind::Kubernetes {
             required.push("iat");
@@ -290,15 +292,30 @@ fn decode_json(part: &str) -> Result<Value, IdentityError> {
     }
 }
 
+/// A NumericDate as jsonwebtoken reads one: a whole number of seconds, never negative.
+fn seconds(v: &Value) -> Option<i64> {
+    v.as_u64().map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 fn workload(cfg: &IssuerConfig, c: Value) -> Result<Workload, IdentityError> {
     let now = crate::clock::now_secs();
     let leeway = cfg.leeway.as_secs() as i64;
+    let exp = seconds(&c["exp"]).ok_or(IdentityError::Invalid("exp"))?;
+    if exp < now - leeway {
+        return Err(IdentityError::Expired);
+    }
+    if let Some(nbf) = c.get("nbf")
+        && seconds(nbf).ok_or(IdentityError::Invalid("nbf"))? > now + leeway
+    {
+        return Err(IdentityError::NotYetValid);
+    }
     let iat = c["iat"].as_i64();
     if let Some(iat) = iat {
         if iat > now + leeway {
             return Err(IdentityError::Invalid("iat is in the future"));
         }
-        if now - iat > cfg.max_token_age.as_secs() as i64 + leeway {
+        // Saturating: an `iat` near i64::MIN is very old, not a wrapped-around negative age.
+        if now.saturating_sub(iat) > cfg.max_token_age.as_secs() as i64 + leeway {
             return Err(IdentityError::TooOld);
         }
     }

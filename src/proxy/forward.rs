@@ -57,9 +57,9 @@ pub async fn forward(
     // The provider call's span lives until its body is read (or, streaming, relayed).
     let (mut status, mut headers, mut body, mut span) = match send(state, &out).await {
         Ok(r) => r,
-        Err(e) => {
-            settle.finish(e.code.status().as_u16(), Charge::Nothing);
-            return Err(e);
+        Err(f) => {
+            settle.finish(f.error.code.status().as_u16(), f.charge());
+            return Err(f.error);
         }
     };
     // A rotation candidate the provider refused or failed: nothing has reached the client, so
@@ -79,9 +79,9 @@ pub async fn forward(
         let sent_at = std::time::Instant::now();
         (status, headers, body, span) = match send(state, &out).await {
             Ok(r) => r,
-            Err(e) => {
-                settle.finish(e.code.status().as_u16(), Charge::Nothing);
-                return Err(e);
+            Err(f) => {
+                settle.finish(f.error.code.status().as_u16(), f.charge());
+                return Err(f.error);
             }
         };
         upstream += sent_at.elapsed();
@@ -135,14 +135,37 @@ pub async fn forward(
     Ok(json_response(status, bytes))
 }
 
+/// A provider call that got no response head.
+struct SendFailed {
+    error: ApiError,
+    /// The request may have reached the provider (it timed out or broke after it was sent),
+    /// which may then have done, and billed, the work.
+    maybe_served: bool,
+}
+
+impl SendFailed {
+    /// What it costs: nothing when the provider never got the request; otherwise the
+    /// reservation, since the provider may bill it and Tollgate cannot tell how much.
+    fn charge(&self) -> Charge {
+        if self.maybe_served {
+            Charge::WorstCase
+        } else {
+            Charge::Nothing
+        }
+    }
+}
+
 async fn send(
     state: &AppState,
     out: &Outbound<'_>,
-) -> Result<(StatusCode, HeaderMap, Incoming, tracing::Span), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Incoming, tracing::Span), SendFailed> {
     let uri = out
         .route
         .endpoint(out.api)
-        .ok_or_else(|| ApiError::new(Code::NoProviderKey, "provider has no base URL"))?
+        .ok_or_else(|| SendFailed {
+            error: ApiError::new(Code::NoProviderKey, "provider has no base URL"),
+            maybe_served: false,
+        })?
         .clone();
     let mut req = http::Request::new(Full::new(out.body.clone()));
     *req.method_mut() = Method::POST;
@@ -171,16 +194,22 @@ async fn send(
         Err(_) => {
             trace::finish_client(&span, 504);
             state.requests.upstream_error(&out.route.id, 504);
-            return Err(timeout_error(out));
+            return Err(SendFailed {
+                error: timeout_error(out),
+                maybe_served: true,
+            });
         }
         Ok(Err(e)) => {
             trace::finish_client(&span, 502);
             tracing::warn!(provider = %out.route.id, error = %e, "upstream request failed");
             state.requests.upstream_error(&out.route.id, 502);
-            return Err(ApiError::new(
-                Code::UpstreamError,
-                format!("could not reach provider {}: {e}", out.route.id),
-            ));
+            return Err(SendFailed {
+                error: ApiError::new(
+                    Code::UpstreamError,
+                    format!("could not reach provider {}: {e}", out.route.id),
+                ),
+                maybe_served: matches!(e, super::client::SendError::Request),
+            });
         }
         Ok(Ok(r)) => r,
     };

@@ -80,11 +80,14 @@ impl Store {
                   WHERE o.pool = $1 AND o.day >= $5 AND o.day < $2))) \
              WHERE pool = $1 AND day = $2 RETURNING last_grant_micro_usd"
         );
+        // Money granted since the replica's last report may all be spent before the next one:
+        // it joins the allowance, so a reclaim never takes it back (and grants it twice).
         let lease = "INSERT INTO budget_leases (pool, day, replica, granted_micro_usd, available_micro_usd, allowance_micro_usd, reported_at) \
-                     VALUES ($1, $2, $3, $4, $4, 0, $5) \
+                     VALUES ($1, $2, $3, $4, $4, $4, $5) \
                      ON CONFLICT (pool, day, replica) DO UPDATE SET \
                        granted_micro_usd = budget_leases.granted_micro_usd + excluded.granted_micro_usd, \
-                       available_micro_usd = budget_leases.available_micro_usd + excluded.granted_micro_usd";
+                       available_micro_usd = budget_leases.available_micro_usd + excluded.granted_micro_usd, \
+                       allowance_micro_usd = budget_leases.allowance_micro_usd + excluded.granted_micro_usd";
         let got = on_db!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(seed).bind(pool).bind(day).bind(day * DAY_MS).bind((day + 1) * DAY_MS)
@@ -130,6 +133,12 @@ impl Store {
             back
         });
         Ok(back)
+    }
+
+    /// Read the store's clock (unix ms), which the ledger of every replica follows.
+    pub async fn clock_ms(&self) -> Result<i64, StoreError> {
+        let sql = format!("SELECT {}", self.db_now_ms());
+        Ok(on_db!(self, p => sqlx::query_scalar::<_, i64>(&sql).fetch_one(p).await?))
     }
 
     /// The store's clock in unix ms: replicas judge each other's liveness by it, never by

@@ -200,8 +200,10 @@ impl TokenService {
         let mut v = Validation::new(alg);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[&self.audience]);
-        v.leeway = self.leeway.as_secs();
-        v.validate_nbf = true;
+        // `exp` and `nbf` are checked below against the fleet's clock (crate::clock), which
+        // every replica shares; jsonwebtoken would read this host's.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         v.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
@@ -217,7 +219,14 @@ impl TokenService {
             }
         })?;
         let c = data.claims;
-        if c.exp - c.iat > MAX_TTL_SECS || c.iat > now_secs() + self.leeway.as_secs() as i64 {
+        let (now, leeway) = (now_secs(), self.leeway.as_secs() as i64);
+        if c.exp < now - leeway {
+            return Err(TokenError::Expired);
+        }
+        if c.nbf > now + leeway {
+            return Err(TokenError::Invalid("not valid yet"));
+        }
+        if c.exp.saturating_sub(c.iat) > MAX_TTL_SECS || c.iat > now + leeway {
             return Err(TokenError::Invalid("lifetime out of bounds"));
         }
         Ok(c)

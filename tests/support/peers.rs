@@ -100,9 +100,11 @@ impl Bao {
             args.push("-dev-tls".to_owned());
             args.push(format!("-dev-tls-cert-dir={}", dir.path().display()));
         }
+        // The dev server prints its unseal key on stdout: kept so a test can seal and unseal.
+        let out = std::fs::File::create(dir.path().join("bao.out")).unwrap();
         let child = Command::new(&bin)
             .args(&args)
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin} (OpenBao): {e}; run scripts/test"));
@@ -155,6 +157,31 @@ impl Bao {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Seal an own server: every read answers 503 "Vault is sealed" until [`Bao::unseal`].
+    pub async fn seal(&self) {
+        self.api(reqwest::Method::PUT, "sys/seal", None).await;
+    }
+
+    /// Unseal an own server with the key its dev mode printed.
+    pub async fn unseal(&self) {
+        let dir = self._dir.as_ref().expect("an own server");
+        let out = std::fs::read_to_string(dir.path().join("bao.out")).unwrap();
+        let key = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Unseal Key: "))
+            .unwrap_or_else(|| panic!("no unseal key in the dev server's output: {out}"));
+        let r = self
+            .http
+            .put(format!("{}/v1/sys/unseal", self.addr))
+            .json(&json!({ "key": key.trim() }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "unseal: {}", r.status());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["sealed"], false, "{body}");
     }
 
     /// Call the HTTP API with the root token; panics on an error status.
@@ -333,6 +360,26 @@ impl Moto {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freeze an own server (SIGSTOP): it accepts connections and never answers, the way a
+    /// hung endpoint does.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("an own server").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
     }
 
     /// A Secrets Manager client for seeding (moto accepts any credentials).

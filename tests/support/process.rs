@@ -15,6 +15,8 @@ pub struct Tollgate {
     pub url: String,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Extra environment of the process (e.g. libfaketime's, to skew its clock).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -53,6 +55,7 @@ impl Tollgate {
             url: format!("http://127.0.0.1:{port}"),
             config: dir.join("tollgate.toml"),
             log: dir.join("tollgate.log"),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -67,6 +70,7 @@ impl Tollgate {
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -95,6 +99,12 @@ impl Tollgate {
         assert!(status.success(), "{status:?}");
     }
 
+    /// SIGKILL, as the kernel's OOM killer or a lost node ends a pod: nothing runs after it.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().await.unwrap();
+    }
+
     /// Its log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -119,11 +129,18 @@ pub async fn wait_ok(url: &str, log: &Path) {
     }
 }
 
+/// The `/metrics` of the Tollgate at `url`.
+pub async fn metrics(http: &reqwest::Client, url: &str) -> super::app::Metrics {
+    let r = http.get(format!("{url}/metrics")).send().await.unwrap();
+    super::app::Metrics(r.text().await.unwrap())
+}
+
 /// Exchange a workload token at `url` for a Tollgate token (the exchange must succeed).
 pub async fn exchange(http: &reqwest::Client, url: &str, subject_token: &str) -> String {
     let r = exchange_response(http, url, subject_token).await;
-    assert_eq!(r.status(), 200, "the exchange is refused");
-    let v: serde_json::Value = r.json().await.unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, 200, "the exchange at {url} is refused: {v}");
     v["access_token"].as_str().unwrap().to_owned()
 }
 
