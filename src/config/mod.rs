@@ -217,6 +217,12 @@ const TOP_LEVEL: &[&str] = &[
     "spool",
     "drain_timeout",
     "revocation_sync_interval",
+    "admin",
+    "alerts",
+    "anomaly",
+    "audit",
+    "rotation",
+    "telemetry",
 ];
 
 fn is_config_key(key: &str) -> bool {

@@ -79,6 +79,8 @@ fn environment_overrides_the_file_and_descends_into_tables() {
         jail.set_env("TOLLGATE_DATABASE_URL", "postgres://tollgate@db/tollgate");
         jail.set_env("TOLLGATE_SIGNING__ROTATE_EVERY", "48h");
         jail.set_env("TOLLGATE_TOKEN__AUDIENCE", "broker");
+        jail.set_env("TOLLGATE_TELEMETRY__METRICS_SUBJECT_LABEL", "true");
+        jail.set_env("TOLLGATE_ALERTS__CHECK_INTERVAL", "7s");
         // Not configuration: the CLI's own variable and the test suite's.
         jail.set_env("TOLLGATE_CONFIG", "elsewhere.toml");
         jail.set_env("TOLLGATE_TEST_DATABASE_URL", "postgres://x");
@@ -92,6 +94,8 @@ fn environment_overrides_the_file_and_descends_into_tables() {
             std::time::Duration::from_secs(48 * 3600)
         );
         assert_eq!(c.token.audience, "broker");
+        assert!(c.telemetry.metrics_subject_label);
+        assert_eq!(c.alerts.check_interval, std::time::Duration::from_secs(7));
         jail.set_env("TOLLGATE_SIGNING__ROTATE_EVERY", "5m");
         let err = Config::load(std::path::Path::new("tollgate.toml"))
             .unwrap_err()
