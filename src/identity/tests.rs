@@ -356,6 +356,23 @@ async fn the_bearer_never_goes_to_a_jwks_uri_the_discovery_document_names_elsewh
 }
 
 #[test]
+fn an_iat_near_i64_min_is_too_old_not_an_overflow() {
+    // fuzz/regressions/workload_jwt/iat-i64-min: `now - iat` overflowed, a panic in debug
+    // builds and in release builds a wrapped (negative) age that passed `max_token_age`.
+    let cfg: IssuerConfig =
+        serde_json::from_value(json!({"name": "k8s", "issuer": "https://issuer.example"})).unwrap();
+    let claims = json!({
+        "iss": "https://issuer.example",
+        "sub": "system:serviceaccount:ns:sa",
+        "aud": ["tollgate"],
+        "exp": 4_102_444_800u64,
+        "iat": i64::MIN,
+        "kubernetes.io": {"namespace": "ns", "serviceaccount": {"name": "sa"}},
+    });
+    assert_eq!(workload(&cfg, claims).unwrap_err(), IdentityError::TooOld);
+}
+
+#[test]
 fn dev_issuer_mints_tokens_its_jwks_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let a = DevIssuer::load_or_create(dir.path()).unwrap();

@@ -335,6 +335,30 @@ fn usage_is_read_from_each_body_shape() {
     assert_eq!(usage_from_body(Api::ChatCompletions, b"garbage"), None);
 }
 
+#[test]
+fn anthropic_input_counts_past_u64_saturate_rather_than_wrap() {
+    // fuzz/regressions/sse_stream/anthropic-usage-overflow: the three input counts were added
+    // unchecked, a panic in debug builds and a wrapped-around (tiny) charge in release builds.
+    let max = u64::MAX;
+    let body = format!(
+        r#"{{"usage":{{"input_tokens":{max},"cache_creation_input_tokens":1,"cache_read_input_tokens":{max}}}}}"#
+    );
+    let want = Some(Usage {
+        input_tokens: max,
+        output_tokens: 0,
+        cached_input_tokens: max,
+    });
+    assert_eq!(usage_from_body(Api::Messages, body.as_bytes()), want);
+    let start = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{body}}}\n\n"
+    );
+    let (_, usage) = run(Api::Messages, false, start.as_bytes(), &[]);
+    assert_eq!(usage, want);
+    let delta = format!("data: {{\"type\":\"message_delta\",{}\n\n", &body[1..]);
+    let (_, usage) = run(Api::Messages, false, delta.as_bytes(), &[]);
+    assert_eq!(usage, want);
+}
+
 const OPENAI_STREAM: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n\
 data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\r\n\r\n\
 : keep-alive comment\n\n\
@@ -385,6 +409,26 @@ fn observer_reads_usage_and_strips_only_the_usage_chunk() {
             cached_input_tokens: 0
         })
     );
+}
+
+#[test]
+fn an_event_fed_byte_by_byte_is_scanned_once() {
+    // The search for an event's end started over at every chunk: an upstream sending one long
+    // event a byte at a time cost time quadratic in its size (minutes for this one).
+    let mut stream = vec![b'a'; 256 * 1024];
+    stream.extend_from_slice(
+        b"\r\n\r\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\r\n\r\n",
+    );
+    let cuts: Vec<usize> = (1..stream.len()).collect();
+    let started = std::time::Instant::now();
+    let (out, usage) = run(Api::ChatCompletions, true, &stream, &cuts);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(
+        out.len(),
+        256 * 1024 + 4,
+        "the usage chunk is stripped, the rest relayed"
+    );
+    assert_eq!(usage.map(|u| u.input_tokens), Some(1));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use super::Api;
 use super::meter::OutputMeter;
 use bytes::{Bytes, BytesMut};
+use memchr::memmem;
 use serde_json::Value;
 
 /// Largest single pending event the observer buffers; past it the stream passes through
@@ -46,11 +47,14 @@ fn responses_usage(usage: &Value) -> Option<Usage> {
     })
 }
 
-/// Anthropic counts cache reads and writes apart from `input_tokens`.
+/// Anthropic counts cache reads and writes apart from `input_tokens`. The sum saturates: an
+/// upstream reporting absurd counts is charged the most, never a wrapped-around few.
 fn anthropic_input(usage: &Value) -> (u64, u64) {
     let read = u(&usage["cache_read_input_tokens"]);
     (
-        u(&usage["input_tokens"]) + u(&usage["cache_creation_input_tokens"]) + read,
+        u(&usage["input_tokens"])
+            .saturating_add(u(&usage["cache_creation_input_tokens"]))
+            .saturating_add(read),
         read,
     )
 }
@@ -88,6 +92,9 @@ pub struct StreamObserver {
     api: Api,
     strip: bool,
     buf: BytesMut,
+    /// How many bytes at the start of `buf` no event end begins in: the search resumes there,
+    /// so an event that arrives in many small chunks is scanned once, not once per chunk.
+    searched: usize,
     usage: Option<Usage>,
     passthrough: bool,
     meter: Option<OutputMeter>,
@@ -101,6 +108,7 @@ impl StreamObserver {
             api,
             strip: strip_usage_chunk,
             buf: BytesMut::new(),
+            searched: 0,
             usage: None,
             passthrough: false,
             meter: None,
@@ -144,8 +152,9 @@ impl StreamObserver {
         let whole_events = self.strip || self.meter.is_some();
         self.buf.extend_from_slice(chunk);
         let mut out = BytesMut::new();
-        while let Some(end) = event_end(&self.buf) {
+        while let Some(end) = event_end(&self.buf, self.searched) {
             let event = self.buf.split_to(end);
+            self.searched = 0;
             let keep = self.observe(&event);
             if self.cut {
                 // This event went past the limit: it is not sent; the API's own ending is.
@@ -159,6 +168,8 @@ impl StreamObserver {
                 out.extend_from_slice(&event);
             }
         }
+        // No event end starts before the last 3 bytes (the rest of a "\r\n\r\n" may follow).
+        self.searched = self.buf.len().saturating_sub(3);
         if self.buf.len() > MAX_EVENT_BYTES {
             // Give up parsing rather than buffer without bound.
             self.passthrough = true;
@@ -273,16 +284,14 @@ impl StreamObserver {
     }
 }
 
-/// Index just past the first complete event (its blank line included).
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let lf = find(buf, b"\n\n").map(|i| i + 2);
-    let crlf = find(buf, b"\r\n\r\n").map(|i| i + 4);
+/// Index just past the first complete event (its blank line included), when no event end
+/// starts before `from`.
+fn event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let rest = buf.get(from..)?;
+    let lf = memmem::find(rest, b"\n\n").map(|i| from + i + 2);
+    let crlf = memmem::find(rest, b"\r\n\r\n").map(|i| from + i + 4);
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
 }
