@@ -309,7 +309,12 @@ fn workload(cfg: &IssuerConfig, c: Value) -> Result<Workload, IdentityError> {
     {
         return Err(IdentityError::NotYetValid);
     }
-    let iat = c["iat"].as_i64();
+    // A present `iat` must be a NumericDate: one that is not (a float, a string, past i64)
+    // would otherwise skip the age checks below.
+    let iat = match c.get("iat") {
+        None => None,
+        Some(v) => Some(seconds(v).ok_or(IdentityError::Invalid("iat"))?),
+    };
     if let Some(iat) = iat {
         if iat > now + leeway {
             return Err(IdentityError::Invalid("iat is in the future"));

@@ -356,7 +356,7 @@ async fn the_bearer_never_goes_to_a_jwks_uri_the_discovery_document_names_elsewh
 }
 
 #[test]
-fn an_iat_near_i64_min_is_too_old_not_an_overflow() {
+fn an_iat_that_is_no_numeric_date_is_refused_not_an_overflow() {
     // fuzz/regressions/workload_jwt/iat-i64-min: `now - iat` overflowed, a panic in debug
     // builds and in release builds a wrapped (negative) age that passed `max_token_age`.
     let cfg: IssuerConfig =
@@ -369,7 +369,24 @@ fn an_iat_near_i64_min_is_too_old_not_an_overflow() {
         "iat": i64::MIN,
         "kubernetes.io": {"namespace": "ns", "serviceaccount": {"name": "sa"}},
     });
-    assert_eq!(workload(&cfg, claims).unwrap_err(), IdentityError::TooOld);
+    assert_eq!(
+        workload(&cfg, claims.clone()).unwrap_err(),
+        IdentityError::Invalid("iat")
+    );
+    // Nor may one slip past the age checks by not being an i64.
+    for iat in [
+        json!(1.5e9),
+        json!("1700000000"),
+        json!(u64::MAX),
+        json!(-1),
+    ] {
+        let mut c = claims.clone();
+        c["iat"] = iat.clone();
+        assert!(
+            matches!(workload(&cfg, c), Err(IdentityError::Invalid(_))),
+            "iat {iat}"
+        );
+    }
 }
 
 #[test]
