@@ -719,6 +719,18 @@ async fn app_with_secrets(secrets: String) -> TestApp {
     .await
 }
 
+/// A fresh prefix on `bao` holding team-a's OpenAI key (its `secrets_toml` prefix).
+async fn team_a_on_bao(bao: &Bao) -> String {
+    let p = unique_prefix();
+    bao.put_key_with(
+        &format!("{p}/openai/team-a"),
+        OPENAI_KEY,
+        &[("billing_owner", "team-a")],
+    )
+    .await;
+    p
+}
+
 /// A fresh prefix on `moto` holding team-a's OpenAI key (its `secrets_toml` prefix).
 async fn team_a_on(moto: &Moto) -> String {
     let p = format!("{}/", unique_prefix());
@@ -750,13 +762,7 @@ fn last_key_seen(app: &TestApp) -> Option<String> {
 #[tokio::test]
 async fn tollgate_serves_with_the_vault_key_and_rides_out_a_vault_outage() {
     let mut bao = Bao::spawn().await;
-    let p = unique_prefix();
-    bao.put_key_with(
-        &format!("{p}/openai/team-a"),
-        OPENAI_KEY,
-        &[("billing_owner", "team-a")],
-    )
-    .await;
+    let p = team_a_on_bao(&bao).await;
     bao.put_key_with(
         &format!("{p}/anthropic/team-a"),
         ANTHROPIC_KEY,
@@ -928,13 +934,7 @@ async fn readiness(app: &TestApp) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_sealed_under_load_fails_no_call_and_unsealing_brings_refreshes_back() {
     let bao = Bao::spawn().await;
-    let p = unique_prefix();
-    bao.put_key_with(
-        &format!("{p}/openai/team-a"),
-        OPENAI_KEY,
-        &[("billing_owner", "team-a")],
-    )
-    .await;
+    let p = team_a_on_bao(&bao).await;
     let secrets = bao
         .secrets_toml(&p)
         .replace("refresh_interval = \"1h\"", "refresh_interval = \"1s\"");
@@ -1278,13 +1278,7 @@ async fn app_with_break_glass_secret(secrets: String, name: &str) -> TestApp {
 #[tokio::test]
 async fn the_vault_break_glass_hash_is_replaced_without_a_restart_and_outlives_an_outage() {
     let mut bao = Bao::spawn().await;
-    let p = unique_prefix();
-    bao.put_key_with(
-        &format!("{p}/openai/team-a"),
-        OPENAI_KEY,
-        &[("billing_owner", "team-a")],
-    )
-    .await;
+    let p = team_a_on_bao(&bao).await;
     // Outside the key prefix: it is no provider key.
     let name = format!("{p}-admin/break-glass");
     let write = |hash: String| {
