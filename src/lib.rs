@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod quota;
 pub mod revocation;
 pub mod rotation;
+pub mod routing;
 pub mod secrets;
 pub mod spend;
 pub mod store;

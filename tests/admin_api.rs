@@ -1102,6 +1102,8 @@ fn spent(
         latency_ms: 5,
         prompt_sha256: None,
         provider_key_version: None,
+        requested_model: None,
+        deployment: None,
     }
 }
 

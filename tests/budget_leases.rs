@@ -263,6 +263,8 @@ async fn spend_recorded_before_leases_is_not_forgotten() {
             latency_ms: 1,
             prompt_sha256: None,
             provider_key_version: None,
+            requested_model: None,
+            deployment: None,
         };
         store
             .insert_spend(&[

@@ -41,11 +41,13 @@ async fn metrics_count_requests_tokens_money_refusals_and_upstream_errors_after_
         .to_str()
         .unwrap()
         .to_owned();
-    // The provider fails one call.
-    app.upstream.fail_next(
-        500,
-        json!({"error": {"message": "boom", "type": "server_error"}}),
-    );
+    // The provider fails one call, and its retry (routing retries a 500 once).
+    for _ in 0..2 {
+        app.upstream.fail_next(
+            500,
+            json!({"error": {"message": "boom", "type": "server_error"}}),
+        );
+    }
     let r = app
         .post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
         .await;
@@ -104,7 +106,14 @@ async fn metrics_count_requests_tokens_money_refusals_and_upstream_errors_after_
             &m,
             r#"tollgate_upstream_errors_total{provider="openai",status="500"}"#
         ),
-        1.0
+        2.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"tollgate_deployment_attempts_total{model="gpt-test",deployment="openai",outcome="failed"}"#
+        ),
+        2.0
     );
     assert_eq!(
         value(
@@ -255,10 +264,12 @@ async fn every_series_the_charts_alerts_and_dashboard_query_is_exposed() {
         .post(CHAT, &token, &TestApp::chat("unbound", "hi"))
         .await;
     assert!(refused.status().is_client_error());
-    app.upstream.fail_next(
-        500,
-        json!({"error": {"message": "boom", "type": "server_error"}}),
-    );
+    for _ in 0..2 {
+        app.upstream.fail_next(
+            500,
+            json!({"error": {"message": "boom", "type": "server_error"}}),
+        );
+    }
     let failed = app
         .post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
         .await;

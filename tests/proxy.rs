@@ -622,11 +622,17 @@ on_both_stores!(
 async fn upstream_failures_map_to_502_and_504_without_leaking_the_key(app: &TestApp) {
     let token = app.token_for("team-a").await;
     let body = TestApp::chat("gpt-test", "hi");
-    app.upstream
-        .fail_next(500, json!({"error": {"message": "boom"}}));
+    // A 500 is retried once (the default `routing.retries`) after a jittered backoff; a
+    // second 500 is the answer.
+    let calls = app.upstream.calls();
+    for _ in 0..2 {
+        app.upstream
+            .fail_next(500, json!({"error": {"message": "boom"}}));
+    }
     let r = app.post("/v1/chat/completions", &token, &body).await;
     let rid = request_id(&r);
     openai_error(r, 502, "upstream_error").await;
+    assert_eq!(app.upstream.calls() - calls, 2);
     assert_eq!(
         app.spend_row(&rid).await.cost_micro_usd,
         0,

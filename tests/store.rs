@@ -62,6 +62,8 @@ fn spend(id: &str, pool: &str, at: i64, cost: i64) -> SpendRecord {
         latency_ms: 42,
         prompt_sha256: None,
         provider_key_version: None,
+        requested_model: None,
+        deployment: None,
     }
 }
 

@@ -24,21 +24,45 @@ async fn spent(app: &TestApp) -> f64 {
 async fn a_provider_429_is_relayed_with_its_retry_after_and_charged_nothing() {
     let app = spawn_app(TestDbKind::Sqlite).await;
     let token = app.token_for("team-a").await;
-    app.upstream.rate_limit_next(7);
+    // A pause longer than the model's deadline (30 s by default) is not waited for: the
+    // provider's answer and its Retry-After go to the client.
+    app.upstream.rate_limit_next(45);
     let r = app
         .post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
         .await;
     assert_eq!(r.status(), 429);
-    assert_eq!(r.headers()["retry-after"], "7");
+    assert_eq!(r.headers()["retry-after"], "45");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "rate_limit_exceeded", "{v}");
     assert_eq!(spent(&app).await, 0.0, "a refused call costs nothing");
-    // Tollgate did not retry on its own: one call reached the provider.
+    // One call reached the provider.
     assert_eq!(app.upstream.requests().len(), 1);
+    // The deployment is paused on this replica for those 45 s: the next call is refused at
+    // once, with what is left of the pause, and never reaches the provider.
+    let r = app
+        .post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
+        .await;
+    assert_eq!(r.status(), 429);
+    let left: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((40..=45).contains(&left), "{left}");
+    assert_eq!(app.upstream.requests().len(), 1);
+
+    // A short pause is waited out within the deadline and the call retried: served.
+    let app = spawn_app(TestDbKind::Sqlite).await;
+    let token = app.token_for("team-a").await;
+    app.upstream.rate_limit_next(1);
+    let started = std::time::Instant::now();
     let r = app
         .post(CHAT, &token, &TestApp::chat("gpt-test", "hi"))
         .await;
     assert_eq!(r.status(), 200);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(r.headers()["x-tollgate-attempts"], "2");
+    assert_eq!(app.upstream.requests().len(), 2);
     assert!(spent(&app).await > 0.0);
 }
 

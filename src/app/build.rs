@@ -310,6 +310,8 @@ impl Application {
             Arc::clone(&admin),
         );
         requests.register(metrics.registry_mut());
+        let breakers = crate::routing::Breakers::new();
+        metrics.register_collector(super::metrics::CircuitCollector(Arc::clone(&breakers)));
         metrics.register_collector(super::metrics::RotationCollector(Arc::clone(&rotator)));
         metrics.register_collector(super::metrics::WriterCollector(vec![
             ("spend", {
@@ -340,6 +342,7 @@ impl Application {
             rotator,
             leases,
             rates,
+            breakers,
             providers: provider_routes(&config),
             upstream_client,
             http,

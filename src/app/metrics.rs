@@ -183,6 +183,34 @@ impl Collector for ClockCollector {
     }
 }
 
+/// Each deployment's circuit on this replica (deployments no request has tried yet have no
+/// series).
+pub(super) struct CircuitCollector(pub(super) Arc<crate::routing::Breakers>);
+
+impl std::fmt::Debug for CircuitCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CircuitCollector")
+    }
+}
+
+impl Collector for CircuitCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "deployment_circuit_state",
+            "Each deployment's circuit breaker on this replica: 0 closed (serving), 1 open (skipped until its cool-down ends), 2 half-open (the next request probes it)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (key, state) in self.0.states(std::time::Instant::now()) {
+            // Keys are `model/deployment`; model names may hold '/', deployment names may not.
+            let (model, deployment) = key.rsplit_once('/').unwrap_or((key.as_str(), ""));
+            let g = ConstGauge::new(i64::from(state.code()));
+            g.encode(family.encode_family(&[("model", model), ("deployment", deployment)])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Uses of the break-glass token: any non-zero rate outside a drill deserves a page.
 struct AdminCollector(Arc<AdminAuth>);
 

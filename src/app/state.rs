@@ -104,6 +104,8 @@ pub struct Inner {
     pub leases: Arc<super::budget::Leases>,
     /// This replica's leases of the fleet-wide per-minute windows.
     pub rates: Arc<super::rates::RateLeases>,
+    /// Each deployment's health as this replica sees it.
+    pub breakers: Arc<crate::routing::Breakers>,
     /// Providers by id.
     pub providers: HashMap<String, ProviderRoute>,
     /// Pooled client of the provider calls (the hot path).

@@ -264,43 +264,250 @@ impl Validator<'_> {
                 format!("model name {name:?} has characters outside [A-Za-z0-9._:/-]"),
             );
         }
-        if !valid_id(&m.provider, false) {
-            self.err(
-                src,
-                self.sources[src].find(line, "provider:"),
-                format!("provider {:?} must match [a-z0-9][a-z0-9-]*", m.provider),
-            );
-        }
         let pl = self.sources[src].find(line, "price:");
-        let dollars = |field: &str, d: &raw::Decimal, this: &mut Self| match raw::micro_usd(&d.0) {
-            Ok(v) => v,
-            Err(e) => {
-                this.err(src, pl, format!("price.{field}: {e}"));
-                0
+        let price = self.price(src, pl, "price", &m.price);
+        let deployments = match (m.provider, m.deployments) {
+            (Some(provider), None) => {
+                // The short form: one deployment, named after its provider.
+                if !valid_id(&provider, false) {
+                    self.err(
+                        src,
+                        self.sources[src].find(line, "provider:"),
+                        format!("provider {provider:?} must match [a-z0-9][a-z0-9-]*"),
+                    );
+                }
+                vec![Deployment {
+                    name: provider.clone(),
+                    provider,
+                    upstream_model: m.upstream_model.unwrap_or_else(|| name.clone()),
+                    billing_owner: None,
+                    weight: 1,
+                    tier: 1,
+                    limits: Limits::default(),
+                    price,
+                }]
+            }
+            (None, Some(raw)) => {
+                if m.upstream_model.is_some() {
+                    self.err(
+                        src,
+                        self.sources[src].find(line, "upstream_model:"),
+                        format!("model {name}: upstream_model belongs to each of its deployments"),
+                    );
+                }
+                self.deployments(src, line, &name, price, raw)
+            }
+            (Some(_), Some(_)) => {
+                self.err(
+                    src,
+                    line,
+                    format!("model {name} has both provider and deployments: use one"),
+                );
+                Vec::new()
+            }
+            (None, None) => {
+                self.err(
+                    src,
+                    line,
+                    format!("model {name} needs a provider or a list of deployments"),
+                );
+                Vec::new()
             }
         };
-        let input = dollars("input", &m.price.input, self);
-        let output = dollars("output", &m.price.output, self);
-        let cached = m
-            .price
-            .cached_input
-            .as_ref()
-            .map_or(input, |c| dollars("cached_input", c, self));
-        let upstream_model = m.upstream_model.unwrap_or_else(|| name.clone());
+        let routing = self.routing(src, line, m.routing);
+        if deployments.is_empty() {
+            return;
+        }
         self.set.models.insert(
             name.clone(),
             Model {
                 name,
-                provider: m.provider,
-                upstream_model,
-                price: Price {
-                    input_per_mtok_micro_usd: input,
-                    output_per_mtok_micro_usd: output,
-                    cached_input_per_mtok_micro_usd: cached,
-                },
+                deployments,
+                price,
                 fallback: m.fallback,
+                routing,
             },
         );
+    }
+
+    fn price(&mut self, src: usize, at: usize, field: &str, p: &raw::RawPrice) -> Price {
+        let dollars = |name: &str, d: &raw::Decimal, this: &mut Self| match raw::micro_usd(&d.0) {
+            Ok(v) => v,
+            Err(e) => {
+                this.err(src, at, format!("{field}.{name}: {e}"));
+                0
+            }
+        };
+        let input = dollars("input", &p.input, self);
+        let output = dollars("output", &p.output, self);
+        let cached = p
+            .cached_input
+            .as_ref()
+            .map_or(input, |c| dollars("cached_input", c, self));
+        Price {
+            input_per_mtok_micro_usd: input,
+            output_per_mtok_micro_usd: output,
+            cached_input_per_mtok_micro_usd: cached,
+        }
+    }
+
+    fn deployments(
+        &mut self,
+        src: usize,
+        line: usize,
+        model: &str,
+        price: Price,
+        raw: Vec<raw::RawDeployment>,
+    ) -> Vec<Deployment> {
+        if raw.is_empty() {
+            self.err(
+                src,
+                self.sources[src].find(line, "deployments:"),
+                format!("model {model}: deployments must list at least one"),
+            );
+        }
+        let mut at = self.sources[src].find(line, "deployments:");
+        let mut out: Vec<Deployment> = Vec::new();
+        for d in raw {
+            let dl = self.sources[src].find(at, &format!("name: {}", d.name));
+            at = dl + 1;
+            if !valid_id(&d.name, false) {
+                self.err(
+                    src,
+                    dl,
+                    format!(
+                        "deployment name {:?} must match [a-z0-9][a-z0-9-_.]*",
+                        d.name
+                    ),
+                );
+            }
+            if out.iter().any(|o| o.name == d.name) {
+                self.err(
+                    src,
+                    dl,
+                    format!("model {model} has two deployments named {}", d.name),
+                );
+                continue;
+            }
+            if !valid_id(&d.provider, false) {
+                self.err(
+                    src,
+                    self.sources[src].find(dl, "provider:"),
+                    format!("provider {:?} must match [a-z0-9][a-z0-9-]*", d.provider),
+                );
+            }
+            let weight = match d.weight {
+                None => 1,
+                Some(w @ 0..=1000) => w as u32,
+                Some(w) => {
+                    self.err(
+                        src,
+                        self.sources[src].find(dl, "weight:"),
+                        format!("weight must be between 0 and 1000, not {w}"),
+                    );
+                    1
+                }
+            };
+            let tier = match d.tier {
+                None => 1,
+                Some(t @ 1..=9) => t as u8,
+                Some(t) => {
+                    self.err(
+                        src,
+                        self.sources[src].find(dl, "tier:"),
+                        format!("tier must be between 1 and 9, not {t}"),
+                    );
+                    1
+                }
+            };
+            if let Some(o) = &d.billing_owner
+                && o.trim().is_empty()
+            {
+                self.err(src, dl, "billing_owner must not be empty");
+            }
+            let limits = self.limits(src, dl, d.limits);
+            let price = match &d.price {
+                Some(p) => {
+                    let pl = self.sources[src].find(dl, "price:");
+                    self.price(src, pl, "price", p)
+                }
+                None => price,
+            };
+            out.push(Deployment {
+                upstream_model: d.upstream_model.unwrap_or_else(|| model.to_owned()),
+                name: d.name,
+                provider: d.provider,
+                billing_owner: d.billing_owner,
+                weight,
+                tier,
+                limits,
+                price,
+            });
+        }
+        out
+    }
+
+    fn routing(&mut self, src: usize, line: usize, r: Option<raw::RawRouting>) -> Routing {
+        let mut out = Routing::default();
+        let Some(r) = r else { return out };
+        let rl = self.sources[src].find(line, "routing:");
+        let duration = |this: &mut Self, field: &str, v: &RawDuration| -> Option<Duration> {
+            let at = this.sources[src].find(rl, &format!("{field}:"));
+            let d = match v {
+                RawDuration::Secs(s) => Duration::from_secs(*s),
+                RawDuration::Text(t) => match humantime::parse_duration(t) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        this.err(src, at, format!("routing: {field}: {e}"));
+                        return None;
+                    }
+                },
+            };
+            if d < Duration::from_millis(100) || d > Duration::from_secs(15 * 60) {
+                this.err(
+                    src,
+                    at,
+                    format!("routing: {field} must be between 100ms and 15m"),
+                );
+                return None;
+            }
+            Some(d)
+        };
+        match r.retries {
+            None => {}
+            Some(n @ 0..=5) => out.retries = n as u32,
+            Some(n) => self.err(
+                src,
+                self.sources[src].find(rl, "retries:"),
+                format!("routing: retries must be between 0 and 5, not {n}"),
+            ),
+        }
+        if let Some(d) = r
+            .deadline
+            .as_ref()
+            .and_then(|d| duration(self, "deadline", d))
+        {
+            out.deadline = d;
+        }
+        if let Some(b) = r.breaker {
+            match b.failures {
+                None => {}
+                Some(n @ 1..=100) => out.breaker_failures = n as u32,
+                Some(n) => self.err(
+                    src,
+                    self.sources[src].find(rl, "failures:"),
+                    format!("routing: breaker.failures must be between 1 and 100, not {n}"),
+                ),
+            }
+            if let Some(d) = b
+                .cooldown
+                .as_ref()
+                .and_then(|d| duration(self, "cooldown", d))
+            {
+                out.breaker_cooldown = d;
+            }
+        }
+        out
     }
 
     fn check_fallbacks(&mut self, at: &BTreeMap<String, (usize, usize)>) {
@@ -315,12 +522,18 @@ impl Validator<'_> {
                     fl,
                     format!("fallback {fb} of model {} is not a defined model", m.name),
                 ),
-                Some(f) if f.provider != m.provider => self.err(
+                // A request falls back within the API family it was sent in: every provider
+                // of the fallback is one the model itself is served by.
+                Some(f) if f.providers().any(|p| !m.providers().any(|q| q == p)) => self.err(
                     src,
                     fl,
                     format!(
-                        "fallback {fb} of model {} has another provider ({})",
-                        m.name, f.provider
+                        "fallback {fb} of model {} is served by a provider it is not ({})",
+                        m.name,
+                        f.providers()
+                            .filter(|p| !m.providers().any(|q| q == *p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ),
                 Some(_) => {

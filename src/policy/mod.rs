@@ -81,7 +81,7 @@ impl PolicySet {
     }
     /// Provider ids models refer to.
     pub fn providers_referenced(&self) -> BTreeSet<&str> {
-        self.models.values().map(|m| m.provider.as_str()).collect()
+        self.models.values().flat_map(Model::providers).collect()
     }
     /// SHA-256 of the files it was loaded from.
     pub fn digest(&self) -> &str {

@@ -3,19 +3,85 @@
 use globset::GlobMatcher;
 use std::time::Duration;
 
-/// A model clients may ask for.
+/// A model clients may ask for: a name that routes to one or more deployments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Model {
     /// Name clients send.
+    pub name: String,
+    /// Where it is served, in policy order (at least one; names unique).
+    pub deployments: Vec<Deployment>,
+    /// Prices (a deployment may have its own).
+    pub price: Price,
+    /// Cheaper model used past a pool's `fallback_at`.
+    pub fallback: Option<String>,
+    /// Retries, deadline and circuit breaker.
+    pub routing: Routing,
+}
+
+impl Model {
+    /// The first deployment of the first tier (what a one-provider model is).
+    pub fn primary(&self) -> &Deployment {
+        // `load` never builds a model without deployments.
+        let first_tier = self.deployments.iter().map(|d| d.tier).min().unwrap_or(1);
+        self.deployments
+            .iter()
+            .find(|d| d.tier == first_tier)
+            .unwrap_or(&self.deployments[0])
+    }
+
+    /// Provider ids of its deployments.
+    pub fn providers(&self) -> impl Iterator<Item = &str> {
+        self.deployments.iter().map(|d| d.provider.as_str())
+    }
+}
+
+/// One place a model is served: a provider (its base URL and keys live in the config and the
+/// secret store), the model name there, whose keys pay, and its share of the load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// Unique within the model (`x-tollgate-deployment`, spend rows, metrics).
     pub name: String,
     /// Provider id.
     pub provider: String,
     /// Name sent upstream.
     pub upstream_model: String,
-    /// Prices.
+    /// Keys of this billing owner serve it, whatever the binding's (`None`: the binding's).
+    pub billing_owner: Option<String>,
+    /// Share of its tier's load (0: only when the others of its tier cannot serve).
+    pub weight: u32,
+    /// 1 is tried first; a higher tier only when every deployment of the lower ones failed
+    /// or cannot serve.
+    pub tier: u8,
+    /// The provider's own limits of this deployment's key (fleet-wide rpm and tpm; the
+    /// concurrency is per replica).
+    pub limits: Limits,
+    /// Prices here.
     pub price: Price,
-    /// Cheaper model used past a pool's `fallback_at`.
-    pub fallback: Option<String>,
+}
+
+/// How a model's requests move between its deployments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Routing {
+    /// Rounds over the deployments after the first, with jittered backoff, within the deadline.
+    pub retries: u32,
+    /// A request is not retried or failed over past this long after it arrived.
+    pub deadline: Duration,
+    /// Consecutive failures that open a deployment's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one probe is let through (doubling, up to
+    /// ten times, while probes fail).
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Routing {
+            retries: 1,
+            deadline: Duration::from_secs(30),
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Micro-dollars per million tokens.

@@ -34,10 +34,40 @@ pub(super) struct RawRotation {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawModel {
-    pub provider: String,
+    pub provider: Option<String>,
     pub upstream_model: Option<String>,
     pub price: RawPrice,
     pub fallback: Option<String>,
+    pub deployments: Option<Vec<RawDeployment>>,
+    pub routing: Option<RawRouting>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDeployment {
+    pub name: String,
+    pub provider: String,
+    pub upstream_model: Option<String>,
+    pub billing_owner: Option<String>,
+    pub weight: Option<i64>,
+    pub tier: Option<i64>,
+    pub limits: Option<RawLimits>,
+    pub price: Option<RawPrice>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRouting {
+    pub retries: Option<i64>,
+    pub deadline: Option<RawDuration>,
+    pub breaker: Option<RawBreaker>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBreaker {
+    pub failures: Option<i64>,
+    pub cooldown: Option<RawDuration>,
 }
 
 #[derive(Deserialize)]

@@ -59,7 +59,7 @@ fn a_valid_policy_loads_with_exact_prices_and_defaults() {
     let d = dir_with(&[("p.yaml", GOOD)]);
     let set = load_dir(d.path()).unwrap();
     let big = set.model("big").unwrap();
-    assert_eq!(big.upstream_model, "big-2024");
+    assert_eq!(big.primary().upstream_model, "big-2024");
     assert_eq!(big.price.input_per_mtok_micro_usd, 2_500_000);
     assert_eq!(big.price.cached_input_per_mtok_micro_usd, 1_250_000);
     assert_eq!(
@@ -271,7 +271,8 @@ fn fallback_must_exist_share_the_provider_and_not_loop() {
     let errs = errors(&[("a.yaml", text)]);
     assert!(errs.iter().any(|(_, e)| e.contains("loops")), "{errs:?}");
     assert!(
-        errs.iter().any(|(_, e)| e.contains("another provider")),
+        errs.iter()
+            .any(|(_, e)| e.contains("served by a provider it is not (openai)")),
         "{errs:?}"
     );
 }
@@ -312,7 +313,12 @@ fn reload_swaps_good_edits_and_keeps_the_last_good_set() {
     .unwrap();
     assert!(store.reload().unwrap());
     assert_eq!(
-        store.current().model("big").unwrap().upstream_model,
+        store
+            .current()
+            .model("big")
+            .unwrap()
+            .primary()
+            .upstream_model,
         "big-2025"
     );
 }
@@ -331,12 +337,12 @@ fn the_shipped_examples_are_valid() {
     assert!(
         b.models
             .iter()
-            .any(|m| set.model(m).unwrap().provider == "openai")
+            .any(|m| set.model(m).unwrap().primary().provider == "openai")
     );
     assert!(
         b.models
             .iter()
-            .any(|m| set.model(m).unwrap().provider == "anthropic")
+            .any(|m| set.model(m).unwrap().primary().provider == "anthropic")
     );
 }
 
@@ -428,4 +434,159 @@ fn bad_rotation_schedules_name_the_problem() {
             .any(|(l, m)| *l == 5 && m.contains("defined twice")),
         "{errs:?}"
     );
+}
+
+const ROUTED: &str = r#"
+models:
+  chat:
+    price: { input: 1, output: 2 }
+    routing: { retries: 2, deadline: 20s, breaker: { failures: 5, cooldown: 10s } }
+    deployments:
+      - name: east
+        provider: azure-east
+        upstream_model: gpt-4o-2024-08-06
+        weight: 3
+        limits: { rpm: 600, tpm: 200000 }
+      - name: west
+        provider: azure-west
+      - name: onprem
+        provider: vllm
+        upstream_model: llama-3-70b
+        billing_owner: platform
+        tier: 2
+        weight: 0
+        price: { input: 0.1, output: 0.1 }
+  chat-mini:
+    provider: azure-east
+    price: { input: 0.1, output: 0.2 }
+"#;
+
+#[test]
+fn deployments_load_with_their_defaults_and_the_short_form_is_one_deployment() {
+    let set = load_str("p.yaml", ROUTED).unwrap();
+    let chat = set.model("chat").unwrap();
+    let names: Vec<&str> = chat.deployments.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["east", "west", "onprem"]);
+    let [east, west, onprem] = &chat.deployments[..] else {
+        panic!()
+    };
+    assert_eq!((east.weight, east.tier, east.limits.rpm), (3, 1, Some(600)));
+    assert_eq!(east.upstream_model, "gpt-4o-2024-08-06");
+    assert_eq!(
+        (west.weight, west.tier, west.upstream_model.as_str()),
+        (1, 1, "chat")
+    );
+    assert_eq!(
+        west.price, chat.price,
+        "a deployment inherits the model's price"
+    );
+    assert_eq!((onprem.weight, onprem.tier), (0, 2));
+    assert_eq!(onprem.billing_owner.as_deref(), Some("platform"));
+    assert_eq!(onprem.price.input_per_mtok_micro_usd, 100_000);
+    assert_eq!(chat.routing.retries, 2);
+    assert_eq!(chat.routing.deadline, Duration::from_secs(20));
+    assert_eq!(chat.routing.breaker_failures, 5);
+    assert_eq!(chat.routing.breaker_cooldown, Duration::from_secs(10));
+    let mini = set.model("chat-mini").unwrap();
+    assert_eq!(mini.deployments.len(), 1);
+    assert_eq!(mini.primary().name, "azure-east");
+    assert_eq!(mini.routing, Routing::default());
+    let providers = set.providers_referenced();
+    assert_eq!(
+        providers.into_iter().collect::<Vec<_>>(),
+        ["azure-east", "azure-west", "vllm"]
+    );
+}
+
+#[test]
+fn bad_deployments_name_the_problem_and_its_line() {
+    let bad = r#"
+models:
+  both:
+    provider: openai
+    price: { input: 1, output: 1 }
+    deployments:
+      - name: a
+        provider: openai
+  neither:
+    price: { input: 1, output: 1 }
+  none:
+    price: { input: 1, output: 1 }
+    deployments: []
+  odd:
+    price: { input: 1, output: 1 }
+    upstream_model: x
+    routing: { retries: 9, deadline: 1ms, breaker: { failures: 0 } }
+    deployments:
+      - name: a
+        provider: openai
+        weight: 1001
+        tier: 0
+      - name: a
+        provider: openai
+      - name: Bad!
+        provider: "UPPER"
+        billing_owner: " "
+        price: { input: -1, output: 1 }
+"#;
+    let errs = errors(&[("p.yaml", bad)]);
+    let has = |line: usize, text: &str| {
+        assert!(
+            errs.iter().any(|(l, m)| *l == line && m.contains(text)),
+            "no {text:?} at line {line}: {errs:?}"
+        );
+    };
+    has(3, "has both provider and deployments");
+    has(9, "needs a provider or a list of deployments");
+    has(13, "deployments must list at least one");
+    has(16, "upstream_model belongs to each of its deployments");
+    has(17, "retries must be between 0 and 5");
+    has(17, "deadline must be between 100ms and 15m");
+    has(17, "breaker.failures must be between 1 and 100");
+    has(21, "weight must be between 0 and 1000");
+    has(22, "tier must be between 1 and 9");
+    has(23, "two deployments named a");
+    has(25, "deployment name \"Bad!\"");
+    has(26, "provider \"UPPER\" must match");
+    has(25, "billing_owner must not be empty");
+    has(28, "price.input");
+}
+
+#[test]
+fn a_fallback_is_served_only_by_providers_of_its_model() {
+    let text = ROUTED
+        .replace(
+            "  chat-mini:\n    provider: azure-east",
+            "  chat-mini:\n    provider: elsewhere",
+        )
+        .replace(
+            "    routing: { retries: 2",
+            "    fallback: chat-mini\n    routing: { retries: 2",
+        );
+    let err = load_str("p.yaml", &text).unwrap_err().to_string();
+    assert!(
+        err.contains("served by a provider it is not (elsewhere)"),
+        "{err}"
+    );
+    let ok = text.replace("provider: elsewhere", "provider: vllm");
+    load_str("p.yaml", &ok).unwrap();
+}
+
+#[test]
+fn the_readme_routing_example_is_a_valid_policy() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("# policies/models.yaml\n")
+        .expect("the README's routing example");
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("end of the block")];
+    let set = load_str("README.md", block).unwrap();
+    let m = set.model("gpt-4o").unwrap();
+    let shape: Vec<(&str, u32, u8)> = m
+        .deployments
+        .iter()
+        .map(|d| (d.name.as_str(), d.weight, d.tier))
+        .collect();
+    assert_eq!(shape, [("east", 3, 1), ("west", 1, 1), ("openai", 1, 2)]);
+    assert_eq!(m.deployments[0].limits.rpm, Some(600));
 }

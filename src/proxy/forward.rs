@@ -1,11 +1,14 @@
-//! The upstream leg: send the rewritten request with the real key (or answer from the mock
-//! provider), then relay the answer — plain bodies read whole (bounded) to take their usage,
-//! streams relayed event by event while the observer reads usage — and settle.
+//! One attempt at the upstream leg: send the rewritten request to one deployment with the real
+//! key (or answer from the mock provider), then relay the answer — plain bodies read whole
+//! (bounded) to take their usage, streams relayed event by event while the observer reads
+//! usage — and settle; or hand the request back for another deployment when that is safe
+//! (nothing reached the client and the provider did no billable work).
 
 use super::settle::{Charge, Settlement};
 use crate::app::{AppState, ProviderRoute};
 use crate::error::{ApiError, Code};
 use crate::providers::{self, Api, InboundRequest, MockReply, ProviderKind, StreamObserver};
+use crate::routing::Verdict;
 use crate::secrets::ProviderKey;
 use crate::telemetry::trace;
 use axum::body::Body;
@@ -21,78 +24,157 @@ use std::time::Duration;
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
 
-/// Everything the upstream leg needs.
+/// What every attempt of a request shares.
 pub struct Outbound<'a> {
     /// The API called.
     pub api: Api,
     /// The parsed client request (after max_tokens clamping).
     pub request: &'a InboundRequest,
-    /// Body to send upstream.
-    pub body: Bytes,
-    /// Where to send it.
-    pub route: &'a ProviderRoute,
-    /// The key to inject (`None` for the mock provider).
-    pub key: Option<Arc<ProviderKey>>,
     /// The client's headers (only the allow-listed ones are forwarded).
     pub client_headers: &'a HeaderMap,
     /// A stream is cut off past this many output tokens (what was reserved for it).
     pub output_limit: Option<u64>,
-    /// The upstream model (its tokenizer meters the stream).
-    pub upstream_model: &'a str,
 }
 
-/// Send and relay. On error the settlement is finished with the right charge.
-pub async fn forward(
-    state: &AppState,
-    out: Outbound<'_>,
-    mut settle: Settlement,
-) -> Result<Response, ApiError> {
-    if out.route.kind == ProviderKind::Mock {
-        return Ok(mock(state, &out, settle));
+/// Where one attempt goes.
+pub struct Target<'a> {
+    /// The provider.
+    pub route: &'a ProviderRoute,
+    /// The key to inject (`None` for the mock provider).
+    pub key: Option<Arc<ProviderKey>>,
+    /// The upstream model (its tokenizer meters the stream).
+    pub upstream_model: &'a str,
+    /// Body to send.
+    pub body: Bytes,
+    /// How long to wait for the response head (the request's deadline may shorten it).
+    pub timeout: Duration,
+    /// The request's first attempt: only its time is Tollgate's overhead (a later one's
+    /// includes earlier attempts and backoff).
+    pub first: bool,
+}
+
+/// How an attempt ended.
+pub enum Attempt {
+    /// The answer (or a failure) for the client; the settlement is finished or travels with
+    /// the streamed body.
+    Done(Result<Response, ApiError>, Verdict, &'static str),
+    /// The deployment failed before anything reached the client and before the provider did
+    /// work it bills: the request may go elsewhere. The settlement comes back unfinished.
+    Failover(Box<Failover>),
+}
+
+/// A failed attempt handed back.
+pub struct Failover {
+    /// The request's settlement, unfinished.
+    pub settle: Settlement,
+    /// What the client is told if nothing else serves.
+    pub error: ApiError,
+    /// What it shows of the deployment.
+    pub verdict: Verdict,
+    /// The provider's own 429, relayed if nothing else serves.
+    pub relay: Option<Response>,
+    /// The metric's outcome label.
+    pub outcome: &'static str,
+    /// May a later round try this deployment again (not after it refused our key or
+    /// redirected: that does not pass within a request)?
+    pub again: bool,
+}
+
+fn failover(
+    settle: Settlement,
+    error: ApiError,
+    verdict: Verdict,
+    relay: Option<Response>,
+) -> Attempt {
+    failover_once(settle, error, verdict, relay, true)
+}
+
+fn failover_once(
+    settle: Settlement,
+    error: ApiError,
+    verdict: Verdict,
+    relay: Option<Response>,
+    again: bool,
+) -> Attempt {
+    let outcome = match verdict {
+        Verdict::Throttled(_) => "throttled",
+        _ => "failed",
+    };
+    Attempt::Failover(Box::new(Failover {
+        settle,
+        error,
+        verdict,
+        relay,
+        outcome,
+        again,
+    }))
+}
+
+/// A send that got no response head: a connection that never carried the request can go
+/// elsewhere; one that may have (a timeout, a break after sending) is finished here and
+/// charged its reservation, since the provider may be doing, and billing, the work.
+fn unsent(f: SendFailed, mut settle: Settlement) -> Attempt {
+    if f.maybe_served {
+        settle.finish(f.error.code.status().as_u16(), f.charge());
+        Attempt::Done(Err(f.error), Verdict::Failed, "timeout")
+    } else {
+        failover(settle, f.error, Verdict::Failed, None)
     }
-    let mut out = out;
+}
+
+/// Send to `target` and relay, or hand the request back ([`Attempt::Failover`]).
+pub async fn attempt(
+    state: &AppState,
+    out: &Outbound<'_>,
+    target: Target<'_>,
+    mut settle: Settlement,
+) -> Attempt {
+    if target.route.kind == ProviderKind::Mock {
+        return Attempt::Done(
+            Ok(mock(state, out, &target, settle)),
+            Verdict::Healthy,
+            "served",
+        );
+    }
+    let mut target = target;
     // Time spent waiting on the provider, so the rest is Tollgate's own (`overhead`).
     let mut upstream = std::time::Duration::ZERO;
     let sent_at = std::time::Instant::now();
     // The provider call's span lives until its body is read (or, streaming, relayed).
-    let (mut status, mut headers, mut body, mut span) = match send(state, &out).await {
+    let (mut status, mut headers, mut body, mut span) = match send(state, out, &target).await {
         Ok(r) => r,
-        Err(f) => {
-            settle.finish(f.error.code.status().as_u16(), f.charge());
-            return Err(f.error);
-        }
+        Err(f) => return unsent(f, settle),
     };
     // A rotation candidate the provider refused or failed: nothing has reached the client, so
     // the current version serves the request instead (once). The canary still counts the
     // failure, from the attempt's own row.
     if candidate_failed(status)
-        && let Some(k) = &out.key
+        && let Some(k) = &target.key
         && let Some(current) = state.keys.fallback_for(k)
     {
         if matches!(status.as_u16(), 401 | 403) && state.keys.quarantine(k) {
-            tracing::error!(provider = %out.route.id, provider_key = %k.id, version = %k.version, status = status.as_u16(),
+            tracing::error!(provider = %target.route.id, provider_key = %k.id, version = %k.version, status = status.as_u16(),
                 "provider rejected the rotation candidate; it no longer serves here and the canary will roll it back");
         }
         settle.failed_attempt(status.as_u16(), &k.version, &current.version);
-        out.key = Some(current);
+        target.key = Some(current);
         upstream += sent_at.elapsed();
         let sent_at = std::time::Instant::now();
-        (status, headers, body, span) = match send(state, &out).await {
+        (status, headers, body, span) = match send(state, out, &target).await {
             Ok(r) => r,
-            Err(f) => {
-                settle.finish(f.error.code.status().as_u16(), f.charge());
-                return Err(f.error);
-            }
+            Err(f) => return unsent(f, settle),
         };
         upstream += sent_at.elapsed();
     } else {
         upstream += sent_at.elapsed();
     }
-    state
-        .requests
-        .overhead(out.api.path(), settle.elapsed().saturating_sub(upstream));
+    if target.first {
+        state
+            .requests
+            .overhead(out.api.path(), settle.elapsed().saturating_sub(upstream));
+    }
     if !status.is_success() {
-        return upstream_failure(state, &out, status, &headers, body, settle).await;
+        return upstream_failure(state, &target, status, &headers, body, settle).await;
     }
     let is_sse = headers
         .get(header::CONTENT_TYPE)
@@ -101,15 +183,19 @@ pub async fn forward(
     if out.request.stream() && is_sse {
         let mut observer = StreamObserver::new(out.api, out.request.strip_usage_chunk());
         if let Some(limit) = out.output_limit {
-            observer = observer.with_output_limit(limit, out.upstream_model);
+            observer = observer.with_output_limit(limit, target.upstream_model);
         }
-        return Ok(stream_response(
-            status,
-            byte_stream(body, span),
-            observer,
-            settle,
-            state.upstream.idle_timeout,
-        ));
+        return Attempt::Done(
+            Ok(stream_response(
+                status,
+                byte_stream(body, span),
+                observer,
+                settle,
+                state.upstream.idle_timeout,
+            )),
+            Verdict::Healthy,
+            "served",
+        );
     }
     let bytes = match read_bounded(
         body,
@@ -121,7 +207,7 @@ pub async fn forward(
         Ok(b) => b,
         Err(e) => {
             settle.finish(e.code.status().as_u16(), Charge::WorstCase);
-            return Err(e);
+            return Attempt::Done(Err(e), Verdict::Failed, "timeout");
         }
     };
     let charge = providers::usage_from_body(out.api, &bytes).map_or_else(
@@ -132,7 +218,7 @@ pub async fn forward(
         Charge::Usage,
     );
     settle.finish(status.as_u16(), charge);
-    Ok(json_response(status, bytes))
+    Attempt::Done(Ok(json_response(status, bytes)), Verdict::Healthy, "served")
 }
 
 /// A provider call that got no response head.
@@ -158,8 +244,9 @@ impl SendFailed {
 async fn send(
     state: &AppState,
     out: &Outbound<'_>,
+    target: &Target<'_>,
 ) -> Result<(StatusCode, HeaderMap, Incoming, tracing::Span), SendFailed> {
-    let uri = out
+    let uri = target
         .route
         .endpoint(out.api)
         .ok_or_else(|| SendFailed {
@@ -167,7 +254,7 @@ async fn send(
             maybe_served: false,
         })?
         .clone();
-    let mut req = http::Request::new(Full::new(out.body.clone()));
+    let mut req = http::Request::new(Full::new(target.body.clone()));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
@@ -180,33 +267,36 @@ async fn send(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(k) = &out.key {
-        providers::apply_auth(out.route.kind, headers, &k.secret);
+    if let Some(k) = &target.key {
+        providers::apply_auth(target.route.kind, headers, &k.secret);
     }
     let host = req.uri().host().unwrap_or("-").to_owned();
-    let span = trace::client_span(&out.route.id, out.upstream_model, &host, req.headers_mut());
-    let sent = state.upstream_client.send(req);
-    let sent = tracing::Instrument::instrument(
-        tokio::time::timeout(state.upstream.response_timeout, sent),
-        span.clone(),
+    let span = trace::client_span(
+        &target.route.id,
+        target.upstream_model,
+        &host,
+        req.headers_mut(),
     );
+    let sent = state.upstream_client.send(req);
+    let sent =
+        tracing::Instrument::instrument(tokio::time::timeout(target.timeout, sent), span.clone());
     let resp = match sent.await {
         Err(_) => {
             trace::finish_client(&span, 504);
-            state.requests.upstream_error(&out.route.id, 504);
+            state.requests.upstream_error(&target.route.id, 504);
             return Err(SendFailed {
-                error: timeout_error(out),
+                error: timeout_error(target),
                 maybe_served: true,
             });
         }
         Ok(Err(e)) => {
             trace::finish_client(&span, 502);
-            tracing::warn!(provider = %out.route.id, error = %e, "upstream request failed");
-            state.requests.upstream_error(&out.route.id, 502);
+            tracing::warn!(provider = %target.route.id, error = %e, "upstream request failed");
+            state.requests.upstream_error(&target.route.id, 502);
             return Err(SendFailed {
                 error: ApiError::new(
                     Code::UpstreamError,
-                    format!("could not reach provider {}: {e}", out.route.id),
+                    format!("could not reach provider {}: {e}", target.route.id),
                 ),
                 maybe_served: matches!(e, super::client::SendError::Request),
             });
@@ -218,15 +308,15 @@ async fn send(
     if !parts.status.is_success() {
         state
             .requests
-            .upstream_error(&out.route.id, parts.status.as_u16());
+            .upstream_error(&target.route.id, parts.status.as_u16());
     }
     Ok((parts.status, parts.headers, body, span))
 }
 
-fn timeout_error(out: &Outbound<'_>) -> ApiError {
+fn timeout_error(target: &Target<'_>) -> ApiError {
     ApiError::new(
         Code::UpstreamTimeout,
-        format!("provider {} did not answer in time", out.route.id),
+        format!("provider {} did not answer in time", target.route.id),
     )
 }
 
@@ -245,58 +335,86 @@ fn byte_stream(body: Incoming, span: tracing::Span) -> ByteStream {
 
 async fn upstream_failure(
     state: &AppState,
-    out: &Outbound<'_>,
+    target: &Target<'_>,
     status: StatusCode,
     headers: &HeaderMap,
     body: Incoming,
     mut settle: Settlement,
-) -> Result<Response, ApiError> {
-    settle.finish(status.as_u16(), Charge::Nothing);
-    let key_id = out.key.as_ref().map_or("-", |k| k.id.as_str());
+) -> Attempt {
+    let provider = &target.route.id;
+    let key_id = target.key.as_ref().map_or("-", |k| k.id.as_str());
     match status.as_u16() {
         401 | 403 => {
             // The provider refused *our* key: never pass its message (it may echo the key).
-            // The key leaves service until the store holds a new version of it.
-            if let Some(k) = &out.key
+            // The key leaves service until the store holds a new version of it. Another
+            // deployment has keys of its own; the deployment itself answered.
+            if let Some(k) = &target.key
                 && state.keys.quarantine(k)
             {
-                tracing::error!(provider = %out.route.id, provider_key = key_id, version = %k.version, status = status.as_u16(),
+                tracing::error!(provider = %provider, provider_key = key_id, version = %k.version, status = status.as_u16(),
                     "provider rejected Tollgate's key; key quarantined until the secret store has a new version");
             }
-            Err(ApiError::new(
+            let e = ApiError::new(
                 Code::UpstreamError,
                 format!(
-                    "provider {} rejected Tollgate's provider key; operators have been alerted",
-                    out.route.id
+                    "provider {provider} rejected Tollgate's provider key; operators have been alerted"
                 ),
-            ))
+            );
+            failover_once(settle, e, Verdict::Healthy, None, false)
         }
-        s if s >= 500 => Err(ApiError::new(
-            Code::UpstreamError,
-            format!("provider {} failed with status {s}", out.route.id),
-        )),
-        // A redirect is never followed: the provider key would go with it.
-        s if s < 400 => Err(ApiError::new(
-            Code::UpstreamError,
-            format!(
-                "provider {} answered with status {s} instead of a result; redirects are not followed",
-                out.route.id
+        s if s >= 500 => failover(
+            settle,
+            ApiError::new(
+                Code::UpstreamError,
+                format!("provider {provider} failed with status {s}"),
             ),
-        )),
-        _ => {
-            // The provider's own verdict on the request (400, 404, 422, 429): relay it as is.
+            Verdict::Failed,
+            None,
+        ),
+        // A redirect is never followed: the provider key would go with it.
+        s if s < 400 => failover_once(
+            settle,
+            ApiError::new(
+                Code::UpstreamError,
+                format!(
+                    "provider {provider} answered with status {s} instead of a result; redirects are not followed"
+                ),
+            ),
+            Verdict::Failed,
+            None,
+            false,
+        ),
+        s => {
+            // The provider's own verdict on the request (400, 404, 422, 429): relayed as is
+            // — a 429 only if no other deployment serves.
             let bytes = read_bounded(body, 1024 * 1024, state.upstream.idle_timeout)
                 .await
                 .unwrap_or_default();
-            let bytes = match &out.key {
+            let bytes = match &target.key {
                 Some(k) => without_secret(bytes, secrecy::ExposeSecret::expose_secret(&k.secret)),
                 None => bytes,
             };
             let mut resp = json_response(status, bytes);
-            if let Some(ra) = headers.get(header::RETRY_AFTER) {
+            let retry_after = headers.get(header::RETRY_AFTER);
+            if let Some(ra) = retry_after {
                 resp.headers_mut().insert(header::RETRY_AFTER, ra.clone());
             }
-            Ok(resp)
+            if s == 429 {
+                // A pause the provider asked for; without one the deployment counts as
+                // failing (a key that is over its limit for an unknown time).
+                let pause = retry_after
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let e = ApiError::new(
+                    Code::RateLimitExceeded,
+                    format!("provider {provider} is rate limiting this model"),
+                );
+                let verdict = pause.map_or(Verdict::Failed, Verdict::Throttled);
+                return failover(settle, e, verdict, Some(resp));
+            }
+            settle.finish(status.as_u16(), Charge::Nothing);
+            Attempt::Done(Ok(resp), Verdict::Healthy, "client_error")
         }
     }
 }
@@ -488,9 +606,14 @@ fn stream_response(
     resp
 }
 
-fn mock(state: &AppState, out: &Outbound<'_>, mut settle: Settlement) -> Response {
+fn mock(
+    state: &AppState,
+    out: &Outbound<'_>,
+    target: &Target<'_>,
+    mut settle: Settlement,
+) -> Response {
     // The mock answers what a real provider would receive: the rewritten upstream body.
-    let upstream_req = match providers::parse_request(out.api, out.body.clone()) {
+    let upstream_req = match providers::parse_request(out.api, target.body.clone()) {
         Ok(r) => r,
         Err(_) => {
             settle.finish(500, Charge::Nothing);

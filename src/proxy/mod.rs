@@ -8,6 +8,7 @@ mod client;
 mod decisions;
 mod forward;
 pub mod hygiene;
+mod route;
 mod settle;
 
 pub use client::{SendError, UpstreamClient};
@@ -27,6 +28,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use forward::Outbound;
+use route::Candidate;
 use settle::Settlement;
 use std::time::{Duration, Instant};
 
@@ -292,14 +294,16 @@ async fn pipeline(
     };
     let Plan {
         model,
-        route,
-        key,
+        candidates,
         input_estimate,
         output_limit,
+        reserved_out,
         prices,
         ..
     } = plan;
     let rate = admission.rate_info();
+    // The row names the first candidate until an attempt names the one it went to.
+    let first = &candidates[0];
 
     let record = SpendRecord {
         request_id: request_id.to_owned(),
@@ -308,13 +312,16 @@ async fn pipeline(
         subject: claims.sub.clone(),
         team: claims.tollgate.team.clone(),
         pool: claims.tollgate.pool.clone(),
-        billing_owner: claims.tollgate.billing_owner.clone(),
-        provider: model.provider.clone(),
-        provider_key_id: key
+        billing_owner: first.billing_owner.clone(),
+        provider: first.route.id.clone(),
+        provider_key_id: first
+            .key
             .as_ref()
             .map_or_else(|| "mock".to_owned(), |k| k.id.clone()),
         model: model.name.clone(),
-        upstream_model: model.upstream_model.clone(),
+        upstream_model: first.deployment.upstream_model.clone(),
+        requested_model: Some(requested.clone()),
+        deployment: Some(first.deployment.name.clone()),
         endpoint: api.path().to_owned(),
         stream: req.stream(),
         input_tokens: 0,
@@ -324,7 +331,7 @@ async fn pipeline(
         status: 0,
         latency_ms: 0,
         prompt_sha256: Some(prompt_sha256),
-        provider_key_version: key.as_ref().map(|k| k.version.clone()),
+        provider_key_version: first.key.as_ref().map(|k| k.version.clone()),
     };
     let settle = Settlement::new(
         admission,
@@ -335,20 +342,20 @@ async fn pipeline(
         started,
         state.requests.clone(),
     );
-    let body = req.upstream_body(&model.upstream_model);
-    let mut resp = forward::forward(
+    let out = Outbound {
+        api,
+        request: &req,
+        client_headers: headers,
+        output_limit,
+    };
+    let mut resp = route::serve(
         state,
-        Outbound {
-            api,
-            request: &req,
-            body,
-            route,
-            key,
-            client_headers: headers,
-            output_limit,
-            upstream_model: &model.upstream_model,
-        },
+        model,
+        &out,
+        &candidates,
+        input_estimate + reserved_out,
         settle,
+        started,
     )
     .await?;
     set_rate_headers(resp.headers_mut(), &rate);
@@ -381,8 +388,8 @@ struct Degrade {
 /// What a request is admitted and forwarded with once its model is chosen.
 struct Plan<'s> {
     model: &'s Model,
-    route: &'s crate::app::ProviderRoute,
-    key: Option<std::sync::Arc<crate::secrets::ProviderKey>>,
+    /// The deployments that can serve it (at least one).
+    candidates: Vec<Candidate<'s>>,
     input_estimate: u64,
     /// A stream is cut off past this many output tokens.
     output_limit: Option<u64>,
@@ -392,7 +399,7 @@ struct Plan<'s> {
     worst_cost: Usd,
 }
 
-/// Route, key, `max_tokens` and worst case of serving `req` with `model`.
+/// Deployments, keys, `max_tokens` and worst case of serving `req` with `model`.
 fn plan<'s>(
     state: &'s AppState,
     api: Api,
@@ -400,73 +407,16 @@ fn plan<'s>(
     model: &'s Model,
     req: &mut providers::InboundRequest,
 ) -> Result<Plan<'s>, ApiError> {
-    let route = state.providers.get(&model.provider).ok_or_else(|| {
-        ApiError::new(
-            Code::NoProviderKey,
-            format!("provider {} is not configured", model.provider),
-        )
-    })?;
-    if route.kind.family().is_some_and(|f| f != api.family()) {
-        return Err(ApiError::new(
-            Code::InvalidRequest,
-            format!(
-                "model {} is served by provider {}, which does not speak {}",
-                model.name,
-                model.provider,
-                api.path()
-            ),
-        )
-        .param("model"));
-    }
-
-    // The key is chosen before anything is reserved: without one there is nothing to do.
-    let key = if route.kind == ProviderKind::Mock {
-        None
-    } else {
-        let k = state
-            .keys
-            .select(
-                &model.provider,
-                &model.name,
-                Owner {
-                    name: &claims.tollgate.billing_owner,
-                    shared: claims.tollgate.shared_keys,
-                },
-                |k| !state.revocations.key_disabled(&k.id),
-            )
-            .map_err(|e| match e {
-                NoKey::NoMatch => ApiError::new(
-                    Code::NoProviderKey,
-                    format!(
-                        "no usable {} key for billing owner {}{}",
-                        model.provider,
-                        claims.tollgate.billing_owner,
-                        if claims.tollgate.shared_keys {
-                            ""
-                        } else {
-                            " (binding does not allow shared keys)"
-                        }
-                    ),
-                )
-                .retry_after(30),
-                NoKey::Stale { age } => ApiError::new(
-                    Code::NoProviderKey,
-                    format!(
-                        "provider keys are unavailable: the secret store has not answered for {}s",
-                        age.as_secs()
-                    ),
-                )
-                .retry_after(30),
-            })?;
-        Some(k)
-    };
-
+    let candidates = candidates(state, api, claims, model)?;
     let max_out = if api == Api::Embeddings {
         0
     } else {
-        let default = key
-            .as_ref()
-            .and_then(|k| k.max_tokens_default)
+        // A key's own `max_tokens_default` lowers the default (the lowest of the keys the
+        // request may be served with: the answer must not depend on the deployment drawn).
+        let default = candidates
+            .iter()
+            .filter_map(|c| c.key.as_ref().and_then(|k| k.max_tokens_default))
+            .min()
             .map_or(claims.tollgate.default_max_tokens, |d| {
                 d.min(claims.tollgate.default_max_tokens)
             });
@@ -485,11 +435,16 @@ fn plan<'s>(
     let output_limit = (req.stream() && api != Api::Embeddings)
         .then(|| u64::from(max_out) + (u64::from(max_out) / 10).max(16));
     let reserved_out = output_limit.unwrap_or(u64::from(max_out));
-    let prices = Prices {
-        input: model.price.input_per_mtok_micro_usd,
-        output: model.price.output_per_mtok_micro_usd,
-        cached_input: model.price.cached_input_per_mtok_micro_usd,
-    };
+    // Reserved at the dearest deployment it may reach (failover may end there); charged at
+    // the prices of the one that serves.
+    let prices = candidates.iter().fold(Prices::default(), |p, c| {
+        let d = &c.deployment.price;
+        Prices {
+            input: p.input.max(d.input_per_mtok_micro_usd),
+            output: p.output.max(d.output_per_mtok_micro_usd),
+            cached_input: p.cached_input.max(d.cached_input_per_mtok_micro_usd),
+        }
+    });
     let worst_cost = pricing::cost(
         &prices,
         &Tokens {
@@ -514,14 +469,119 @@ fn plan<'s>(
 
     Ok(Plan {
         model,
-        route,
-        key,
+        candidates,
         input_estimate,
         output_limit,
         reserved_out,
         prices,
         worst_cost,
     })
+}
+
+/// The deployments of `model` that can serve `api` for this token, each with its key. None:
+/// the most telling reason (a missing key, then a provider that speaks another API, then a
+/// provider that is not configured).
+fn candidates<'s>(
+    state: &'s AppState,
+    api: Api,
+    claims: &crate::token::Claims,
+    model: &'s Model,
+) -> Result<Vec<Candidate<'s>>, ApiError> {
+    let mut out = Vec::with_capacity(model.deployments.len());
+    let mut unconfigured = None;
+    let mut other_api = None;
+    let mut no_key = None;
+    for d in &model.deployments {
+        let Some(route) = state.providers.get(&d.provider) else {
+            unconfigured.get_or_insert_with(|| {
+                ApiError::new(
+                    Code::NoProviderKey,
+                    format!("provider {} is not configured", d.provider),
+                )
+            });
+            continue;
+        };
+        if route.kind.family().is_some_and(|f| f != api.family()) {
+            other_api.get_or_insert_with(|| {
+                ApiError::new(
+                    Code::InvalidRequest,
+                    format!(
+                        "model {} is served by provider {}, which does not speak {}",
+                        model.name,
+                        d.provider,
+                        api.path()
+                    ),
+                )
+                .param("model")
+            });
+            continue;
+        }
+        // A deployment may name whose keys pay for it (a central on-prem key, say).
+        let owner = d
+            .billing_owner
+            .as_deref()
+            .unwrap_or(&claims.tollgate.billing_owner);
+        let key = if route.kind == ProviderKind::Mock {
+            None
+        } else {
+            let picked = state.keys.select(
+                &d.provider,
+                &model.name,
+                Owner {
+                    name: owner,
+                    shared: claims.tollgate.shared_keys,
+                },
+                |k| !state.revocations.key_disabled(&k.id),
+            );
+            match picked {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    no_key.get_or_insert_with(|| no_key_error(&d.provider, owner, claims, e));
+                    continue;
+                }
+            }
+        };
+        out.push(Candidate {
+            deployment: d,
+            route,
+            key,
+            billing_owner: owner.to_owned(),
+        });
+    }
+    if out.is_empty() {
+        return Err(no_key.or(other_api).or(unconfigured).unwrap_or_else(|| {
+            ApiError::new(
+                Code::NoProviderKey,
+                format!("model {} has no deployment", model.name),
+            )
+        }));
+    }
+    Ok(out)
+}
+
+fn no_key_error(provider: &str, owner: &str, claims: &crate::token::Claims, e: NoKey) -> ApiError {
+    match e {
+        NoKey::NoMatch => ApiError::new(
+            Code::NoProviderKey,
+            format!(
+                "no usable {provider} key for billing owner {owner}{}",
+                if claims.tollgate.shared_keys {
+                    ""
+                } else {
+                    " (binding does not allow shared keys)"
+                }
+            ),
+        )
+        .retry_after(30),
+        NoKey::Stale { age } => ApiError::new(
+            Code::NoProviderKey,
+            format!(
+                "provider keys are unavailable: the secret store has not answered for {}s",
+                age.as_secs()
+            ),
+        )
+        .retry_after(30),
+    }
 }
 
 /// The model of the token's allowlist with the lowest price that can serve `api`.
@@ -535,10 +595,12 @@ fn cheapest<'p>(
         .iter()
         .filter_map(|m| policy.model(m))
         .filter(|m| {
-            state
-                .providers
-                .get(&m.provider)
-                .is_some_and(|r| r.kind.family().is_none_or(|f| f == api.family()))
+            m.providers().any(|p| {
+                state
+                    .providers
+                    .get(p)
+                    .is_some_and(|r| r.kind.family().is_none_or(|f| f == api.family()))
+            })
         })
         .min_by_key(|m| {
             (

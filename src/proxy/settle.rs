@@ -5,7 +5,7 @@
 
 use crate::pricing::{self, Prices, Tokens, Usd};
 use crate::providers::Usage;
-use crate::quota::Admission;
+use crate::quota::{Admission, DeploymentSlot};
 use crate::spend::Writer;
 use crate::store::SpendRecord;
 use crate::telemetry::requests::{RequestMetrics, Settled};
@@ -30,9 +30,27 @@ pub enum Charge {
     },
 }
 
+/// Where an attempt goes, as the spend row records it.
+pub struct Served<'a> {
+    /// Deployment name.
+    pub deployment: &'a str,
+    /// Provider id.
+    pub provider: &'a str,
+    /// Model sent upstream.
+    pub upstream_model: &'a str,
+    /// Whose key pays.
+    pub billing_owner: &'a str,
+    /// The key (`None`: the mock provider).
+    pub key: Option<&'a crate::secrets::ProviderKey>,
+    /// The deployment's prices.
+    pub prices: Prices,
+}
+
 /// A request on its way to being settled.
 pub struct Settlement {
     admission: Option<Admission>,
+    /// The share of the serving deployment's own limits, settled with the request.
+    slot: Option<DeploymentSlot>,
     record: Option<SpendRecord>,
     prices: Prices,
     reserved_input: u64,
@@ -54,12 +72,38 @@ impl Settlement {
     ) -> Self {
         Settlement {
             admission: Some(admission),
+            slot: None,
             record: Some(record),
             prices,
             reserved_input,
             writer,
             started,
             metrics,
+        }
+    }
+
+    /// The next attempt goes to this deployment: the row names it, its key and upstream
+    /// model, and it is charged at its prices (never above the reservation, which priced the
+    /// dearest deployment the request could reach).
+    pub fn attempting(&mut self, at: Served<'_>, slot: Option<DeploymentSlot>) {
+        self.slot = slot;
+        self.prices = at.prices;
+        if let Some(rec) = self.record.as_mut() {
+            rec.deployment = Some(at.deployment.to_owned());
+            rec.provider = at.provider.to_owned();
+            rec.upstream_model = at.upstream_model.to_owned();
+            rec.billing_owner = at.billing_owner.to_owned();
+            rec.provider_key_id = at.key.map_or_else(|| "mock".to_owned(), |k| k.id.clone());
+            rec.provider_key_version = at.key.map(|k| k.version.clone());
+        }
+    }
+
+    /// The attempt failed without work done at the provider: its deployment slot is released
+    /// having used no tokens (its request still counts against the deployment's rpm: the
+    /// provider counted it too).
+    pub fn attempt_failed(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.settle(0);
         }
     }
 
@@ -123,6 +167,9 @@ impl Settlement {
             ),
         };
         admission.settle(tokens.input + tokens.output, cost);
+        if let Some(slot) = self.slot.take() {
+            slot.settle(tokens.input + tokens.output);
+        }
         rec.input_tokens = i64::try_from(tokens.input).unwrap_or(i64::MAX);
         rec.output_tokens = i64::try_from(tokens.output).unwrap_or(i64::MAX);
         rec.cached_input_tokens = i64::try_from(tokens.cached_input).unwrap_or(i64::MAX);
@@ -133,6 +180,7 @@ impl Settlement {
             request_id = %rec.request_id,
             subject = %rec.subject,
             model = %rec.model,
+            deployment = rec.deployment.as_deref().unwrap_or(""),
             provider_key = %rec.provider_key_id,
             status,
             input_tokens = rec.input_tokens,

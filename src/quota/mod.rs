@@ -149,6 +149,9 @@ pub enum RateKind {
     Token,
     /// A pool's limit (from policy).
     Pool,
+    /// A deployment's limit (from policy: the provider's own limit of its key), keyed
+    /// `model/deployment`.
+    Deployment,
 }
 
 impl RateKind {
@@ -157,6 +160,7 @@ impl RateKind {
         match self {
             RateKind::Token => "token",
             RateKind::Pool => "pool",
+            RateKind::Deployment => "deployment",
         }
     }
 }
@@ -446,6 +450,7 @@ pub struct PendingReport {
 pub struct Quota {
     tokens: Mutex<HashMap<String, Counters>>,
     pools: Mutex<HashMap<String, PoolState>>,
+    deployments: Mutex<HashMap<String, Counters>>,
     /// Woken (one waiter per settlement) when a reservation is released.
     released: tokio::sync::Notify,
 }
@@ -711,6 +716,10 @@ impl Quota {
                     .window(scope.unit)
                     .map(|w| w.grant(minute, got, asked, fleet))
             }),
+            RateKind::Deployment => self.deployments.lock().get_mut(&scope.name).and_then(|c| {
+                c.window(scope.unit)
+                    .map(|w| w.grant(minute, got, asked, fleet))
+            }),
         };
         if w.is_none() {
             tracing::debug!(
@@ -729,6 +738,9 @@ impl Quota {
         for (pool, p) in self.pools.lock().iter() {
             p.counters.needs(RateKind::Pool, pool, now_ms, &mut out);
         }
+        for (name, c) in self.deployments.lock().iter() {
+            c.needs(RateKind::Deployment, name, now_ms, &mut out);
+        }
         out
     }
 
@@ -738,6 +750,36 @@ impl Quota {
         self.tokens
             .lock()
             .retain(|_, c| c.in_flight > 0 || now.saturating_duration_since(c.last_used) < idle);
+    }
+
+    /// Take one request of `tokens` (worst case) from deployment `name`'s limits, or say why
+    /// not: [`Denied::Rate`] (its window is full: try another deployment),
+    /// [`Denied::NeedsRate`] (lease more and ask again), [`Denied::Concurrency`].
+    pub fn take_deployment(
+        self: &Arc<Self>,
+        name: &str,
+        limits: &Limits,
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<DeploymentSlot, Denied> {
+        let mut deployments = self.deployments.lock();
+        let c = deployments.entry(name.to_owned()).or_default();
+        c.sync_limits(limits, now_ms);
+        c.check(RateKind::Deployment, name, limits, tokens, now_ms)?;
+        c.take(tokens);
+        Ok(DeploymentSlot {
+            quota: Arc::clone(self),
+            name: name.to_owned(),
+            reserved_tokens: tokens,
+            minute: now_ms.div_euclid(rate::MINUTE_MS),
+            settled: false,
+        })
+    }
+
+    fn settle_deployment(&self, s: &DeploymentSlot, tokens: u64) {
+        if let Some(c) = self.deployments.lock().get_mut(&s.name) {
+            c.settle(s.minute, s.reserved_tokens, tokens);
+        }
     }
 
     fn settle(&self, a: &Admission, tokens: u64, cost: Usd) {
@@ -751,6 +793,41 @@ impl Quota {
             }
         }
         self.released.notify_one();
+    }
+}
+
+/// One attempt's share of a deployment's limits. Settle it with the tokens the attempt used
+/// (0 when the provider did no work); dropped unsettled it keeps the worst case.
+pub struct DeploymentSlot {
+    quota: Arc<Quota>,
+    name: String,
+    reserved_tokens: u64,
+    minute: i64,
+    settled: bool,
+}
+
+impl std::fmt::Debug for DeploymentSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentSlot")
+            .field("name", &self.name)
+            .field("reserved_tokens", &self.reserved_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DeploymentSlot {
+    /// Release the slot, counting `tokens` against the deployment's token window.
+    pub fn settle(mut self, tokens: u64) {
+        self.quota.settle_deployment(&self, tokens);
+        self.settled = true;
+    }
+}
+
+impl Drop for DeploymentSlot {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.quota.settle_deployment(self, self.reserved_tokens);
+        }
     }
 }
 

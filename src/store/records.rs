@@ -222,10 +222,17 @@ pub struct SpendRecord {
     pub provider: String,
     /// Provider key id (`mock` for the mock provider).
     pub provider_key_id: String,
-    /// Model the client asked for.
+    /// Policy model that served (the one asked for unless the budget moved the request to a
+    /// fallback or the cheapest model).
     pub model: String,
     /// Model sent upstream.
     pub upstream_model: String,
+    /// Model the client asked for (`None` in rows written before it was recorded).
+    #[serde(default)]
+    pub requested_model: Option<String>,
+    /// Deployment of `model` that answered, or the last one tried when none did.
+    #[serde(default)]
+    pub deployment: Option<String>,
     /// Endpoint path.
     pub endpoint: String,
     /// Streamed?

@@ -81,7 +81,7 @@ const SPEND_CHUNK: usize = 64;
 
 const COLUMNS: &str = "request_id, at, jti, subject, team, pool, billing_owner, provider, provider_key_id, \
      model, upstream_model, endpoint, stream, input_tokens, output_tokens, cached_input_tokens, \
-     cost_micro_usd, status, latency_ms, prompt_sha256, provider_key_version";
+     cost_micro_usd, status, latency_ms, prompt_sha256, provider_key_version, requested_model, deployment";
 
 impl Store {
     /// Insert a batch, idempotent on `request_id` (a replayed batch never double counts).
@@ -106,7 +106,8 @@ impl Store {
                         .push_bind(r.input_tokens).push_bind(r.output_tokens)
                         .push_bind(r.cached_input_tokens).push_bind(r.cost_micro_usd)
                         .push_bind(r.status).push_bind(r.latency_ms).push_bind(&r.prompt_sha256)
-                        .push_bind(&r.provider_key_version);
+                        .push_bind(&r.provider_key_version).push_bind(&r.requested_model)
+                        .push_bind(&r.deployment);
                 });
                 qb.push(" ON CONFLICT (request_id) DO NOTHING");
                 n += qb.build().execute(&mut *tx).await?.rows_affected();

@@ -83,6 +83,13 @@ struct UpstreamLabels {
     status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    model: String,
+    deployment: String,
+    outcome: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Seconds from 100 µs to about 100 s.
@@ -141,6 +148,7 @@ pub struct RequestMetrics {
     spend: Family<SpendLabels, Counter>,
     overhead: Histograms<RouteLabel>,
     upstream_errors: Family<UpstreamLabels, Counter>,
+    attempts: Family<AttemptLabels, Counter>,
     subjects: Option<SubjectSeries>,
 }
 
@@ -155,6 +163,7 @@ impl Default for RequestMetrics {
             spend: Family::default(),
             overhead: Family::new_with_constructor(overhead),
             upstream_errors: Family::default(),
+            attempts: Family::default(),
             subjects: None,
         }
     }
@@ -212,6 +221,11 @@ impl RequestMetrics {
             "upstream_errors",
             "Provider answers that were not a success (or no answer: 502/504), by provider and status",
             self.upstream_errors.clone(),
+        );
+        registry.register(
+            "deployment_attempts",
+            "What routing did with each deployment a request considered, by policy model, deployment and outcome: served, client_error (the provider's verdict on the request, relayed), failed (failed over), throttled (429, failed over), timeout (not failed over: the provider may have done the work), skipped_open (circuit open), skipped_limit (its rpm/tpm/concurrency full)",
+            self.attempts.clone(),
         );
         if let Some(sub) = &self.subjects {
             registry.register(
@@ -296,6 +310,17 @@ impl RequestMetrics {
                 route: route.to_owned(),
             })
             .observe(d.as_secs_f64());
+    }
+
+    /// Routing considered `deployment` of `model` for a request, with this outcome.
+    pub fn attempt(&self, model: &str, deployment: &str, outcome: &'static str) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                model: model.to_owned(),
+                deployment: deployment.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// A provider answered `status` (not a success).

@@ -17,6 +17,17 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A lasting misbehaviour (a deployment that is down, stalled or over its limit).
+#[derive(Clone, Copy, Debug)]
+pub enum Sticky {
+    /// Every call gets this status.
+    Fail(u16),
+    /// Every call is answered after this long.
+    Stall(Duration),
+    /// Every call gets a 429 with `Retry-After: <secs>`.
+    RateLimited(u64),
+}
+
 /// One request as the upstream saw it.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -55,6 +66,10 @@ struct Shared {
     degraded: Mutex<Vec<(String, u16)>>,
     requests: Mutex<Vec<RecordedRequest>>,
     actions: Mutex<VecDeque<Action>>,
+    /// Misbehaviour for every call until healed (after queued actions).
+    sticky: Mutex<Option<Sticky>>,
+    /// Calls answered since start (models list and admin API excluded).
+    served: std::sync::atomic::AtomicUsize,
     /// OpenAI's organization admin API: the admin key it accepts (`None`: not served).
     admin_key: Mutex<Option<String>>,
     /// Project service accounts: (project, id, name, key).
@@ -85,6 +100,8 @@ impl TestUpstream {
             degraded: Mutex::new(Vec::new()),
             requests: Mutex::new(Vec::new()),
             actions: Mutex::new(VecDeque::new()),
+            sticky: Mutex::new(None),
+            served: std::sync::atomic::AtomicUsize::new(0),
             admin_key: Mutex::new(None),
             service_accounts: Mutex::new(Vec::new()),
         });
@@ -138,6 +155,26 @@ impl TestUpstream {
     /// The service accounts that exist now.
     pub fn service_accounts(&self) -> Vec<ServiceAccount> {
         self.shared.service_accounts.lock().clone()
+    }
+
+    /// Every call misbehaves so from now on (`None`: heal).
+    pub fn set_sticky(&self, s: Option<Sticky>) {
+        *self.shared.sticky.lock() = s;
+    }
+
+    /// Model calls it answered with a success.
+    pub fn served(&self) -> usize {
+        self.shared.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Model calls it received (any answer).
+    pub fn calls(&self) -> usize {
+        self.shared
+            .requests
+            .lock()
+            .iter()
+            .filter(|r| r.path != "/v1/models" && !r.path.starts_with("/v1/organization/"))
+            .count()
     }
 
     /// The next request gets this status and body.
@@ -233,7 +270,18 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     if let Some(rest) = path.strip_prefix("/v1/organization/") {
         return admin_api(&s, &method, rest, &headers, &body);
     }
-    let action = s.actions.lock().pop_front();
+    let action = s.actions.lock().pop_front().or_else(|| {
+        let sticky = *s.sticky.lock();
+        match sticky {
+            Some(Sticky::Fail(st)) => Some(Action::Fail(
+                st,
+                json!({"error": {"message": "deployment is down", "type": "server_error", "param": null, "code": null}}),
+            )),
+            Some(Sticky::Stall(d)) => Some(Action::Delay(d)),
+            Some(Sticky::RateLimited(secs)) => Some(Action::RateLimited(secs)),
+            None => None,
+        }
+    });
     let mut reply = "the upstream says hello back to you".to_owned();
     match action {
         Some(Action::Fail(status, b)) => {
@@ -330,6 +378,9 @@ async fn handle(State(s): State<Arc<Shared>>, req: Request) -> Response {
     {
         let b = json!({"error": {"message": "The server had an error while processing your request", "type": "server_error", "param": null, "code": null}});
         return (StatusCode::from_u16(st).unwrap(), axum::Json(b)).into_response();
+    }
+    if path != "/v1/models" {
+        s.served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
     let model = body["model"].as_str().unwrap_or("unknown").to_owned();
     let input = prompt_words(&body);
