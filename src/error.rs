@@ -27,6 +27,10 @@ pub enum Code {
     InvalidToken,
     TokenRevoked,
     ModelNotAllowed,
+    /// None of the model's deployments is cleared for the data classes the request carries.
+    DataClassNotAllowed,
+    /// A guardrail of the workload's binding refused the prompt (a secret, an injection).
+    ContentBlocked,
     RequestTooExpensive,
     RequestTooLarge,
     RateLimitExceeded,
@@ -56,6 +60,8 @@ impl Code {
             Code::InvalidToken => "invalid_token",
             Code::TokenRevoked => "token_revoked",
             Code::ModelNotAllowed => "model_not_allowed",
+            Code::DataClassNotAllowed => "data_class_not_allowed",
+            Code::ContentBlocked => "content_blocked",
             Code::RequestTooExpensive => "request_too_expensive",
             Code::RequestTooLarge => "request_too_large",
             Code::RateLimitExceeded => "rate_limit_exceeded",
@@ -77,8 +83,12 @@ impl Code {
     pub fn status(self) -> StatusCode {
         match self {
             Code::InvalidToken | Code::TokenRevoked => StatusCode::UNAUTHORIZED,
-            Code::ModelNotAllowed | Code::WorkloadPaused => StatusCode::FORBIDDEN,
-            Code::RequestTooExpensive | Code::InvalidRequest => StatusCode::BAD_REQUEST,
+            Code::ModelNotAllowed | Code::WorkloadPaused | Code::DataClassNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
+            Code::RequestTooExpensive | Code::InvalidRequest | Code::ContentBlocked => {
+                StatusCode::BAD_REQUEST
+            }
             Code::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RateLimitExceeded | Code::BudgetExceeded => StatusCode::TOO_MANY_REQUESTS,
             Code::ModelNotFound | Code::NotFound => StatusCode::NOT_FOUND,
@@ -93,7 +103,9 @@ impl Code {
     fn openai_type(self) -> &'static str {
         match self {
             Code::InvalidToken | Code::TokenRevoked => "authentication_error",
-            Code::ModelNotAllowed | Code::WorkloadPaused => "permission_error",
+            Code::ModelNotAllowed | Code::WorkloadPaused | Code::DataClassNotAllowed => {
+                "permission_error"
+            }
             Code::RateLimitExceeded => "rate_limit_error",
             Code::BudgetExceeded => "insufficient_quota",
             Code::UpstreamError
@@ -108,7 +120,9 @@ impl Code {
     fn anthropic_type(self) -> &'static str {
         match self {
             Code::InvalidToken | Code::TokenRevoked => "authentication_error",
-            Code::ModelNotAllowed | Code::WorkloadPaused => "permission_error",
+            Code::ModelNotAllowed | Code::WorkloadPaused | Code::DataClassNotAllowed => {
+                "permission_error"
+            }
             Code::ModelNotFound | Code::NotFound => "not_found_error",
             Code::RequestTooLarge => "request_too_large",
             Code::RateLimitExceeded | Code::BudgetExceeded => "rate_limit_error",

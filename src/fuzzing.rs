@@ -52,6 +52,16 @@ pub fn request_body(data: &[u8]) {
                     req.prompt_sha256(),
                     req.estimate_input_tokens(),
                 );
+                let _ = req.shape();
+                // The guardrails' rewrite (every text part replaced) always re-parses: it only
+                // changes text inside strings of a body that parsed.
+                let g = crate::guardrails::Guardrails::default();
+                let _ = g.inspect(&req.prompt_text());
+                if let Some(rewritten) = req.rewrite_prompt(&mut |s| Some(format!("[{}]", s.len())))
+                {
+                    let again = parse_request(api, rewritten).expect("a rewritten body parses");
+                    assert_eq!(again.model(), req.model());
+                }
                 req.set_max_tokens(16);
                 let body = req.upstream_body("upstream-model");
                 // The rebuilt body is as good JSON as the one received (fields Tollgate does not

@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guardrails;
 pub mod identity;
 pub mod policy;
 pub mod pricing;

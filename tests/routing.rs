@@ -10,59 +10,11 @@ mod support;
 
 use serde_json::{Value, json};
 use std::time::Duration;
-use support::app::{Options, TestApp, request_id, spawn_app_with};
-use support::db::TestDbKind;
-use support::upstream::{Sticky, TestUpstream};
+use support::app::{TestApp, request_id};
+use support::multi::{EAST_KEY, routed};
+use support::upstream::Sticky;
 
 const CHAT: &str = "/v1/chat/completions";
-const EAST_KEY: &str = "sk-east-0f1e2d3c4b5a6978";
-const WEST_KEY: &str = "sk-west-8a7b6c5d4e3f2019";
-
-/// An app whose models route over two deployments, `east` and `west`, each a test upstream
-/// that accepts only its own key.
-struct Routed {
-    app: TestApp,
-    east: TestUpstream,
-    west: TestUpstream,
-    _keys: tempfile::TempDir,
-}
-
-async fn routed(models: &str) -> Routed {
-    let east = TestUpstream::start(EAST_KEY, "unused-a").await;
-    let west = TestUpstream::start(WEST_KEY, "unused-b").await;
-    let keys = tempfile::tempdir().unwrap();
-    let file = keys.path().join("keys.yaml");
-    std::fs::write(
-        &file,
-        format!(
-            "keys:\n  - id: east-a\n    provider: east\n    api_key: {EAST_KEY}\n    billing_owner: team-a\n  - id: west-a\n    provider: west\n    api_key: {WEST_KEY}\n    billing_owner: team-a\n"
-        ),
-    )
-    .unwrap();
-    let policy = format!(
-        "models:\n{models}\npools:\n  main:\n    budget: {{ usd: 100, window: daily }}\nbindings:\n  - name: team-a\n    match: {{ namespace: team-a }}\n    team: a\n    pool: main\n    billing_owner: team-a\n    models: [chat, solo]\n    max_tokens: {{ default: 64, max: 256 }}\n"
-    );
-    let app = spawn_app_with(
-        TestDbKind::Sqlite,
-        Options {
-            policy: Some(policy),
-            secrets: Some(format!("[secrets]\npath = \"{}\"\n", file.display())),
-            extra_config: format!(
-                "[providers.east]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n\n[providers.west]\nkind = \"openai-compatible\"\nbase_url = \"{}\"\n",
-                east.url, west.url
-            ),
-            ..Options::default()
-        },
-    )
-    .await;
-    Routed {
-        app,
-        east,
-        west,
-        _keys: keys,
-    }
-}
-
 /// `chat` on east (tier 1) then west (tier 2); `solo` only on east.
 fn tiered(east_extra: &str) -> String {
     format!(

@@ -13,6 +13,11 @@ use std::time::Duration;
 const MAX_TTL: Duration = Duration::from_secs(15 * 60);
 /// A queued request holds a client connection: past a few minutes, refusing serves it better.
 const MAX_QUEUE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// Output tokens of a request that names no cap, unless its binding says otherwise.
+const DEFAULT_MAX_TOKENS: i64 = 512;
+/// What a deployment may receive unless the policy says otherwise: no personal or health data.
+const DEFAULT_DEPLOYMENT_CLASSES: crate::guardrails::ClassSet =
+    crate::guardrails::ClassSet::PUBLIC_INTERNAL;
 /// Requests that may wait at once per pool and replica unless `queue_max` says otherwise.
 pub const DEFAULT_QUEUE_MAX: u32 = 100;
 
@@ -266,6 +271,13 @@ impl Validator<'_> {
         }
         let pl = self.sources[src].find(line, "price:");
         let price = self.price(src, pl, "price", &m.price);
+        let classes = match &m.data_classes {
+            Some(c) => {
+                let at = self.sources[src].find(line, "data_classes:");
+                self.classes(src, at, "data_classes", c)
+            }
+            None => DEFAULT_DEPLOYMENT_CLASSES,
+        };
         let deployments = match (m.provider, m.deployments) {
             (Some(provider), None) => {
                 // The short form: one deployment, named after its provider.
@@ -285,6 +297,7 @@ impl Validator<'_> {
                     tier: 1,
                     limits: Limits::default(),
                     price,
+                    data_classes: classes,
                 }]
             }
             (None, Some(raw)) => {
@@ -295,7 +308,7 @@ impl Validator<'_> {
                         format!("model {name}: upstream_model belongs to each of its deployments"),
                     );
                 }
-                self.deployments(src, line, &name, price, raw)
+                self.deployments(src, line, &name, (price, classes), raw)
             }
             (Some(_), Some(_)) => {
                 self.err(
@@ -356,7 +369,7 @@ impl Validator<'_> {
         src: usize,
         line: usize,
         model: &str,
-        price: Price,
+        (price, classes): (Price, crate::guardrails::ClassSet),
         raw: Vec<raw::RawDeployment>,
     ) -> Vec<Deployment> {
         if raw.is_empty() {
@@ -433,6 +446,13 @@ impl Validator<'_> {
                 }
                 None => price,
             };
+            let data_classes = match &d.data_classes {
+                Some(c) => {
+                    let at = self.sources[src].find(dl, "data_classes:");
+                    self.classes(src, at, "data_classes", c)
+                }
+                None => classes,
+            };
             out.push(Deployment {
                 upstream_model: d.upstream_model.unwrap_or_else(|| model.to_owned()),
                 name: d.name,
@@ -442,6 +462,7 @@ impl Validator<'_> {
                 tier,
                 limits,
                 price,
+                data_classes,
             });
         }
         out
@@ -819,11 +840,13 @@ impl Validator<'_> {
             self.err(src, tl, "token_ttl must be between 1m and 15m");
         }
         let xl = self.sources[src].find(line, "max_tokens:");
+        // A conservative default: a request that names no cap gets 512 output tokens unless
+        // the binding says otherwise.
         let (default, max) = match &b.max_tokens {
-            None => (1024, 4096),
+            None => (DEFAULT_MAX_TOKENS, 4096),
             Some(m) => {
                 let max = m.max.unwrap_or(4096);
-                (m.default.unwrap_or(max.min(1024)), max)
+                (m.default.unwrap_or(max.min(DEFAULT_MAX_TOKENS)), max)
             }
         };
         if default < 1 || max < 1 || default > max || max > i64::from(u32::MAX) {
@@ -847,6 +870,7 @@ impl Validator<'_> {
                     Ok(v) => Some(v),
                 });
         let limits = self.limits(src, line, b.limits);
+        let guardrails = self.guardrails(src, line, b.guardrails);
         self.set.bindings.push(Binding {
             billing_owner: b.billing_owner.unwrap_or_else(|| b.team.clone()),
             shared_keys: b.shared_keys.unwrap_or(true),
@@ -862,8 +886,165 @@ impl Validator<'_> {
                 max: max.clamp(1, i64::from(u32::MAX)) as u32,
             },
             max_request_micro_usd,
+            guardrails,
             matcher,
         });
+    }
+
+    fn guardrails(
+        &mut self,
+        src: usize,
+        line: usize,
+        g: Option<raw::RawGuardrails>,
+    ) -> crate::guardrails::Guardrails {
+        use crate::guardrails::{Guardrails, InjectionAction, SecretAction, injection, secrets};
+        let mut out = Guardrails::default();
+        let Some(g) = g else { return out };
+        let gl = self.sources[src].find(line, "guardrails:");
+        let cap = |this: &mut Self, field: &str, v: Option<i64>| -> Option<u64> {
+            match v {
+                None => None,
+                Some(n) if n > 0 => Some(n as u64),
+                Some(n) => {
+                    let at = this.sources[src].find(gl, &format!("{field}:"));
+                    this.err(
+                        src,
+                        at,
+                        format!("guardrails.{field} must be a positive integer, not {n}"),
+                    );
+                    None
+                }
+            }
+        };
+        out.max_prompt_tokens = cap(self, "max_prompt_tokens", g.max_prompt_tokens);
+        out.max_messages = cap(self, "max_messages", g.max_messages);
+        out.max_tools = cap(self, "max_tools", g.max_tools);
+        out.max_images = cap(self, "max_images", g.max_images);
+        out.detect_pii = g.detect_pii.unwrap_or(false);
+        if let Some(c) = &g.data_classes {
+            let at = self.sources[src].find(gl, "data_classes:");
+            out.data_classes = self.classes(src, at, "guardrails.data_classes", c);
+        }
+        // Compile a policy's own patterns, each named; a bad one is reported, not dropped
+        // silently.
+        let named = |this: &mut Self, section: &str, p: &raw::RawNamedPattern| {
+            let at = this.sources[src].find(gl, &format!("name: {}", p.name));
+            if !valid_id(&p.name, false) {
+                this.err(
+                    src,
+                    at,
+                    format!(
+                        "guardrails.{section}: pattern name {:?} must match [a-z0-9][a-z0-9-_.]*",
+                        p.name
+                    ),
+                );
+            }
+            at
+        };
+        if let Some(sec) = g.secrets {
+            let sl = self.sources[src].find(gl, "secrets:");
+            out.secrets = match sec.action.as_deref() {
+                None | Some("redact") => SecretAction::Redact,
+                Some("block") => SecretAction::Block,
+                Some("log") => SecretAction::Log,
+                Some(other) => {
+                    self.err(
+                        src,
+                        sl,
+                        format!(
+                            "guardrails.secrets.action must be redact, block or log, not {other:?}"
+                        ),
+                    );
+                    SecretAction::Redact
+                }
+            };
+            for p in sec.patterns.unwrap_or_default() {
+                let at = named(self, "secrets", &p);
+                match secrets::Pattern::custom(&p.name, &p.regex) {
+                    Ok(c) => out.secret_patterns.push(c),
+                    Err(e) => self.err(
+                        src,
+                        at,
+                        format!("guardrails.secrets: pattern {}: {e}", p.name),
+                    ),
+                }
+            }
+        }
+        if let Some(inj) = g.injection {
+            let il = self.sources[src].find(gl, "injection:");
+            out.injection = match inj.action.as_deref() {
+                None | Some("flag") => InjectionAction::Flag,
+                Some("block") => InjectionAction::Block,
+                Some(other) => {
+                    self.err(
+                        src,
+                        il,
+                        format!("guardrails.injection.action must be flag or block, not {other:?}"),
+                    );
+                    InjectionAction::Flag
+                }
+            };
+            if !inj.builtin_patterns.unwrap_or(true) {
+                out.injection_rules.clear();
+            }
+            for p in inj.patterns.unwrap_or_default() {
+                let at = named(self, "injection", &p);
+                match injection::Rule::new(&p.name, &p.regex) {
+                    Ok(r) => out.injection_rules.push(r),
+                    Err(e) => self.err(
+                        src,
+                        at,
+                        format!("guardrails.injection: pattern {}: {e}", p.name),
+                    ),
+                }
+            }
+            out.max_prompt_chars = match inj.max_prompt_chars {
+                None => None,
+                Some(n) if n > 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                Some(n) => {
+                    self.err(
+                        src,
+                        il,
+                        format!(
+                            "guardrails.injection.max_prompt_chars must be a positive integer, not {n}"
+                        ),
+                    );
+                    None
+                }
+            };
+            out.allow_code = inj.allow_code.unwrap_or(true);
+        }
+        out
+    }
+
+    /// A list of data class names.
+    fn classes(
+        &mut self,
+        src: usize,
+        at: usize,
+        field: &str,
+        names: &[String],
+    ) -> crate::guardrails::ClassSet {
+        use crate::guardrails::{ClassSet, DataClass};
+        let mut set = ClassSet::EMPTY;
+        for n in names {
+            match DataClass::parse(n) {
+                Some(c) => set = set.with(c),
+                None => self.err(
+                    src,
+                    at,
+                    format!("{field}: {n:?} is not a data class (public, internal, pii, phi)"),
+                ),
+            }
+        }
+        if names.is_empty() {
+            self.err(
+                src,
+                at,
+                format!("{field} must name at least one data class"),
+            );
+        }
+        set
     }
 
     fn role(&mut self, src: usize, line: usize, r: raw::RawRole) {

@@ -57,6 +57,8 @@ pub struct Deployment {
     pub limits: Limits,
     /// Prices here.
     pub price: Price,
+    /// The data classes it may receive.
+    pub data_classes: crate::guardrails::ClassSet,
 }
 
 /// How a model's requests move between its deployments.
@@ -255,6 +257,8 @@ pub struct Binding {
     pub max_request_micro_usd: Option<u64>,
     /// Log prompt content (secrets redacted first) besides its SHA-256.
     pub log_prompts: bool,
+    /// What its prompts may carry out of the building.
+    pub guardrails: crate::guardrails::Guardrails,
     pub(crate) matcher: Matcher,
 }
 

@@ -40,6 +40,7 @@ pub(super) struct RawModel {
     pub fallback: Option<String>,
     pub deployments: Option<Vec<RawDeployment>>,
     pub routing: Option<RawRouting>,
+    pub data_classes: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +54,7 @@ pub(super) struct RawDeployment {
     pub tier: Option<i64>,
     pub limits: Option<RawLimits>,
     pub price: Option<RawPrice>,
+    pub data_classes: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +127,44 @@ pub(super) struct RawBinding {
     pub max_tokens: Option<RawMaxTokens>,
     pub max_request_usd: Option<Decimal>,
     pub log_prompts: Option<bool>,
+    pub guardrails: Option<RawGuardrails>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGuardrails {
+    pub max_prompt_tokens: Option<i64>,
+    pub max_messages: Option<i64>,
+    pub max_tools: Option<i64>,
+    pub max_images: Option<i64>,
+    pub secrets: Option<RawSecrets>,
+    pub injection: Option<RawInjection>,
+    pub data_classes: Option<Vec<String>>,
+    pub detect_pii: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSecrets {
+    pub action: Option<String>,
+    pub patterns: Option<Vec<RawNamedPattern>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInjection {
+    pub action: Option<String>,
+    pub patterns: Option<Vec<RawNamedPattern>>,
+    pub builtin_patterns: Option<bool>,
+    pub max_prompt_chars: Option<i64>,
+    pub allow_code: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNamedPattern {
+    pub name: String,
+    pub regex: String,
 }
 
 #[derive(Deserialize, Default)]

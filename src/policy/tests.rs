@@ -590,3 +590,29 @@ fn the_readme_routing_example_is_a_valid_policy() {
     assert_eq!(shape, [("east", 3, 1), ("west", 1, 1), ("openai", 1, 2)]);
     assert_eq!(m.deployments[0].limits.rpm, Some(600));
 }
+
+#[test]
+fn the_readme_guardrails_example_is_a_valid_policy() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("# policies/support.yaml\n")
+        .expect("the README's guardrails example");
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("end of the block")];
+    let block = format!("{block}pools:\n  support: {{}}\n");
+    let set = load_str("README.md", &block).unwrap();
+    let g = &set.binding("support-bot").unwrap().guardrails;
+    assert_eq!(g.max_messages, Some(40));
+    assert_eq!(g.secrets, crate::guardrails::SecretAction::Block);
+    assert!(!g.allow_code);
+    let found = g.inspect("Customer jane@example.com asks");
+    assert_eq!(found.pii, ["email"]);
+    let chat = set.model("support-chat").unwrap();
+    let cleared: Vec<&str> = chat
+        .deployments
+        .iter()
+        .filter(|d| crate::routing::cleared(d, g.classes(&found)))
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(cleared, ["onprem"]);
+}

@@ -10,7 +10,7 @@ mod tokens;
 mod usage;
 
 pub use mock::MockReply;
-pub use request::{InboundRequest, RequestError, parse_request};
+pub use request::{InboundRequest, RequestError, Shape, parse_request};
 pub use usage::{StreamObserver, Usage, usage_from_body};
 
 use http::{HeaderMap, HeaderName, HeaderValue};

@@ -277,19 +277,7 @@ impl InboundRequest {
         for m in &self.members {
             let key = self.key(m);
             let raw = &self.raw[m.value.clone()];
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            match &m.key {
-                // A key the parser borrowed has no escapes: its bytes are already valid JSON.
-                Key::At(r) => {
-                    out.push(b'"');
-                    out.extend_from_slice(&self.raw[r.clone()]);
-                    out.push(b'"');
-                }
-                Key::Owned(k) => write_str(&mut out, k),
-            }
-            out.push(b':');
+            self.write_key(&mut out, m);
             match key {
                 b"model" => write_str(&mut out, upstream_model),
                 // A null cap is left null, unless it is the field the cap would be appended
@@ -391,6 +379,57 @@ impl InboundRequest {
         p
     }
 
+    /// How many messages (items with a role), image parts and tool definitions it has.
+    pub fn shape(&self) -> Shape {
+        let p = self.prompt();
+        let tools = ["tools", "functions"]
+            .iter()
+            .filter_map(|k| self.member(k))
+            .map(|raw| match serde_json::from_str::<Vec<IgnoredAny>>(raw) {
+                Ok(v) => v.len() as u64,
+                Err(_) => 0,
+            })
+            .sum();
+        Shape {
+            messages: p.items,
+            images: p.images,
+            tools,
+        }
+    }
+
+    /// The body with every prompt text part passed through `f` (the parts the token estimate
+    /// reads: strings of prompt fields, `text`/`content`/… of parts and messages, tool call
+    /// arguments). `None` when `f` changed nothing. Other members keep the client's bytes.
+    pub fn rewrite_prompt(&self, f: &mut dyn FnMut(&str) -> Option<String>) -> Option<Bytes> {
+        let mut replaced: Vec<(usize, String)> = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let key = self.key(m);
+            if !PROMPT_FIELDS.iter().any(|p| p.as_bytes() == key) {
+                continue;
+            }
+            let Ok(mut v) = serde_json::from_slice::<Value>(&self.raw[m.value.clone()]) else {
+                continue;
+            };
+            if rewrite_text(&mut v, f, 0) {
+                replaced.push((i, v.to_string()));
+            }
+        }
+        if replaced.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.raw.len());
+        out.push(b'{');
+        for (i, m) in self.members.iter().enumerate() {
+            self.write_key(&mut out, m);
+            match replaced.iter().find(|(j, _)| *j == i) {
+                Some((_, v)) => out.extend_from_slice(v.as_bytes()),
+                None => out.extend_from_slice(&self.raw[m.value.clone()]),
+            }
+        }
+        out.push(b'}');
+        Some(Bytes::from(out))
+    }
+
     /// The text of the last user turn (the mock echoes it).
     pub(crate) fn last_user_text(&self) -> String {
         let text_of = |v: &Value| {
@@ -415,6 +454,23 @@ impl InboundRequest {
             .find(|v| !v.is_null())
             .map(|v| text_of(&v))
             .unwrap_or_default()
+    }
+
+    /// `,` unless first, then a member's name and `:`.
+    fn write_key(&self, out: &mut Vec<u8>, m: &Member) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        match &m.key {
+            // A key the parser borrowed has no escapes: its bytes are already valid JSON.
+            Key::At(r) => {
+                out.push(b'"');
+                out.extend_from_slice(&self.raw[r.clone()]);
+                out.push(b'"');
+            }
+            Key::Owned(k) => write_str(out, k),
+        }
+        out.push(b':');
     }
 
     /// A member's name, unescaped.
@@ -446,6 +502,56 @@ impl InboundRequest {
             }
         }
         Ok(())
+    }
+}
+
+/// Pass the prompt text of `v` through `f`, where [`Collect`] reads it. True if any changed.
+fn rewrite_text(v: &mut Value, f: &mut dyn FnMut(&str) -> Option<String>, depth: u8) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match v {
+        Value::String(s) => match f(s) {
+            Some(new) => {
+                *s = new;
+                true
+            }
+            None => false,
+        },
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, x| rewrite_text(x, f, depth + 1) | changed),
+        Value::Object(o) => {
+            let mut changed = false;
+            for (k, x) in o.iter_mut() {
+                match k.as_str() {
+                    "text" | "content" | "input_text" | "output_text" | "arguments" | "output" => {
+                        changed |= rewrite_text(x, f, depth + 1);
+                    }
+                    // Read whole by the estimate: every string in a tool call.
+                    "tool_calls" => changed |= rewrite_all(x, f, depth + 1),
+                    _ => {}
+                }
+            }
+            changed
+        }
+        _ => false,
+    }
+}
+
+fn rewrite_all(v: &mut Value, f: &mut dyn FnMut(&str) -> Option<String>, depth: u8) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match v {
+        Value::String(_) => rewrite_text(v, f, depth),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, x| rewrite_all(x, f, depth + 1) | changed),
+        Value::Object(o) => o
+            .values_mut()
+            .fold(false, |changed, x| rewrite_all(x, f, depth + 1) | changed),
+        _ => false,
     }
 }
 
@@ -527,6 +633,17 @@ impl<'de> Visitor<'de> for KeySeed {
     fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
         Ok(Cow::Owned(s))
     }
+}
+
+/// The size of a request's prompt, for a binding's caps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Messages / items (anything with a `role`).
+    pub messages: u64,
+    /// Image parts.
+    pub images: u64,
+    /// Tool (function) definitions.
+    pub tools: u64,
 }
 
 /// What the token estimate reads of a prompt.

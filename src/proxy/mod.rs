@@ -7,6 +7,7 @@ mod auth;
 mod client;
 mod decisions;
 mod forward;
+mod guard;
 pub mod hygiene;
 mod route;
 mod settle;
@@ -15,6 +16,7 @@ pub use client::{SendError, UpstreamClient};
 
 use crate::app::AppState;
 use crate::error::{ApiError, Code, Shape};
+use crate::guardrails::ClassSet;
 use crate::policy::{AtCap, BudgetWindow, Model, Pool};
 use crate::pricing::{self, Prices, Tokens, Usd};
 use crate::providers::{self, Api, Family, ProviderKind};
@@ -172,10 +174,8 @@ async fn pipeline(
         )
     })?;
     let prompt_sha256 = req.prompt_sha256();
-    if policy
-        .binding(&claims.tollgate.binding)
-        .is_some_and(|b| b.log_prompts)
-    {
+    let binding = policy.binding(&claims.tollgate.binding);
+    if binding.is_some_and(|b| b.log_prompts) {
         tracing::info!(
             request_id,
             subject = %claims.sub,
@@ -184,6 +184,20 @@ async fn pipeline(
             "prompt (binding logs prompts; secrets redacted)"
         );
     }
+    // The binding's guardrails (a binding renamed since the token was minted: the defaults).
+    let guarded = guard::apply(
+        state,
+        &guard::Subject {
+            subject: &claims.sub,
+            binding: &claims.tollgate.binding,
+            request_id,
+            model: &model.name,
+        },
+        binding.map_or(&DEFAULT_GUARDRAILS, |b| &b.guardrails),
+        api,
+        &mut req,
+    )?;
+    let classes = guarded.classes;
     // Past the pool's `fallback_at`, the policy routes the model to its cheaper fallback (one
     // step; policy check guarantees it exists and shares the provider).
     let requested = model.name.clone();
@@ -233,7 +247,22 @@ async fn pipeline(
     } else {
         model
     };
-    let mut plan = plan(state, api, &claims, model, &mut req)?;
+    let not_cleared = |e: ApiError| {
+        if e.code == Code::DataClassNotAllowed {
+            state
+                .requests
+                .guardrail(&claims.tollgate.binding, "data_class", "block");
+            state.audit.record(
+                &claims.sub,
+                "guardrail.block",
+                &claims.tollgate.binding,
+                serde_json::json!({"request_id": request_id, "model": model.name,
+                    "rules": ["data_class"], "classes": classes.to_string(), "reason": e.message}),
+            );
+        }
+        e
+    };
+    let mut plan = plan(state, api, &claims, model, classes, &mut req).map_err(not_cleared)?;
     let ask = |plan: &Plan<'_>, over_cap: bool| Ask {
         jti: &claims.jti,
         token_limits: Limits {
@@ -284,7 +313,7 @@ async fn pipeline(
             };
             tracing::info!(pool = %pool.name, model = %m.name, "pool at its cap: serving the cheapest model from the overdraft");
             rerouted("budget.degrade", &m.name);
-            plan = self::plan(state, api, &claims, m, &mut req)?;
+            plan = self::plan(state, api, &claims, m, classes, &mut req).map_err(not_cleared)?;
             degraded = true;
             admit(state, &ask(&plan, true), pool, &claims.sub)
                 .await
@@ -368,6 +397,16 @@ async fn pipeline(
     {
         h.insert(HeaderName::from_static("x-tollgate-fallback-from"), v);
     }
+    for (name, list) in [
+        ("x-tollgate-flagged", &guarded.flagged),
+        ("x-tollgate-redacted", &guarded.redacted),
+    ] {
+        if !list.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&list.join(","))
+        {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    }
     if degraded {
         // Served from the overdraft of an `at_cap: degrade` pool.
         h.insert(
@@ -377,6 +416,10 @@ async fn pipeline(
     }
     Ok(resp)
 }
+
+/// The guardrails of a token whose binding no longer exists.
+static DEFAULT_GUARDRAILS: std::sync::LazyLock<crate::guardrails::Guardrails> =
+    std::sync::LazyLock::new(crate::guardrails::Guardrails::default);
 
 /// An `at_cap: degrade` pool's terms for the current window.
 struct Degrade {
@@ -405,9 +448,10 @@ fn plan<'s>(
     api: Api,
     claims: &crate::token::Claims,
     model: &'s Model,
+    classes: ClassSet,
     req: &mut providers::InboundRequest,
 ) -> Result<Plan<'s>, ApiError> {
-    let candidates = candidates(state, api, claims, model)?;
+    let candidates = candidates(state, api, claims, model, classes)?;
     let max_out = if api == Api::Embeddings {
         0
     } else {
@@ -486,12 +530,29 @@ fn candidates<'s>(
     api: Api,
     claims: &crate::token::Claims,
     model: &'s Model,
+    classes: ClassSet,
 ) -> Result<Vec<Candidate<'s>>, ApiError> {
     let mut out = Vec::with_capacity(model.deployments.len());
+    let mut not_cleared = None;
     let mut unconfigured = None;
     let mut other_api = None;
     let mut no_key = None;
     for d in &model.deployments {
+        // Routing never sends a class of data to a deployment not cleared for it.
+        if !crate::routing::cleared(d, classes) {
+            not_cleared.get_or_insert_with(|| {
+                ApiError::new(
+                    Code::DataClassNotAllowed,
+                    format!(
+                        "model {} may not receive {} data: none of its deployments is cleared for it",
+                        model.name,
+                        d.data_classes.missing(classes)
+                    ),
+                )
+                .param("model")
+            });
+            continue;
+        }
         let Some(route) = state.providers.get(&d.provider) else {
             unconfigured.get_or_insert_with(|| {
                 ApiError::new(
@@ -549,12 +610,16 @@ fn candidates<'s>(
         });
     }
     if out.is_empty() {
-        return Err(no_key.or(other_api).or(unconfigured).unwrap_or_else(|| {
-            ApiError::new(
-                Code::NoProviderKey,
-                format!("model {} has no deployment", model.name),
-            )
-        }));
+        return Err(no_key
+            .or(not_cleared)
+            .or(other_api)
+            .or(unconfigured)
+            .unwrap_or_else(|| {
+                ApiError::new(
+                    Code::NoProviderKey,
+                    format!("model {} has no deployment", model.name),
+                )
+            }));
     }
     Ok(out)
 }

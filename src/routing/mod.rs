@@ -7,8 +7,14 @@ mod breaker;
 
 pub use breaker::{Admit, Breakers, CircuitState, Probe, Verdict};
 
+use crate::guardrails::ClassSet;
 use crate::policy::Deployment;
 use rand::Rng;
+
+/// May `d` receive a request carrying `classes`? Only if it is cleared for every one of them.
+pub fn cleared(d: &Deployment, classes: ClassSet) -> bool {
+    d.data_classes.covers(classes)
+}
 
 /// The order in which a request tries `candidates` (indices into it): lower tiers first;
 /// within a tier a weighted random permutation (each position drawn in proportion to the

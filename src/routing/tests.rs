@@ -14,6 +14,7 @@ fn dep(name: &str, tier: u8, weight: u32) -> Deployment {
         tier,
         limits: Limits::default(),
         price: Price::default(),
+        data_classes: crate::guardrails::ClassSet::PUBLIC_INTERNAL,
     }
 }
 
@@ -134,4 +135,93 @@ fn a_cancelled_probe_frees_the_slot_and_429_pauses_without_opening() {
     );
     assert_eq!(b.state("m/a", t0), breaker::CircuitState::Closed);
     assert!(!go(&b, &p, t0 + Duration::from_secs(2)).is_probe());
+}
+
+mod data_classes {
+    use super::*;
+    use crate::guardrails::{ClassSet, DataClass};
+    use proptest::prelude::*;
+
+    fn names(mask: u8) -> String {
+        let v: Vec<&str> = DataClass::ALL
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mask & (1 << i) != 0)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        format!("[{}]", v.join(", "))
+    }
+
+    fn set(mask: u8) -> ClassSet {
+        ClassSet::of(
+            &DataClass::ALL
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, c)| *c)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Over random policies (deployments cleared for random classes, or inheriting the
+        /// model's, or the default), random bindings (classes sent, PII detection on or off)
+        /// and prompts with or without personal data: a request is routed only to deployments
+        /// cleared for every class it carries, and to every such deployment.
+        #[test]
+        fn routing_never_sends_a_class_to_a_deployment_not_cleared_for_it(
+            model_mask in proptest::option::of(1u8..16),
+            deployment_masks in proptest::collection::vec(proptest::option::of(1u8..16), 1..6),
+            binding_mask in 1u8..16,
+            detect_pii in any::<bool>(),
+            personal in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let mut yaml = String::from("models:\n  m:\n    price: { input: 1, output: 1 }\n");
+            if let Some(m) = model_mask {
+                yaml += &format!("    data_classes: {}\n", names(m));
+            }
+            yaml += "    deployments:\n";
+            for (i, d) in deployment_masks.iter().enumerate() {
+                yaml += &format!("      - name: d{i}\n        provider: p{i}\n        tier: {}\n", 1 + i % 2);
+                if let Some(d) = d {
+                    yaml += &format!("        data_classes: {}\n", names(*d));
+                }
+            }
+            yaml += &format!(
+                "pools:\n  p: {{}}\nbindings:\n  - name: b\n    match: {{ namespace: x }}\n    team: t\n    pool: p\n    models: [m]\n    guardrails: {{ data_classes: {}, detect_pii: {detect_pii} }}\n",
+                names(binding_mask)
+            );
+            let policy = crate::policy::load_str("p.yaml", &yaml).unwrap();
+            let g = &policy.binding("b").unwrap().guardrails;
+            let prompt = if personal { "write to jane@example.com" } else { "write a haiku" };
+            let classes = g.classes(&g.inspect(prompt));
+
+            // The oracle, from the masks alone.
+            let mut want = set(binding_mask);
+            if detect_pii && personal {
+                want = want.with(DataClass::Pii);
+            }
+            prop_assert_eq!(classes, want);
+            let model = policy.model("m").unwrap();
+            let effective = |i: usize| match (deployment_masks[i], model_mask) {
+                (Some(d), _) | (None, Some(d)) => set(d),
+                (None, None) => ClassSet::PUBLIC_INTERNAL,
+            };
+
+            let eligible: Vec<&Deployment> =
+                model.deployments.iter().filter(|d| cleared(d, classes)).collect();
+            let mut rng = StdRng::seed_from_u64(seed);
+            let routed = order(&eligible, &mut rng);
+            prop_assert_eq!(routed.len(), eligible.len());
+            for i in routed {
+                let d = eligible[i];
+                let n: usize = d.name[1..].parse().unwrap();
+                prop_assert!(effective(n).covers(classes), "{} got {:?}", d.name, classes);
+            }
+            let cleared_count = (0..deployment_masks.len()).filter(|i| effective(*i).covers(classes)).count();
+            prop_assert_eq!(eligible.len(), cleared_count);
+        }
+    }
 }

@@ -84,6 +84,13 @@ struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuardrailLabels {
+    binding: String,
+    rule: String,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     model: String,
     deployment: String,
@@ -149,6 +156,7 @@ pub struct RequestMetrics {
     overhead: Histograms<RouteLabel>,
     upstream_errors: Family<UpstreamLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
+    guardrails: Family<GuardrailLabels, Counter>,
     subjects: Option<SubjectSeries>,
 }
 
@@ -164,6 +172,7 @@ impl Default for RequestMetrics {
             overhead: Family::new_with_constructor(overhead),
             upstream_errors: Family::default(),
             attempts: Family::default(),
+            guardrails: Family::default(),
             subjects: None,
         }
     }
@@ -226,6 +235,11 @@ impl RequestMetrics {
             "deployment_attempts",
             "What routing did with each deployment a request considered, by policy model, deployment and outcome: served, client_error (the provider's verdict on the request, relayed), failed (failed over), throttled (429, failed over), timeout (not failed over: the provider may have done the work), skipped_open (circuit open), skipped_limit (its rpm/tpm/concurrency full)",
             self.attempts.clone(),
+        );
+        registry.register(
+            "guardrail_decisions",
+            "Guardrail decisions, by binding, rule (a secret pattern, an injection rule, a size cap, pii, a data class) and action (redact, block, log, flag, classify)",
+            self.guardrails.clone(),
         );
         if let Some(sub) = &self.subjects {
             registry.register(
@@ -319,6 +333,17 @@ impl RequestMetrics {
                 model: model.to_owned(),
                 deployment: deployment.to_owned(),
                 outcome,
+            })
+            .inc();
+    }
+
+    /// A guardrail of `binding` acted on `rule`.
+    pub fn guardrail(&self, binding: &str, rule: &str, action: &'static str) {
+        self.guardrails
+            .get_or_create(&GuardrailLabels {
+                binding: binding.to_owned(),
+                rule: rule.to_owned(),
+                action,
             })
             .inc();
     }

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod db;
 pub mod hooks;
+pub mod multi;
 pub mod oidc;
 pub mod peers;
 pub mod pg;
