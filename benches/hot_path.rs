@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use criterion::{Criterion, criterion_group, criterion_main};
 use secrecy::ExposeSecret;
+use serde_json::json;
 use std::hint::black_box;
 use std::time::Duration;
 use tollgate::app::Application;
@@ -120,6 +121,31 @@ path = "{keys}"
             req.set_max_tokens(16);
             black_box(req.estimate_input_tokens());
             black_box(req.upstream_body("bench-upstream"))
+        });
+    });
+    // The default guardrails (every request): inspect the prompt text for secrets and
+    // injection phrases; and, when a secret is found, the redacting rewrite of the body.
+    let guardrails = tollgate::guardrails::Guardrails::default();
+    let prose =
+        "The quarterly report shows revenue up 4% with costs flat; summarise it for the board. ";
+    let long = json!({"model": "bench-model", "messages": [
+        {"role": "system", "content": "You are a careful analyst."},
+        {"role": "user", "content": format!("{} key sk-proj-abcdefghijklmnop1234 end", prose.repeat(100))}
+    ]})
+    .to_string();
+    g.bench_function("guardrails_inspect_short", |b| {
+        let req = parse_request(
+            Api::ChatCompletions,
+            bytes::Bytes::from_static(BODY.as_bytes()),
+        )
+        .unwrap();
+        b.iter(|| black_box(guardrails.inspect(&req.prompt_text())));
+    });
+    g.bench_function("guardrails_inspect_redact_8kb", |b| {
+        let req = parse_request(Api::ChatCompletions, bytes::Bytes::from(long.clone())).unwrap();
+        b.iter(|| {
+            black_box(guardrails.inspect(&req.prompt_text()));
+            black_box(req.rewrite_prompt(&mut |t| guardrails.redact(t)))
         });
     });
     let auth = format!("Bearer {token}");

@@ -342,3 +342,63 @@ async fn personal_data_is_routed_only_to_a_deployment_cleared_for_it() {
     assert!(message.contains("phi"), "{message}");
     assert_eq!(r.east.calls() + r.west.calls(), 0);
 }
+
+#[tokio::test]
+async fn a_bindings_stop_sequences_go_upstream_and_cut_a_stream_that_ignores_them() {
+    use support::app::{Options, POLICY, spawn_app_with};
+    let policy = POLICY.replace(
+        "    max_request_usd: 0.50\n",
+        "    max_request_usd: 0.50\n    guardrails: { stop: [\"hello\"] }\n",
+    );
+    assert_ne!(policy, POLICY);
+    let app = spawn_app_with(
+        support::db::TestDbKind::Sqlite,
+        Options {
+            policy: Some(policy),
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = app.token_for("team-a").await;
+
+    // OpenAI: the binding's sequence first, then the client's. The test upstream ignores
+    // `stop` and says "the upstream says hello back to you": the stream ends before "hello".
+    let body = json!({"model": "gpt-test", "stream": true, "stop": "END",
+        "messages": [{"role": "user", "content": "hi"}]});
+    let resp = app.post(CHAT, &token, &body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let sent = app.upstream.requests().last().unwrap().body.clone();
+    assert_eq!(sent["stop"], json!(["hello", "END"]));
+    let content: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(content, "the upstream says ");
+    assert!(text.contains(r#""finish_reason":"stop""#), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+
+    // Anthropic: `stop_sequences`, and the stream ends with `stop_reason: stop_sequence`.
+    let resp = app
+        .anthropic(
+            &token,
+            &json!({"model": "claude-test", "max_tokens": 64, "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert_eq!(
+        app.upstream.requests().last().unwrap().body["stop_sequences"],
+        json!(["hello"])
+    );
+    assert!(text.contains(r#""stop_reason":"stop_sequence""#), "{text}");
+    assert!(text.contains(r#""stop_sequence":"hello""#), "{text}");
+    assert!(!text.contains("hello "), "{text}");
+}

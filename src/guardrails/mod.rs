@@ -60,6 +60,8 @@ pub struct Guardrails {
     pub data_classes: ClassSet,
     /// Does personal data found in a prompt add `pii` to its classes?
     pub detect_pii: bool,
+    /// Stop sequences every request carries (and every stream is cut at).
+    pub stop: Vec<String>,
 }
 
 impl Default for Guardrails {
@@ -77,6 +79,7 @@ impl Default for Guardrails {
             allow_code: true,
             data_classes: ClassSet::of(&[DataClass::Internal]),
             detect_pii: false,
+            stop: Vec::new(),
         }
     }
 }

@@ -921,6 +921,17 @@ impl Validator<'_> {
         out.max_tools = cap(self, "max_tools", g.max_tools);
         out.max_images = cap(self, "max_images", g.max_images);
         out.detect_pii = g.detect_pii.unwrap_or(false);
+        if let Some(stop) = g.stop {
+            if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.chars().count() > 64) {
+                let at = self.sources[src].find(gl, "stop:");
+                self.err(
+                    src,
+                    at,
+                    "guardrails.stop takes at most 4 stop sequences of 1 to 64 characters (OpenAI's limit)",
+                );
+            }
+            out.stop = stop;
+        }
         if let Some(c) = &g.data_classes {
             let at = self.sources[src].find(gl, "data_classes:");
             out.data_classes = self.classes(src, at, "guardrails.data_classes", c);

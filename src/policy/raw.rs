@@ -141,6 +141,7 @@ pub(super) struct RawGuardrails {
     pub injection: Option<RawInjection>,
     pub data_classes: Option<Vec<String>>,
     pub detect_pii: Option<bool>,
+    pub stop: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]

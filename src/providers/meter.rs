@@ -5,6 +5,11 @@
 //!
 //! Counting is conservative: each text delta is tokenised on its own (never fewer tokens than
 //! in context), and Anthropic's cumulative `output_tokens` is taken when it is higher.
+//!
+//! A binding's stop sequences are enforced the same way: they are sent upstream, and should a
+//! provider not honour them (an OpenAI-compatible server that ignores `stop`, the Responses
+//! API that has none), the stream is cut at the event whose text completes one, with the
+//! API's own "stopped" ending.
 
 use super::Api;
 use super::tokens;
@@ -18,6 +23,13 @@ pub struct OutputMeter {
     id: Option<String>,
     upstream_model: Option<String>,
     open_block: Option<u64>,
+    /// Stop sequences to cut at.
+    stops: Vec<String>,
+    /// The end of the output so far, as long as the longest stop sequence less one: a
+    /// sequence split across deltas is still seen.
+    recent: String,
+    /// The stop sequence that cut the stream.
+    stopped: Option<String>,
 }
 
 impl OutputMeter {
@@ -30,7 +42,16 @@ impl OutputMeter {
             id: None,
             upstream_model: None,
             open_block: None,
+            stops: Vec::new(),
+            recent: String::new(),
+            stopped: None,
         }
+    }
+
+    /// Also cut at the first of `stops` in the output.
+    pub fn with_stops(mut self, stops: &[String]) -> Self {
+        self.stops = stops.iter().filter(|s| !s.is_empty()).cloned().collect();
+        self
     }
 
     /// Output tokens counted so far.
@@ -38,14 +59,32 @@ impl OutputMeter {
         self.counted
     }
 
-    /// Past the limit?
+    /// Past the limit, or at a stop sequence?
     pub fn over(&self) -> bool {
-        self.counted > self.limit
+        self.counted > self.limit || self.stopped.is_some()
     }
 
     fn text(&mut self, t: Option<&str>) {
-        if let Some(t) = t.filter(|t| !t.is_empty()) {
-            self.counted += tokens::count(&self.model, t);
+        let Some(t) = t.filter(|t| !t.is_empty()) else {
+            return;
+        };
+        self.counted += tokens::count(&self.model, t);
+        if self.stops.is_empty() || self.stopped.is_some() {
+            return;
+        }
+        self.recent.push_str(t);
+        self.stopped = self
+            .stops
+            .iter()
+            .find(|s| self.recent.contains(s.as_str()))
+            .cloned();
+        let keep = self.stops.iter().map(String::len).max().unwrap_or(1) - 1;
+        if self.recent.len() > keep {
+            let mut from = self.recent.len() - keep;
+            while !self.recent.is_char_boundary(from) {
+                from -= 1;
+            }
+            self.recent.drain(..from);
         }
     }
 
@@ -104,8 +143,11 @@ impl OutputMeter {
         }
     }
 
-    /// The events that end the stream at the length limit, in the API's own format.
+    /// The events that end the stream at the length limit (or a stop sequence), in the API's
+    /// own format.
     pub fn tail(&self, api: Api) -> String {
+        let stopped = self.stopped.is_some();
+        let finish = if stopped { "stop" } else { "length" };
         let id = self.id.clone().unwrap_or_default();
         let model = self.upstream_model.clone().unwrap_or_default();
         let created = crate::clock::now_ms() / 1000;
@@ -115,15 +157,21 @@ impl OutputMeter {
             Api::ChatCompletions => {
                 data(
                     json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}),
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}),
                 ) + "data: [DONE]\n\n"
             }
             Api::Completions => {
                 data(
                     json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                    "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": "length"}]}),
+                    "choices": [{"index": 0, "text": "", "logprobs": null, "finish_reason": finish}]}),
                 ) + "data: [DONE]\n\n"
             }
+            // The Responses API has no stop sequences of its own: a stop ends it as completed.
+            Api::Responses if stopped => event(
+                "response.completed",
+                json!({"type": "response.completed", "response": {"id": id, "object": "response",
+                    "model": model, "status": "completed"}}),
+            ),
             Api::Responses => event(
                 "response.incomplete",
                 json!({"type": "response.incomplete", "response": {"id": id, "object": "response",
@@ -140,7 +188,9 @@ impl OutputMeter {
                 }
                 out += &event(
                     "message_delta",
-                    json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
+                    json!({"type": "message_delta", "delta": {
+                        "stop_reason": if stopped { "stop_sequence" } else { "max_tokens" },
+                        "stop_sequence": self.stopped},
                         "usage": {"output_tokens": self.counted}}),
                 );
                 out + &event("message_stop", json!({"type": "message_stop"}))

@@ -36,7 +36,7 @@ const MAX_DEPTH: u8 = 40;
 /// Top-level fields whose text is the prompt.
 const PROMPT_FIELDS: [&str; 5] = ["system", "instructions", "messages", "prompt", "input"];
 /// Top-level fields Tollgate reads: each may appear once.
-const READ_FIELDS: [&str; 13] = [
+const READ_FIELDS: [&str; 15] = [
     "model",
     "stream",
     "stream_options",
@@ -50,6 +50,8 @@ const READ_FIELDS: [&str; 13] = [
     "input",
     "tools",
     "functions",
+    "stop",
+    "stop_sequences",
 ];
 
 /// A body Tollgate cannot serve. Messages never echo the body.
@@ -135,6 +137,8 @@ pub struct InboundRequest {
     max_tokens: Option<u32>,
     /// The cap Tollgate set (replaces the client's in the upstream body).
     new_max_tokens: Option<u32>,
+    /// Stop sequences a binding adds (sent before the client's own).
+    extra_stop: Vec<String>,
 }
 
 /// Parse and check a client body for `api`.
@@ -152,6 +156,7 @@ pub fn parse_request(api: Api, body: Bytes) -> Result<InboundRequest, RequestErr
         client_wants_usage: false,
         max_tokens: None,
         new_max_tokens: None,
+        extra_stop: Vec::new(),
     };
     req.check_duplicates()?;
     req.model = match req.member("model") {
@@ -219,6 +224,16 @@ fn first_byte(raw: &str) -> u8 {
     raw.as_bytes().first().copied().unwrap_or(0)
 }
 
+/// The field an API takes stop sequences in, and how many it accepts.
+fn stop_field(api: Api) -> Option<(&'static str, Option<usize>)> {
+    match api {
+        // OpenAI accepts at most 4.
+        Api::ChatCompletions | Api::Completions => Some(("stop", Some(4))),
+        Api::Messages => Some(("stop_sequences", None)),
+        Api::Responses | Api::Embeddings => None,
+    }
+}
+
 fn max_token_fields(api: Api) -> &'static [&'static str] {
     match api {
         Api::ChatCompletions => &["max_tokens", "max_completion_tokens"],
@@ -255,6 +270,34 @@ impl InboundRequest {
         self.new_max_tokens = Some(n);
     }
 
+    /// Send `stops` upstream as stop sequences, before the client's own (which are kept as far
+    /// as the API's maximum allows). APIs without stop sequences get none.
+    pub fn add_stop(&mut self, stops: &[String]) {
+        self.extra_stop = stops.to_vec();
+    }
+
+    /// The stop sequences sent upstream: the binding's, then the client's (`raw`), each once.
+    fn merged_stop(&self, raw: Option<&[u8]>, max: Option<usize>) -> Value {
+        let mut out: Vec<String> = Vec::new();
+        let client: Vec<String> = match raw.map(serde_json::from_slice::<Value>) {
+            Some(Ok(Value::String(s))) => vec![s],
+            Some(Ok(Value::Array(a))) => a
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for s in self.extra_stop.iter().cloned().chain(client) {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        if let Some(max) = max {
+            out.truncate(max);
+        }
+        Value::from(out)
+    }
+
     /// Does the client want the OpenAI usage chunk in its stream?
     pub fn strip_usage_chunk(&self) -> bool {
         self.stream && self.openai_stream() && !self.client_wants_usage
@@ -273,6 +316,8 @@ impl InboundRequest {
         let mut out = Vec::with_capacity(self.raw.len() + upstream_model.len() + 48);
         let mut cap_written = false;
         let mut usage_written = false;
+        let stop = stop_field(self.api).filter(|_| !self.extra_stop.is_empty());
+        let mut stop_written = false;
         out.push(b'{');
         for m in &self.members {
             let key = self.key(m);
@@ -291,6 +336,11 @@ impl InboundRequest {
                     write_u32(&mut out, self.new_max_tokens.unwrap_or_default());
                     cap_written = true;
                 }
+                k if stop.is_some_and(|(f, _)| f.as_bytes() == k) => {
+                    let merged = self.merged_stop(Some(raw), stop.and_then(|(_, max)| max));
+                    let _ = serde_json::to_writer(&mut out, &merged);
+                    stop_written = true;
+                }
                 b"stream_options" if force_usage => {
                     let mut opts = match serde_json::from_slice::<Value>(raw) {
                         Ok(Value::Object(o)) => o,
@@ -308,6 +358,12 @@ impl InboundRequest {
             write_str(&mut out, f);
             out.push(b':');
             write_u32(&mut out, n);
+        }
+        if let (Some((f, max)), false) = (stop, stop_written) {
+            out.push(b',');
+            write_str(&mut out, f);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut out, &self.merged_stop(None, max));
         }
         if force_usage && !usage_written {
             out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);

@@ -615,3 +615,70 @@ fn bodies_nested_past_the_limit_are_refused_and_the_walk_sees_everything_within_
     );
     assert!(parse(Api::ChatCompletions, text.as_bytes()).is_ok());
 }
+
+#[test]
+fn a_bindings_stop_sequences_lead_the_clients_within_the_apis_limit() {
+    let stops = ["x".to_owned()];
+    let upstream = |api: Api, v: Value| -> Value {
+        let mut r = req(api, v);
+        r.add_stop(&stops);
+        serde_json::from_slice(&r.upstream_body("m")).unwrap()
+    };
+    let chat = |stop: Value| json!({"model": "a", "messages": [], "stop": stop});
+    assert_eq!(
+        upstream(Api::ChatCompletions, chat(json!(["a", "b", "c", "d"])))["stop"],
+        json!(["x", "a", "b", "c"])
+    );
+    assert_eq!(
+        upstream(Api::ChatCompletions, chat(json!("x")))["stop"],
+        json!(["x"])
+    );
+    assert_eq!(
+        upstream(Api::Completions, json!({"model": "a", "prompt": "p"}))["stop"],
+        json!(["x"])
+    );
+    assert_eq!(
+        upstream(
+            Api::Messages,
+            json!({"model": "a", "messages": [], "stop_sequences": ["y"]})
+        )["stop_sequences"],
+        json!(["x", "y"])
+    );
+    // The Responses API has no stop sequences: none are sent (the stream is still cut).
+    let v = upstream(Api::Responses, json!({"model": "a", "input": "p"}));
+    assert!(
+        v.get("stop").is_none() && v.get("stop_sequences").is_none(),
+        "{v}"
+    );
+    // A field Tollgate now rewrites may appear once.
+    assert_eq!(
+        parse(
+            Api::ChatCompletions,
+            br#"{"model":"a","messages":[],"stop":"a","stop":"b"}"#
+        )
+        .unwrap_err(),
+        RequestError::Duplicate("stop")
+    );
+}
+
+#[test]
+fn a_stream_is_cut_at_a_stop_sequence_split_across_events() {
+    let mut o = StreamObserver::new(Api::ChatCompletions, false)
+        .with_output_limit(1000, "gpt-4o")
+        .with_stops(&["STOP".to_owned()]);
+    let ev = |t: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": t}}]})
+        )
+    };
+    let mut out = Vec::new();
+    for piece in ["one ", "two ST", "OP three"] {
+        out.extend_from_slice(&o.feed(ev(piece).as_bytes()));
+    }
+    let out = String::from_utf8(out).unwrap();
+    assert!(o.is_cut());
+    assert!(out.contains("two ST"), "{out}");
+    assert!(!out.contains("three"), "{out}");
+    assert!(out.contains(r#""finish_reason":"stop""#), "{out}");
+}

@@ -123,6 +123,12 @@ impl StreamObserver {
         self
     }
 
+    /// Cut the stream at the first of `stops` in its output (needs an output limit first).
+    pub fn with_stops(mut self, stops: &[String]) -> Self {
+        self.meter = self.meter.map(|m| m.with_stops(stops));
+        self
+    }
+
     /// Was the stream cut off at its output limit? Then [`StreamObserver::output_counted`]
     /// is what it produced.
     pub fn is_cut(&self) -> bool {

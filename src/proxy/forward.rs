@@ -34,6 +34,8 @@ pub struct Outbound<'a> {
     pub client_headers: &'a HeaderMap,
     /// A stream is cut off past this many output tokens (what was reserved for it).
     pub output_limit: Option<u64>,
+    /// ... and at the first of these in its output (the binding's stop sequences).
+    pub stops: &'a [String],
 }
 
 /// Where one attempt goes.
@@ -183,7 +185,9 @@ pub async fn attempt(
     if out.request.stream() && is_sse {
         let mut observer = StreamObserver::new(out.api, out.request.strip_usage_chunk());
         if let Some(limit) = out.output_limit {
-            observer = observer.with_output_limit(limit, target.upstream_model);
+            observer = observer
+                .with_output_limit(limit, target.upstream_model)
+                .with_stops(out.stops);
         }
         return Attempt::Done(
             Ok(stream_response(

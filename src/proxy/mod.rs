@@ -198,6 +198,10 @@ async fn pipeline(
         &mut req,
     )?;
     let classes = guarded.classes;
+    let stops = binding.map_or(&[][..], |b| &b.guardrails.stop[..]);
+    if !stops.is_empty() {
+        req.add_stop(stops);
+    }
     // Past the pool's `fallback_at`, the policy routes the model to its cheaper fallback (one
     // step; policy check guarantees it exists and shares the provider).
     let requested = model.name.clone();
@@ -376,6 +380,7 @@ async fn pipeline(
         request: &req,
         client_headers: headers,
         output_limit,
+        stops,
     };
     let mut resp = route::serve(
         state,
