@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SpendQuery {
-    /// `team` (default), `pool`, `subject`, `key`, `model` or `day` (UTC).
+    /// `team` (default), `pool`, `subject`, `key`, `model`, `deployment` (`model/deployment`) or `day` (UTC).
     pub group_by: Option<String>,
     /// From this time (RFC 3339); the start of the current UTC month by default.
     pub since: Option<String>,
@@ -120,7 +120,7 @@ fn csv(report: &SpendReport) -> String {
     out
 }
 
-/// What the fleet spent in a time range, per team, pool, subject, key, model or day.
+/// What the fleet spent in a time range, per team, pool, subject, key, model, deployment or day.
 #[utoipa::path(
     get,
     path = "/admin/v1/spend",
@@ -145,7 +145,9 @@ pub async fn spend(
     let by = match q.group_by.as_deref() {
         None => SpendGroupBy::Team,
         Some(s) => SpendGroupBy::parse(s).ok_or_else(|| {
-            Problem::bad_request("group_by must be team, pool, subject, key, model or day")
+            Problem::bad_request(
+                "group_by must be team, pool, subject, key, model, deployment or day",
+            )
         })?,
     };
     let now = now_ms();

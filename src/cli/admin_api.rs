@@ -88,7 +88,7 @@ pub enum ApiCommand {
     Spend {
         #[command(flatten)]
         remote: Remote,
-        /// team, pool, subject, key, model or day.
+        /// team, pool, subject, key, model, deployment or day.
         #[arg(long, default_value = "team")]
         group_by: String,
         /// From (RFC 3339).

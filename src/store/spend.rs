@@ -15,22 +15,26 @@ pub enum SpendGroupBy {
     Key,
     /// Policy model name.
     Model,
+    /// Deployment of a policy model (`model/deployment`; the model alone for rows written
+    /// before deployments were recorded).
+    Deployment,
     /// UTC day (the key is the unix day number).
     Day,
 }
 
 impl SpendGroupBy {
     /// Every grouping.
-    pub const ALL: [SpendGroupBy; 6] = [
+    pub const ALL: [SpendGroupBy; 7] = [
         SpendGroupBy::Team,
         SpendGroupBy::Pool,
         SpendGroupBy::Subject,
         SpendGroupBy::Key,
         SpendGroupBy::Model,
+        SpendGroupBy::Deployment,
         SpendGroupBy::Day,
     ];
 
-    /// `team`, `pool`, `subject`, `key`, `model`, `day`.
+    /// `team`, `pool`, `subject`, `key`, `model`, `deployment`, `day`.
     pub fn as_str(self) -> &'static str {
         match self {
             SpendGroupBy::Team => "team",
@@ -38,6 +42,7 @@ impl SpendGroupBy {
             SpendGroupBy::Subject => "subject",
             SpendGroupBy::Key => "key",
             SpendGroupBy::Model => "model",
+            SpendGroupBy::Deployment => "deployment",
             SpendGroupBy::Day => "day",
         }
     }
@@ -54,6 +59,7 @@ impl SpendGroupBy {
             SpendGroupBy::Subject => "subject",
             SpendGroupBy::Key => "provider_key_id",
             SpendGroupBy::Model => "model",
+            SpendGroupBy::Deployment => "COALESCE(model || '/' || deployment, model)",
             SpendGroupBy::Day => "CAST(at / 86400000 AS TEXT)",
         }
     }
