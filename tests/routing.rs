@@ -225,7 +225,7 @@ async fn a_rate_limited_deployment_is_paused_and_the_last_retry_after_is_passed_
         Some(1.0)
     );
 
-    // Every deployment over its limit for longer than the deadline (30 s): the provider's 429
+    // Every deployment over its limit for longer than a retry waits (10 s): the provider's 429
     // is relayed with the soonest Retry-After, each asked once, nothing charged.
     let r = routed(&tiered("")).await;
     let token = r.app.token_for("team-a").await;

@@ -24,7 +24,7 @@ async fn spent(app: &TestApp) -> f64 {
 async fn a_provider_429_is_relayed_with_its_retry_after_and_charged_nothing() {
     let app = spawn_app(TestDbKind::Sqlite).await;
     let token = app.token_for("team-a").await;
-    // A pause longer than the model's deadline (30 s by default) is not waited for: the
+    // A pause longer than 10 s (or the model's deadline) is not waited for: the
     // provider's answer and its Retry-After go to the client.
     app.upstream.rate_limit_next(45);
     let r = app

@@ -508,7 +508,7 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|d| duration(self, "deadline", d))
         {
-            out.deadline = d;
+            out.deadline = Some(d);
         }
         if let Some(b) = r.breaker {
             match b.failures {

@@ -66,8 +66,9 @@ pub struct Deployment {
 pub struct Routing {
     /// Rounds over the deployments after the first, with jittered backoff, within the deadline.
     pub retries: u32,
-    /// A request is not retried or failed over past this long after it arrived.
-    pub deadline: Duration,
+    /// A request is not retried or failed over past this long after it arrived, and no
+    /// attempt waits past it (`None`: the config's `upstream.response_timeout`).
+    pub deadline: Option<Duration>,
     /// Consecutive failures that open a deployment's circuit.
     pub breaker_failures: u32,
     /// How long an open circuit stays open before one probe is let through (doubling, up to
@@ -79,7 +80,7 @@ impl Default for Routing {
     fn default() -> Self {
         Routing {
             retries: 1,
-            deadline: Duration::from_secs(30),
+            deadline: None,
             breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(30),
         }

@@ -484,7 +484,7 @@ fn deployments_load_with_their_defaults_and_the_short_form_is_one_deployment() {
     assert_eq!(onprem.billing_owner.as_deref(), Some("platform"));
     assert_eq!(onprem.price.input_per_mtok_micro_usd, 100_000);
     assert_eq!(chat.routing.retries, 2);
-    assert_eq!(chat.routing.deadline, Duration::from_secs(20));
+    assert_eq!(chat.routing.deadline, Some(Duration::from_secs(20)));
     assert_eq!(chat.routing.breaker_failures, 5);
     assert_eq!(chat.routing.breaker_cooldown, Duration::from_secs(10));
     let mini = set.model("chat-mini").unwrap();

@@ -21,6 +21,9 @@ use axum::response::Response;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The longest a request waits before a retry round.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
 /// A deployment a request may go to: it speaks the API called and has a usable key.
 pub struct Candidate<'s> {
     /// The deployment.
@@ -71,7 +74,11 @@ pub async fn serve(
     mut settle: Settlement,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let deadline = started + model.routing.deadline;
+    let deadline = started
+        + model
+            .routing
+            .deadline
+            .unwrap_or(state.upstream.response_timeout);
     let deployments: Vec<&Deployment> = candidates.iter().map(|c| c.deployment).collect();
     // The last failure, and the provider's own 429 to relay if nothing else serves.
     let mut last: Option<(ApiError, Option<Response>)> = None;
@@ -88,7 +95,9 @@ pub async fn serve(
         if round > 0 {
             let backoff = routing::backoff(round, &mut rand::rng());
             let wait = soonest.map_or(backoff, |s| s.max(backoff));
-            if Instant::now() + wait >= deadline {
+            // A long pause is the client's to wait out (its SDK retries on Retry-After):
+            // holding the request that long only ties up its connection.
+            if wait > MAX_RETRY_WAIT || Instant::now() + wait >= deadline {
                 break;
             }
             tokio::time::sleep(wait).await;
