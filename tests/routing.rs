@@ -283,3 +283,29 @@ async fn per_deployment_limits_spread_load_before_the_provider_says_429() {
     );
     assert_eq!(r.east.calls(), 4);
 }
+
+#[tokio::test]
+async fn a_stalled_deployment_is_not_failed_over_but_its_circuit_moves_the_next_requests() {
+    let r = routed(&tiered("")).await;
+    let token = r.app.token_for("team-a").await;
+    // East answers after 3 s; the upstream response timeout is 2 s.
+    r.east
+        .set_sticky(Some(Sticky::Stall(Duration::from_secs(3))));
+    for i in 0..3 {
+        let resp = chat(&r.app, &token, "chat").await;
+        assert_eq!(
+            resp.status(),
+            504,
+            "request {i}: east may be doing the work"
+        );
+        assert!(r.app.spend_row(&request_id(&resp)).await.cost_micro_usd > 0);
+    }
+    assert_eq!(r.west.calls(), 0);
+    // Three timeouts opened east's circuit: the next requests go to west at once.
+    let started = std::time::Instant::now();
+    let resp = chat(&r.app, &token, "chat").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-tollgate-deployment"), "west");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(r.east.calls(), 3);
+}
