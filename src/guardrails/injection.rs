@@ -39,6 +39,11 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The regex's source.
+    pub fn source(&self) -> &str {
+        self.re.as_str()
+    }
+
     /// A case-insensitive rule.
     pub fn new(name: &str, re: &str) -> Result<Rule, regex::Error> {
         Ok(Rule {
@@ -82,6 +87,13 @@ pub fn find(text: &str, rules: &[Rule], max_chars: Option<usize>, allow_code: bo
         .map(|r| r.name.clone())
         .collect();
     out.dedup();
+    out.extend(structural(text, max_chars, allow_code));
+    out
+}
+
+/// The findings that are not phrases: `long_prompt`, `executable_code`.
+pub fn structural(text: &str, max_chars: Option<usize>, allow_code: bool) -> Vec<String> {
+    let mut out = Vec::new();
     if let Some(max) = max_chars
         && text.chars().count() > max
     {

@@ -21,6 +21,11 @@ pub struct Pattern {
 }
 
 impl Pattern {
+    /// The regex's source.
+    pub fn source(&self) -> &str {
+        self.re.as_str()
+    }
+
     /// A policy's own pattern, replaced by `[REDACTED <name>]`.
     pub fn custom(name: &str, re: &str) -> Result<Pattern, regex::Error> {
         Ok(Pattern {

@@ -972,7 +972,7 @@ impl Validator<'_> {
             for p in sec.patterns.unwrap_or_default() {
                 let at = named(self, "secrets", &p);
                 match secrets::Pattern::custom(&p.name, &p.regex) {
-                    Ok(c) => out.secret_patterns.push(c),
+                    Ok(c) => out.add_secret_pattern(c),
                     Err(e) => self.err(
                         src,
                         at,
@@ -996,12 +996,12 @@ impl Validator<'_> {
                 }
             };
             if !inj.builtin_patterns.unwrap_or(true) {
-                out.injection_rules.clear();
+                out.clear_injection_rules();
             }
             for p in inj.patterns.unwrap_or_default() {
                 let at = named(self, "injection", &p);
                 match injection::Rule::new(&p.name, &p.regex) {
-                    Ok(r) => out.injection_rules.push(r),
+                    Ok(r) => out.add_injection_rule(r),
                     Err(e) => self.err(
                         src,
                         at,
