@@ -141,6 +141,19 @@ path = "{keys}"
         .unwrap();
         b.iter(|| black_box(guardrails.inspect(&req.prompt_text())));
     });
+    let clean = json!({"model": "bench-model", "messages": [
+        {"role": "system", "content": "You are a careful analyst."},
+        {"role": "user", "content": prose.repeat(100)}
+    ]})
+    .to_string();
+    g.bench_function("guardrails_inspect_8kb_clean", |b| {
+        let req = parse_request(Api::ChatCompletions, bytes::Bytes::from(clean.clone())).unwrap();
+        b.iter(|| black_box(guardrails.inspect(&req.prompt_text())));
+    });
+    g.bench_function("guardrails_inspect_8kb_with_secret", |b| {
+        let req = parse_request(Api::ChatCompletions, bytes::Bytes::from(long.clone())).unwrap();
+        b.iter(|| black_box(guardrails.inspect(&req.prompt_text())));
+    });
     g.bench_function("guardrails_inspect_redact_8kb", |b| {
         let req = parse_request(Api::ChatCompletions, bytes::Bytes::from(long.clone())).unwrap();
         b.iter(|| {

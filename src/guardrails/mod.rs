@@ -67,13 +67,31 @@ pub struct Guardrails {
     sets: std::sync::OnceLock<Sets>,
 }
 
-/// Every secret pattern, and every injection rule, as one automaton each: a prompt is
-/// scanned once per kind, and a pattern runs on its own only when the set says it matches
-/// (most prompts match none).
+/// Every secret pattern and every injection rule as one automaton: a prompt is scanned once
+/// (a set costs about the same per byte whatever it holds — measured, `bench/RESULTS.md`),
+/// and a pattern runs on its own only when the set says it matches (most prompts match
+/// none). Indices: the secret patterns, then the injection rules.
 #[derive(Clone, Debug)]
 struct Sets {
-    secrets: Option<regex::RegexSet>,
-    injection: Option<regex::RegexSet>,
+    all: Option<regex::RegexSet>,
+}
+
+/// Which patterns matched, by index into [`Sets`].
+struct Hits {
+    matched: Option<regex::SetMatches>,
+    secrets: usize,
+}
+
+impl Hits {
+    fn secret(&self, i: usize) -> bool {
+        self.matched.as_ref().is_none_or(|m| m.matched(i))
+    }
+
+    fn injection(&self, i: usize) -> bool {
+        self.matched
+            .as_ref()
+            .is_none_or(|m| m.matched(self.secrets + i))
+    }
 }
 
 impl Default for Guardrails {
@@ -134,83 +152,61 @@ impl Guardrails {
 
     fn sets(&self) -> &Sets {
         self.sets.get_or_init(|| {
-            // A set that does not build (past the size limit) falls back to one pass per
-            // pattern: slower, never different.
-            let build = |sources: Vec<&str>, case_insensitive: bool| {
-                regex::RegexSetBuilder::new(sources)
-                    .case_insensitive(case_insensitive)
-                    .size_limit(64 << 20)
-                    .build()
-                    .ok()
-            };
-            Sets {
-                secrets: build(
-                    self.secret_patterns
-                        .iter()
-                        .map(secrets::Pattern::source)
-                        .collect(),
-                    false,
-                ),
-                injection: build(
+            // Injection rules are case-insensitive; a set that does not build (past the size
+            // limit) falls back to one pass per pattern: slower, never different.
+            let sources: Vec<String> = self
+                .secret_patterns
+                .iter()
+                .map(|p| p.source().to_owned())
+                .chain(
                     self.injection_rules
                         .iter()
-                        .map(injection::Rule::source)
-                        .collect(),
-                    true,
-                ),
+                        .map(|r| format!("(?i:{})", r.source())),
+                )
+                .collect();
+            Sets {
+                all: regex::RegexSetBuilder::new(sources)
+                    .size_limit(64 << 20)
+                    .build()
+                    .ok(),
             }
         })
     }
 
-    /// The secret patterns that match somewhere in `text`.
-    fn secrets_in<'a>(&'a self, text: &str) -> Vec<&'a secrets::Pattern> {
-        match &self.sets().secrets {
-            Some(set) => {
-                let hits = set.matches(text);
-                self.secret_patterns
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| hits.matched(*i))
-                    .map(|(_, p)| p)
-                    .collect()
-            }
-            None => self.secret_patterns.iter().collect(),
+    /// Which patterns match somewhere in `text` (all of them, without a set).
+    fn hits(&self, text: &str) -> Hits {
+        Hits {
+            matched: self.sets().all.as_ref().map(|s| s.matches(text)),
+            secrets: self.secret_patterns.len(),
         }
+    }
+
+    /// The secret patterns `hits` says match.
+    fn secrets_in<'a>(&'a self, hits: &Hits) -> Vec<&'a secrets::Pattern> {
+        self.secret_patterns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| hits.secret(*i))
+            .map(|(_, p)| p)
+            .collect()
     }
 
     /// Inspect a prompt's text.
     pub fn inspect(&self, text: &str) -> Findings {
-        let injection = match &self.sets().injection {
-            Some(set) => {
-                let hits = set.matches(text);
-                let mut out: Vec<String> = self
-                    .injection_rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| hits.matched(*i))
-                    .map(|(_, r)| r.name.clone())
-                    .collect();
-                out.dedup();
-                out.extend(injection::structural(
-                    text,
-                    self.max_prompt_chars,
-                    self.allow_code,
-                ));
-                out
-            }
-            None => injection::find(
-                text,
-                &self.injection_rules,
-                self.max_prompt_chars,
-                self.allow_code,
-            ),
-        };
+        let hits = self.hits(text);
+        let rules: Vec<injection::Rule> = self
+            .injection_rules
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| hits.injection(*i))
+            .map(|(_, r)| r.clone())
+            .collect();
         Findings {
-            secrets: secrets::find(text, self.secrets_in(text))
+            secrets: secrets::find(text, self.secrets_in(&hits))
                 .into_iter()
                 .map(|(n, c)| (n.to_owned(), c))
                 .collect(),
-            injection,
+            injection: injection::find(text, &rules, self.max_prompt_chars, self.allow_code),
             pii: if self.detect_pii {
                 pii::find(text)
             } else {
@@ -221,7 +217,7 @@ impl Guardrails {
 
     /// `text` with every secret replaced by its marker (`None`: nothing to replace).
     pub fn redact(&self, text: &str) -> Option<String> {
-        let matching = self.secrets_in(text);
+        let matching = self.secrets_in(&self.hits(text));
         if matching.is_empty() {
             return None;
         }
