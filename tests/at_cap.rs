@@ -272,3 +272,32 @@ async fn past_its_cap_a_degrading_pool_serves_only_the_cheapest_model_from_its_o
     assert!(total > 2_000 && total <= 2_500, "total {total}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn time_in_the_queue_is_not_taken_from_the_routing_deadline() {
+    // A 1 s routing deadline; three requests through one slot, the first two slow: the third
+    // waits about 1.2 s in the queue and is still sent, with its full time for the provider.
+    let policy = POLICY.replace("  big:\n", "  big:\n    routing: { deadline: 1s }\n");
+    assert_ne!(policy, POLICY);
+    let app = spawn_app_with(
+        TestDbKind::Sqlite,
+        Options {
+            policy: Some(policy),
+            ..Options::default()
+        },
+    )
+    .await;
+    let lane = app.token_for("lane").await;
+    app.upstream.delay_next(Duration::from_millis(600));
+    app.upstream.delay_next(Duration::from_millis(600));
+    let got = burst(&app, &lane, 3).await;
+    assert!(
+        got.iter().all(|(s, _, _)| *s == 200),
+        "queued past the deadline, still served: {got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|(_, _, t)| *t >= Duration::from_millis(1150)),
+        "{got:?}"
+    );
+}

@@ -66,8 +66,8 @@ pub struct Deployment {
 pub struct Routing {
     /// Rounds over the deployments after the first, with jittered backoff, within the deadline.
     pub retries: u32,
-    /// A request is not retried or failed over past this long after it arrived, and no
-    /// attempt waits past it (`None`: the config's `upstream.response_timeout`).
+    /// A request is not retried or failed over past this long after its first attempt went
+    /// out, and no attempt waits past it (`None`: the config's `upstream.response_timeout`).
     pub deadline: Option<Duration>,
     /// Consecutive failures that open a deployment's circuit.
     pub breaker_failures: u32,

@@ -389,7 +389,6 @@ async fn pipeline(
         &candidates,
         input_estimate + reserved_out,
         settle,
-        started,
     )
     .await?;
     set_rate_headers(resp.headers_mut(), &rate);

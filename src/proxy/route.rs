@@ -64,7 +64,8 @@ enum Skip {
 }
 
 /// Serve `out` from `candidates` (of `model`) under `settle`. `worst_tokens` is what the
-/// request may use of a deployment's token window; `started` anchors the deadline.
+/// request may use of a deployment's token window. The deadline runs from here: time spent
+/// before (a pool's queue, bounded by its own timeout) is not taken from the provider's.
 pub async fn serve(
     state: &AppState,
     model: &Model,
@@ -72,9 +73,8 @@ pub async fn serve(
     candidates: &[Candidate<'_>],
     worst_tokens: u64,
     mut settle: Settlement,
-    started: Instant,
 ) -> Result<Response, ApiError> {
-    let deadline = started
+    let deadline = Instant::now()
         + model
             .routing
             .deadline
