@@ -117,6 +117,10 @@ pub(super) fn apply(
 
 /// The binding's size caps; a refusal names the cap it broke.
 fn size_caps(g: &Guardrails, req: &InboundRequest) -> Result<(), (&'static str, ApiError)> {
+    // Counting walks the prompt: only for a binding that caps something.
+    if g.max_messages.is_none() && g.max_tools.is_none() && g.max_images.is_none() {
+        return check_prompt_tokens(g, req);
+    }
     let shape = req.shape();
     let checks = [
         ("max_messages", "messages", shape.messages, g.max_messages),
@@ -136,6 +140,13 @@ fn size_caps(g: &Guardrails, req: &InboundRequest) -> Result<(), (&'static str, 
             ));
         }
     }
+    check_prompt_tokens(g, req)
+}
+
+fn check_prompt_tokens(
+    g: &Guardrails,
+    req: &InboundRequest,
+) -> Result<(), (&'static str, ApiError)> {
     if let Some(max) = g.max_prompt_tokens {
         let n = req.estimate_input_tokens();
         if n > max {
